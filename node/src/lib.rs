@@ -1,0 +1,6 @@
+//! The weft daemon and CLI: the artifact store, the libp2p mesh, the QUIC
+//! data plane, the scheduler, the REST API, and the `weft` command that
+//! drives them.
+
+pub mod home;
+pub mod store;

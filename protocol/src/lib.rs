@@ -1,0 +1,26 @@
+//! weft's shared vocabulary: content ids, directory manifests, tag names,
+//! job specs, node adverts and every message that crosses a wire or lands on
+//! disk, with the codecs and size limits that guard them.
+//!
+//! This crate does no I/O: no files, no sockets, no runtime. Everything here
+//! is a pure function of its input, so every format can be pinned by golden
+//! bytes in its tests.
+
+pub mod codec;
+pub mod hash;
+pub mod tag;
+pub mod tree;
+
+pub use codec::{CodecError, decode, encode};
+pub use hash::{Hash, HashParseError, HashPrefix};
+pub use tag::{ArtifactRef, Hlc, TagName, TagVersion};
+pub use tree::{EntryKind, Tree, TreeEntry, TreeError};
+
+/// weft's version, carried in adverts.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// BLAKE3 chunk groups used for verified streaming: 2^4 chunks of 1 KiB = 16 KiB.
+pub const CHUNK_GROUP_LOG: u8 = 4;
+
+/// Bytes in one chunk group.
+pub const CHUNK_GROUP_BYTES: u64 = 1024 << CHUNK_GROUP_LOG;
