@@ -2,5 +2,6 @@
 //! data plane, the scheduler, the REST API, and the `weft` command that
 //! drives them.
 
+pub mod cli;
 pub mod home;
 pub mod store;

@@ -134,7 +134,9 @@ fn scan(path: &Path, follow: bool, ancestors: &mut Vec<(u64, u64)>) -> Result<Pl
         let name = entry
             .file_name()
             .into_string()
-            .map_err(|_| StoreError::NonUtf8 { path: child.clone() })?;
+            .map_err(|_| StoreError::NonUtf8 {
+                path: child.clone(),
+            })?;
         validate_name(&name).map_err(|source| StoreError::BadName {
             path: child.clone(),
             source,
@@ -165,6 +167,49 @@ impl Read for Tee<'_> {
                 .map_err(|_| io::Error::other("temp file writer stopped"))?;
         }
         Ok(n)
+    }
+}
+
+/// Starts disk writeback of a large file while it is still being written, so
+/// the final fsync finds little left to do and the disk works while the
+/// hasher does. Each window is handed to the kernel once full; the one before
+/// it is waited for, which keeps dirty pages bounded.
+#[derive(Default)]
+struct Writeback {
+    written: u64,
+    started: u64,
+}
+
+impl Writeback {
+    const WINDOW: u64 = 8 << 20;
+
+    fn wrote(&mut self, file: &File, n: u64) {
+        use std::os::fd::AsRawFd;
+        self.written += n;
+        while self.written - self.started >= Self::WINDOW {
+            let fd = file.as_raw_fd();
+            // SAFETY: fd is an open file descriptor owned by `file` for the
+            // duration of the call; sync_file_range only reads its arguments.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    self.started as i64,
+                    Self::WINDOW as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+                if self.started >= Self::WINDOW {
+                    libc::sync_file_range(
+                        fd,
+                        (self.started - Self::WINDOW) as i64,
+                        Self::WINDOW as i64,
+                        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                            | libc::SYNC_FILE_RANGE_WRITE
+                            | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                    );
+                }
+            }
+            self.started += Self::WINDOW;
+        }
     }
 }
 
@@ -299,7 +344,13 @@ impl Store {
                 for (name, child) in children {
                     let (hash, kind, size) =
                         self.import_plan(child, opts, progress, created, files)?;
-                    let executable = matches!(child, Plan::File { executable: true, .. });
+                    let executable = matches!(
+                        child,
+                        Plan::File {
+                            executable: true,
+                            ..
+                        }
+                    );
                     entries.push(TreeEntry {
                         name: name.clone(),
                         kind,
@@ -374,8 +425,10 @@ impl Store {
         let tmp_path = tmp.path.clone();
         let (hashed, written) = std::thread::scope(|s| {
             let writer = s.spawn(move || -> io::Result<()> {
+                let mut flusher = Writeback::default();
                 for block in rx {
                     out.write_all(&block)?;
+                    flusher.wrote(&out, block.len() as u64);
                 }
                 out.sync_data()
             });
@@ -449,7 +502,8 @@ impl Store {
         fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         if !outboard.is_empty() {
             let (ob_tmp, mut f) = TempFile::create(self, "obao")?;
-            f.write_all(outboard).map_err(StoreError::io(&ob_tmp.path))?;
+            f.write_all(outboard)
+                .map_err(StoreError::io(&ob_tmp.path))?;
             f.sync_data().map_err(StoreError::io(&ob_tmp.path))?;
             let ob_path = self.outboard_path(&h);
             fs::rename(ob_tmp.kept(), &ob_path).map_err(StoreError::io(&ob_path))?;
