@@ -5,6 +5,7 @@
 //! JSON with `--json`; errors go to stderr as one `error:` line and a
 //! non-zero exit status.
 
+mod backend;
 mod output;
 mod store_cmds;
 
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
 use crate::home::Home;
 
 /// weft: a peer-to-peer compute and artifact mesh.
@@ -43,6 +45,17 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run this machine's node until SIGINT or SIGTERM.
+    Daemon(DaemonArgs),
+    /// Create the home: identity and config (with a cluster secret).
+    Init {
+        /// Join an existing cluster: its secret (64 hex digits). Default: a new one.
+        #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
+        /// Overwrite an existing config file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Store a file or directory; prints its id.
     Add {
         path: PathBuf,
@@ -88,6 +101,66 @@ pub enum Command {
     Store(StoreCmd),
 }
 
+/// Flags of `weft daemon`; each overrides config.toml.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonArgs {
+    /// REST API address (api.listen).
+    #[arg(long, env = "WEFT_API_LISTEN")]
+    pub api_listen: Option<String>,
+    /// libp2p listen multiaddr, repeatable (network.listen).
+    #[arg(long = "listen", env = "WEFT_LISTEN", value_delimiter = ',')]
+    pub listen: Vec<String>,
+    /// Peer to dial at start, repeatable (network.bootstrap).
+    #[arg(long = "bootstrap", env = "WEFT_BOOTSTRAP", value_delimiter = ',')]
+    pub bootstrap: Vec<String>,
+    /// Turn off mDNS discovery (network.mdns = false).
+    #[arg(long, env = "WEFT_NO_MDNS")]
+    pub no_mdns: bool,
+    /// QUIC data-plane address (data.listen).
+    #[arg(long, env = "WEFT_DATA_LISTEN")]
+    pub data_listen: Option<String>,
+    /// Cluster secret, 64 hex digits (network.cluster_secret).
+    #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Label KEY=VALUE advertised to the mesh, repeatable (node.labels).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+impl DaemonArgs {
+    /// Applies the flags on top of the file's settings.
+    pub fn apply(&self, config: &mut crate::config::Config) {
+        if let Some(a) = &self.api_listen {
+            config.api.listen = a.clone();
+        }
+        if !self.listen.is_empty() {
+            config.network.listen = self.listen.clone();
+        }
+        if !self.bootstrap.is_empty() {
+            config.network.bootstrap = self.bootstrap.clone();
+        }
+        if self.no_mdns {
+            config.network.mdns = false;
+        }
+        if let Some(d) = &self.data_listen {
+            config.data.listen = d.clone();
+        }
+        if let Some(s) = &self.cluster_secret {
+            config.network.cluster_secret = Some(s.clone());
+        }
+        for (k, v) in &self.labels {
+            config.node.labels.insert(k.clone(), v.clone());
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TagCmd {
     /// Point NAME at an artifact.
@@ -127,6 +200,7 @@ pub fn init_tracing(format: LogFormat, default: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -137,14 +211,19 @@ pub fn init_tracing(format: LogFormat, default: &str) {
 /// Runs the command line; the binary's `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A command whose output is piped into `head` should end quietly, as
-    // other Unix tools do, rather than fail on a closed pipe.
-    // SAFETY: restoring the default disposition of SIGPIPE before any other
-    // thread exists; no handler is involved.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    if matches!(cli.command, Command::Daemon(_)) {
+        init_tracing(cli.log_format, "info");
+    } else {
+        // A command whose output is piped into `head` should end quietly, as
+        // other Unix tools do, rather than fail on a closed pipe. (Not the
+        // daemon: a client closing its socket must not kill it.)
+        // SAFETY: restoring the default disposition of SIGPIPE before any
+        // other thread exists; no handler is involved.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        init_tracing(cli.log_format, "warn");
     }
-    init_tracing(cli.log_format, "warn");
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -156,5 +235,66 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let home = Home::resolve(cli.home.clone())?;
-    store_cmds::run(&home, cli.json, cli.command)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Daemon(args) => {
+                let mut config = Config::load(&home)?;
+                args.apply(&mut config);
+                if config.network.cluster_secret.is_none() {
+                    // first start: make this node the first of a new cluster
+                    let mut file = Config::load(&home)?;
+                    let secret = crate::config::new_secret();
+                    file.network.cluster_secret = Some(secret.clone());
+                    file.save(&home)?;
+                    config.network.cluster_secret = Some(secret);
+                    tracing::info!(
+                        config = %home.config_path().display(),
+                        "generated a new cluster secret; other nodes join with `weft init --cluster-secret <network.cluster_secret from this file>`"
+                    );
+                }
+                crate::daemon::run_until_signal(home, config).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Init {
+                cluster_secret,
+                force,
+            } => {
+                init(&home, cluster_secret, force)?;
+                Ok(ExitCode::SUCCESS)
+            }
+            command => {
+                let backend = backend::Backend::connect(&home).await?;
+                store_cmds::run(&backend, cli.json, command).await
+            }
+        }
+    })
+}
+
+/// `weft init`: identity and config for a new node.
+fn init(home: &Home, cluster_secret: Option<String>, force: bool) -> anyhow::Result<()> {
+    home.ensure()?;
+    let path = home.config_path();
+    if path.exists() && !force {
+        anyhow::bail!(
+            "{} already exists; pass --force to replace it",
+            path.display()
+        );
+    }
+    let secret = match cluster_secret {
+        Some(s) => {
+            crate::config::parse_secret(&s)?;
+            s.trim().to_lowercase()
+        }
+        None => crate::config::new_secret(),
+    };
+    let mut config = Config::load(home).unwrap_or_default();
+    config.network.cluster_secret = Some(secret);
+    config.save(home)?;
+    let peer = home.identity()?.public().to_peer_id();
+    println!("node {peer}");
+    println!("config {}", path.display());
+    Ok(())
 }

@@ -2,6 +2,9 @@
 //! data plane, the scheduler, the REST API, and the `weft` command that
 //! drives them.
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod home;
 pub mod store;

@@ -28,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::{BaoTree, BlockSize};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagVersion, Tree, TreeError};
 
 pub use export::ExportOptions;
@@ -131,10 +131,11 @@ struct Inner {
 }
 
 /// One artifact as listed by `weft ls`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArtifactInfo {
     pub id: Hash,
-    pub kind: &'static str,
+    /// "file" or "tree".
+    pub kind: String,
     /// A file's bytes, or for a tree the sum of its files.
     pub size: u64,
     pub complete: bool,
@@ -144,7 +145,7 @@ pub struct ArtifactInfo {
 }
 
 /// One live tag.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagInfo {
     pub name: String,
     pub id: Hash,
@@ -153,7 +154,7 @@ pub struct TagInfo {
 }
 
 /// One pin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PinInfo {
     pub id: Hash,
     pub replicas: u32,
@@ -602,7 +603,8 @@ impl Store {
                 kind: match rec.kind {
                     BlobKind::Raw => "file",
                     BlobKind::Tree => "tree",
-                },
+                }
+                .to_string(),
                 size,
                 complete: rec.complete,
                 pinned,
@@ -614,16 +616,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Total bytes of complete blobs (for metrics).
-    pub fn total_bytes(&self) -> Result<u64> {
-        let mut total = 0;
+    /// Bytes and count of complete blobs (for metrics).
+    pub fn stats(&self) -> Result<(u64, u64)> {
+        let (mut bytes, mut blobs) = (0, 0);
         for item in self.blob_records() {
             let (_, rec) = item?;
             if rec.complete {
-                total += rec.size;
+                bytes += rec.size;
+                blobs += 1;
             }
         }
-        Ok(total)
+        Ok((bytes, blobs))
     }
 }
 

@@ -1,29 +1,22 @@
 //! Artifact commands: add, get, cat, ls, tag, pin, gc, store verify.
 
-use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use weft_protocol::TagName;
 
-use super::output::{self, Bar, Table, human_bytes};
+use super::backend::Backend;
+use super::output::{self, Table, human_bytes};
 use super::{Command, PinCmd, StoreCmd, TagCmd};
-use crate::home::Home;
-use crate::store::{AddOptions, ExportOptions, Store};
-
-/// Opens the home's store directly (no daemon).
-pub(crate) fn open_local(home: &Home) -> anyhow::Result<Store> {
-    home.ensure()?;
-    let origin = home.identity()?.public().to_peer_id().to_string();
-    Ok(Store::open(&home.store_dir(), &origin)?)
-}
 
 fn tag_name(s: &str) -> anyhow::Result<TagName> {
     Ok(TagName::new(s)?)
 }
 
-pub(crate) fn run(home: &Home, json: bool, command: Command) -> anyhow::Result<ExitCode> {
-    let store = open_local(home)?;
+pub(crate) async fn run(
+    backend: &Backend,
+    json: bool,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Add {
             path,
@@ -32,17 +25,9 @@ pub(crate) fn run(home: &Home, json: bool, command: Command) -> anyhow::Result<E
             no_pin,
         } => {
             let tag = tag.as_deref().map(tag_name).transpose()?;
-            let bar = Bar::bytes("adding");
-            let out = store.add_path(&path, &AddOptions { follow_symlinks }, &bar);
-            bar.finish();
-            let out = out?;
-            if !no_pin {
-                store.pin(&out.id, 1)?;
-            }
-            if let Some(t) = &tag {
-                store.set_tag(t, Some(out.id))?;
-            }
-            store.flush()?;
+            let out = backend
+                .add(&path, follow_symlinks, tag.as_ref(), !no_pin)
+                .await?;
             if json {
                 output::json(&out)?;
             } else {
@@ -54,31 +39,17 @@ pub(crate) fn run(home: &Home, json: bool, command: Command) -> anyhow::Result<E
             output: dest,
             force,
         } => {
-            let id = store.resolve_str(&reference)?;
-            let bar = Bar::bytes("writing");
-            let r = store.export(&id, &dest, ExportOptions { force, link: false }, &bar);
-            bar.finish();
-            r?;
+            let id = backend.export(&reference, &dest, force).await?;
             if json {
                 output::json(&serde_json::json!({ "id": id, "path": dest }))?;
             }
         }
         Command::Cat { reference } => {
-            let id = store.resolve_str(&reference)?;
-            if store.is_tree(&id)? {
-                return Err(crate::store::StoreError::IsTree(id).into());
-            }
-            let mut f = store.open_blob(&id)?;
             let mut out = std::io::stdout().lock();
-            match std::io::copy(&mut f, &mut out) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                Err(e) => return Err(e).context("writing to stdout"),
-            }
-            let _ = out.flush();
+            backend.cat(&reference, &mut out).await?;
         }
         Command::Ls { all } => {
-            let items = store.list(all)?;
+            let items = backend.list(all).await?;
             if json {
                 output::json(&items)?;
             } else {
@@ -95,10 +66,10 @@ pub(crate) fn run(home: &Home, json: bool, command: Command) -> anyhow::Result<E
                 t.print()?;
             }
         }
-        Command::Tag(cmd) => tag_cmd(&store, json, cmd)?,
-        Command::Pin(cmd) => pin_cmd(&store, json, cmd)?,
+        Command::Tag(cmd) => tag_cmd(backend, json, cmd).await?,
+        Command::Pin(cmd) => pin_cmd(backend, json, cmd).await?,
         Command::Gc => {
-            let report = store.gc(&[])?;
+            let report = backend.gc().await?;
             if json {
                 output::json(&report)?;
             } else {
@@ -111,8 +82,11 @@ pub(crate) fn run(home: &Home, json: bool, command: Command) -> anyhow::Result<E
                 );
             }
         }
+        Command::Daemon(_) | Command::Init { .. } => {
+            anyhow::bail!("not an artifact command")
+        }
         Command::Store(StoreCmd::Verify) => {
-            let problems = store.verify()?;
+            let problems = backend.verify().await?;
             if json {
                 output::json(&problems)?;
             } else {
@@ -132,19 +106,16 @@ pub(crate) fn run(home: &Home, json: bool, command: Command) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-fn tag_cmd(store: &Store, json: bool, cmd: TagCmd) -> anyhow::Result<()> {
+async fn tag_cmd(backend: &Backend, json: bool, cmd: TagCmd) -> anyhow::Result<()> {
     match cmd {
         TagCmd::Set { name, reference } => {
-            let name = tag_name(&name)?;
-            let id = store.resolve_str(&reference)?;
-            let v = store.set_tag(&name, Some(id))?;
-            store.flush()?;
+            let v = backend.set_tag(&tag_name(&name)?, &reference).await?;
             if json {
                 output::json(&v)?;
             }
         }
         TagCmd::Ls => {
-            let tags = store.list_tags()?;
+            let tags = backend.list_tags().await?;
             if json {
                 output::json(&tags)?;
             } else {
@@ -156,7 +127,7 @@ fn tag_cmd(store: &Store, json: bool, cmd: TagCmd) -> anyhow::Result<()> {
             }
         }
         TagCmd::History { name } => {
-            let history = store.tag_history(&tag_name(&name)?)?;
+            let history = backend.tag_history(&tag_name(&name)?).await?;
             if json {
                 output::json(&history)?;
             } else {
@@ -173,34 +144,25 @@ fn tag_cmd(store: &Store, json: bool, cmd: TagCmd) -> anyhow::Result<()> {
                 t.print()?;
             }
         }
-        TagCmd::Rm { name } => {
-            store.remove_tag(&tag_name(&name)?)?;
-            store.flush()?;
-        }
+        TagCmd::Rm { name } => backend.remove_tag(&tag_name(&name)?).await?,
     }
     Ok(())
 }
 
-fn pin_cmd(store: &Store, json: bool, cmd: PinCmd) -> anyhow::Result<()> {
+async fn pin_cmd(backend: &Backend, json: bool, cmd: PinCmd) -> anyhow::Result<()> {
     match cmd {
         PinCmd::Add {
             reference,
             replicas,
         } => {
-            let id = store.resolve_str(&reference)?;
-            if !store.has(&id)? {
-                return Err(crate::store::StoreError::Missing(id).into());
-            }
-            store.pin(&id, replicas)?;
-        }
-        PinCmd::Rm { reference } => {
-            let id = store.resolve_str(&reference)?;
-            if !store.unpin(&id)? {
-                anyhow::bail!("{id} is not pinned");
+            let id = backend.pin(&reference, replicas).await?;
+            if json {
+                output::json(&serde_json::json!({ "id": id, "replicas": replicas }))?;
             }
         }
+        PinCmd::Rm { reference } => backend.unpin(&reference).await?,
         PinCmd::Ls => {
-            let pins = store.list_pins()?;
+            let pins = backend.list_pins().await?;
             if json {
                 output::json(&pins)?;
             } else {

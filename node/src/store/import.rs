@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use bao_tree::BaoTree;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weft_protocol::{EntryKind, Hash, Tree, TreeEntry, tree::validate_name};
 
 use super::records::{BLOB_V, BlobKind, BlobRecord};
@@ -31,10 +31,11 @@ pub struct AddOptions {
 }
 
 /// What an import produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AddOutcome {
     pub id: Hash,
-    pub kind: &'static str,
+    /// "file" or "tree".
+    pub kind: String,
     /// Bytes of file content (for a tree, all its files).
     pub size: u64,
     /// Files imported.
@@ -299,7 +300,8 @@ impl Store {
                     kind: match kind {
                         EntryKind::File => "file",
                         EntryKind::Tree => "tree",
-                    },
+                    }
+                    .to_string(),
                     size,
                     files,
                     new_blobs: created.len() as u64,
@@ -390,6 +392,66 @@ impl Store {
         f.sync_data().map_err(StoreError::io(&tmp.path))?;
         let new = self.commit(h, bytes.len() as u64, kind, tmp, &ob.data)?;
         Ok((h, new))
+    }
+
+    /// Stores a stream of unknown length (an HTTP upload): the bytes are
+    /// spooled to a temp file while hashed, then the outboard is computed
+    /// from the temp file, which the first pass left in the page cache.
+    pub fn add_reader(&self, mut reader: impl Read, progress: &dyn Progress) -> Result<AddOutcome> {
+        let _guard = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let (tmp, mut out) = TempFile::create(self, "data")?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; READ_BLOCK];
+        let mut size = 0u64;
+        let mut flusher = Writeback::default();
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::io(Path::new("<upload>"))(e)),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(StoreError::io(&tmp.path))?;
+            flusher.wrote(&out, n as u64);
+            size += n as u64;
+            progress.advance(n as u64);
+        }
+        out.sync_data().map_err(StoreError::io(&tmp.path))?;
+        let h = Hash::from(hasher.finalize());
+        let new = if self.has(&h)? {
+            false
+        } else {
+            let tree = BaoTree::new(size, BLOCK_SIZE);
+            let mut ob = PreOrderOutboard {
+                root: h.into(),
+                tree,
+                data: Vec::with_capacity(tree.outboard_size() as usize),
+            };
+            let spooled = File::open(&tmp.path).map_err(StoreError::io(&tmp.path))?;
+            let root = bao_tree::io::sync::outboard(
+                BufReader::with_capacity(READ_BLOCK, spooled),
+                tree,
+                &mut ob,
+            )
+            .map_err(StoreError::io(&tmp.path))?;
+            if Hash::from(root) != h {
+                return Err(StoreError::Changed {
+                    path: tmp.path.clone(),
+                });
+            }
+            self.commit(h, size, BlobKind::Raw, tmp, &ob.data)?
+        };
+        self.mark_root(&h)?;
+        self.flush()?;
+        Ok(AddOutcome {
+            id: h,
+            kind: "file".to_string(),
+            size,
+            files: 1,
+            new_blobs: u64::from(new),
+        })
     }
 
     /// Stores a file read from `src` (of `size` bytes, named `path` in errors).

@@ -7,21 +7,21 @@ use std::path::Path;
 
 use bao_tree::BaoTree;
 use bao_tree::io::outboard::PreOrderOutboard;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use weft_protocol::Hash;
 
 use super::records::BlobKind;
 use super::{BLOCK_SIZE, Result, Store, StoreError};
 
 /// One blob that failed verification.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyProblem {
     pub id: Hash,
     pub problem: String,
 }
 
 /// What a GC pass did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GcReport {
     /// Blobs kept because a pin, tag or running job reaches them.
     pub kept: u64,

@@ -1,0 +1,222 @@
+//! The REST API (axum): artifacts, tags, pins, maintenance, the node and its
+//! peers, an OpenAPI document at `/api/openapi.json` and Prometheus text at
+//! `/metrics`. The CLI is a client of this API whenever a daemon runs.
+//!
+//! Every error is JSON `{error, detail}` with a fitting status code. Uploads
+//! stream to the store's temp files; downloads stream from blob files with
+//! HTTP Range support. When the API listens on a non-loopback address every
+//! request needs `Authorization: Bearer <api token>`.
+
+mod artifacts;
+pub mod client;
+mod metrics;
+pub mod openapi;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
+
+use crate::store::{Store, StoreError};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Required bearer token, if any.
+    pub token: Option<Arc<str>>,
+    pub started: Instant,
+    /// The rest of the node, for the endpoints that need more than the store.
+    pub node: Option<Arc<dyn NodeView>>,
+}
+
+/// The parts of a running node the API reports on, beyond the store.
+pub trait NodeView: Send + Sync {
+    /// `GET /api/v1/node`.
+    fn node(&self) -> futures::future::BoxFuture<'_, serde_json::Value>;
+    /// `GET /api/v1/peers`.
+    fn peers(&self) -> futures::future::BoxFuture<'_, serde_json::Value>;
+    /// Extra Prometheus lines (peer counts, transfer bytes, jobs).
+    fn metrics(&self) -> futures::future::BoxFuture<'_, String>;
+}
+
+/// An API error: a status, a short machine-readable code and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&ErrorBody {
+            error: self.code,
+            detail: &self.detail,
+        })
+        .unwrap_or_default();
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let (status, code) = match &e {
+            StoreError::NotFound(_) | StoreError::NoTag(_) | StoreError::Missing(_) => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            StoreError::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "ambiguous"),
+            StoreError::Exists { .. } => (StatusCode::CONFLICT, "exists"),
+            StoreError::IsTree(_) => (StatusCode::BAD_REQUEST, "is_tree"),
+            StoreError::Symlink { .. }
+            | StoreError::Special { .. }
+            | StoreError::NonUtf8 { .. }
+            | StoreError::BadName { .. }
+            | StoreError::LinkLoop { .. }
+            | StoreError::Changed { .. } => (StatusCode::BAD_REQUEST, "bad_input"),
+            StoreError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                (StatusCode::NOT_FOUND, "not_found")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> ApiError {
+        ApiError::internal(format!("worker failed: {e}"))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs a blocking store call on the blocking pool.
+pub(crate) async fn blocking<T, F>(f: F) -> ApiResult<T>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Parses a JSON body, answering garbage with a 400 that says what is wrong.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The whole API.
+pub fn router(state: ApiState) -> Router {
+    let routes = artifacts::routes()
+        .merge(openapi::routes())
+        .merge(metrics::routes())
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see /api/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method; see /api/openapi.json",
+            )
+        });
+    routes
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+        if !ok {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this API needs `Authorization: Bearer <token>` (api.token in the node's config)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .request(&method, &route, resp.status().as_u16());
+    resp
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,269 @@
+//! The node's configuration: `$WEFT_HOME/config.toml`, overridden by flags
+//! and `WEFT_*` environment variables (see `weft daemon --help`).
+//!
+//! Unknown keys are refused, so a typo is an error rather than a silently
+//! ignored setting.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::home::{Home, write_atomic};
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeSection,
+    pub network: NetworkSection,
+    pub data: DataSection,
+    pub api: ApiSection,
+    pub sandbox: SandboxSection,
+    /// GPUs this node declares (machines without a driver, tests).
+    #[serde(rename = "gpu", skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuDecl>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Labels advertised to the mesh, matched by job constraints.
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// libp2p listen multiaddrs (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Peers to dial at start (multiaddrs ending in /p2p/PEER_ID).
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network.
+    pub mdns: bool,
+    /// The cluster's shared secret: 64 hex digits.
+    pub cluster_secret: Option<String>,
+    /// How often the node gossips its advert, in milliseconds.
+    pub advert_interval_ms: u64,
+    /// How long an advert stays valid without a refresh, in milliseconds.
+    pub advert_ttl_ms: u64,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/4001".into(),
+                "/ip4/0.0.0.0/udp/4001/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            cluster_secret: None,
+            advert_interval_ms: 2000,
+            advert_ttl_ms: 6000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// UDP address of the QUIC data plane.
+    pub listen: String,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            listen: "0.0.0.0:4002".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// TCP address of the REST API.
+    pub listen: String,
+    /// Bearer token; required when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: "127.0.0.1:4080".into(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxSection {
+    /// OCI runtime to use (a name on PATH or a path); default: runc, then crun.
+    pub runtime: Option<String>,
+}
+
+/// A GPU declared in config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuDecl {
+    pub model: String,
+    /// Memory, e.g. "80Gi".
+    pub memory: String,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Config {
+    /// Reads the home's config file; a missing file means all defaults.
+    pub fn load(home: &Home) -> Result<Config, ConfigError> {
+        let path = home.config_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text).map_err(|message| ConfigError::Parse { path, message }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Io { path, source }),
+        }
+    }
+
+    /// Parses config text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Writes the config file atomically.
+    pub fn save(&self, home: &Home) -> Result<(), ConfigError> {
+        let path = home.config_path();
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        home.ensure()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        write_atomic(&path, text.as_bytes(), 0o600)
+            .map_err(|source| ConfigError::Io { path, source })
+    }
+
+    /// The cluster secret as bytes, if configured.
+    pub fn cluster_secret(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        self.network
+            .cluster_secret
+            .as_deref()
+            .map(parse_secret)
+            .transpose()
+    }
+
+    /// The API address, checked.
+    pub fn api_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.api.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "api.listen = {:?} is not an address like 127.0.0.1:4080",
+                self.api.listen
+            ))
+        })
+    }
+
+    /// The data-plane address, checked.
+    pub fn data_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.data.listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "data.listen = {:?} is not an address like 0.0.0.0:4002",
+                self.data.listen
+            ))
+        })
+    }
+}
+
+/// Parses a 64-hex-digit cluster secret.
+pub fn parse_secret(s: &str) -> Result<[u8; 32], ConfigError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out).map_err(|_| {
+        ConfigError::Invalid(
+            "cluster secret must be 64 hex digits (32 bytes); `weft init` makes one".into(),
+        )
+    })?;
+    Ok(out)
+}
+
+/// A new random cluster secret, as hex.
+pub fn new_secret() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        let c = Config::parse("").expect("empty");
+        assert!(c.network.mdns);
+        assert_eq!(c.api.listen, "127.0.0.1:4080");
+        let c = Config::parse(
+            r#"
+[node]
+labels = { zone = "lab-a" }
+[network]
+bootstrap = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"]
+mdns = false
+cluster_secret = "0000000000000000000000000000000000000000000000000000000000000001"
+[api]
+listen = "0.0.0.0:4080"
+token = "t"
+[[gpu]]
+model = "A100"
+memory = "80Gi"
+"#,
+        )
+        .expect("full");
+        assert_eq!(c.node.labels["zone"], "lab-a");
+        assert!(!c.network.mdns);
+        assert_eq!(c.cluster_secret().expect("secret").map(|s| s[31]), Some(1));
+        assert_eq!(
+            c.gpus,
+            vec![GpuDecl {
+                model: "A100".into(),
+                memory: "80Gi".into(),
+                count: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = Config::parse("[network]\nmdsn = false\n").expect_err("typo");
+        assert!(e.contains("mdsn"), "{e}");
+        let c = Config::parse("[network]\ncluster_secret = \"abc\"\n").expect("parses");
+        let e = c.cluster_secret().expect_err("short secret");
+        assert!(e.to_string().contains("64 hex digits"));
+        let c = Config::parse("[api]\nlisten = \"nowhere\"\n").expect("parses");
+        assert!(c.api_addr().is_err());
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::at(dir.path());
+        let mut c = Config::default();
+        c.network.cluster_secret = Some(new_secret());
+        c.save(&home).expect("save");
+        let back = Config::load(&home).expect("load");
+        assert_eq!(back.network.cluster_secret, c.network.cluster_secret);
+    }
+}

@@ -1,0 +1,304 @@
+//! The REST API against a node started in this process.
+
+use std::process::Command;
+
+use weft_node::config::Config;
+use weft_node::daemon::{DaemonError, Node};
+use weft_node::home::Home;
+
+async fn start(dir: &std::path::Path, f: impl FnOnce(&mut Config)) -> Result<Node, DaemonError> {
+    let mut config = Config::default();
+    config.api.listen = "127.0.0.1:0".into();
+    config.network.mdns = false;
+    f(&mut config);
+    Node::start(Home::at(dir), config).await
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Checks Prometheus text exposition syntax line by line.
+fn assert_prometheus(text: &str) {
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let kind = parts.next().unwrap_or("");
+            assert!(kind == "HELP" || kind == "TYPE", "bad comment: {line}");
+            let name = parts.next().unwrap_or("");
+            assert!(name.starts_with("weft_"), "bad metric name: {line}");
+            if kind == "TYPE" {
+                let t = parts.next().unwrap_or("");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        assert!(value.parse::<f64>().is_ok(), "bad value: {line}");
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad name: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "unclosed labels: {line}");
+            let labels = &series[name_end + 1..series.len() - 1];
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').expect("label k=v");
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(v.starts_with('"'), "{line}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_endpoint_and_each_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path(), |_| {}).await.expect("start");
+    let base = node.api_url();
+    let doc: serde_json::Value = http()
+        .get(format!("{base}/api/openapi.json"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("openapi is JSON");
+    assert_eq!(doc["openapi"], "3.0.3");
+    for e in weft_node::api::openapi::ENDPOINTS {
+        assert!(
+            doc["paths"][e.path][e.method].is_object(),
+            "{} {} missing from the document",
+            e.method,
+            e.path
+        );
+        let url = format!(
+            "{base}{}",
+            e.path
+                .replace("{reference}", "abcd")
+                .replace("{name}", "x/y:v1")
+        );
+        let method =
+            reqwest::Method::from_bytes(e.method.to_uppercase().as_bytes()).expect("method");
+        let resp = http().request(method, &url).send().await.expect("send");
+        assert_ne!(resp.status().as_u16(), 405, "{} {}", e.method, e.path);
+        if resp.status().as_u16() == 404 && e.method != "head" {
+            let body: serde_json::Value = resp.json().await.expect("json error");
+            assert!(
+                !body["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no such endpoint"),
+                "{} {} is not routed",
+                e.method,
+                e.path
+            );
+        }
+    }
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_downloads_ranges_and_json_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path(), |_| {}).await.expect("start");
+    let base = node.api_url();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let resp = http()
+        .post(format!("{base}/api/v1/artifacts?tag=data/x:v1"))
+        .body(data.clone())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(resp.status().as_u16(), 201);
+    let out: serde_json::Value = resp.json().await.expect("json");
+    let id = out["id"].as_str().expect("id").to_string();
+    assert_eq!(id, blake3::hash(&data).to_hex().as_str());
+
+    // whole, by tag (the '/' of the tag escaped as one path segment)
+    let body = http()
+        .get(format!("{base}/api/v1/artifacts/data%2Fx:v1"))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(&body[..], &data[..]);
+    // a range
+    let resp = http()
+        .get(format!("{base}/api/v1/artifacts/{}", &id[..8]))
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(resp.status().as_u16(), 206);
+    assert_eq!(
+        resp.headers()["content-range"].to_str().expect("header"),
+        "bytes 1000-1999/300000"
+    );
+    assert_eq!(&resp.bytes().await.expect("bytes")[..], &data[1000..2000]);
+    let resp = http()
+        .get(format!("{base}/api/v1/artifacts/{id}"))
+        .header("Range", "bytes=400000-")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(resp.status().as_u16(), 416);
+    // HEAD
+    let resp = http()
+        .head(format!("{base}/api/v1/artifacts/{id}"))
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(resp.headers()["content-length"], "300000");
+    assert_eq!(resp.headers()["x-weft-kind"], "file");
+
+    // garbage JSON, unknown fields, unknown routes, unknown ids: JSON errors
+    for (method, path, body, status) in [
+        ("POST", "/api/v1/artifacts/import", "{not json", 400),
+        (
+            "POST",
+            "/api/v1/artifacts/import",
+            "{\"path\": \"/x\", \"bogus\": 1}",
+            400,
+        ),
+        ("PUT", "/api/v1/tags/a/b:v1", "[1,2,3]", 400),
+        ("PUT", "/api/v1/tags/bad name", "{\"ref\": \"abcd\"}", 400),
+        ("GET", "/api/v1/nowhere", "", 404),
+        ("GET", "/api/v1/artifacts/ffffffff", "", 404),
+        ("GET", "/api/v1/artifacts/zz", "", 404),
+        ("DELETE", "/api/v1/gc", "", 405),
+    ] {
+        let resp = http()
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).expect("m"),
+                format!("{base}{path}"),
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let v: serde_json::Value = resp.json().await.expect("error body is JSON");
+        assert!(v["error"].is_string() && v["detail"].is_string(), "{v}");
+    }
+
+    let metrics = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_prometheus(&metrics);
+    assert!(metrics.contains("weft_store_bytes 300000"), "{metrics}");
+    assert!(metrics.contains("weft_api_requests_total{"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_loopback_api_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = start(dir.path(), |c| c.api.listen = "0.0.0.0:0".into())
+        .await
+        .err()
+        .expect("refused without a token");
+    assert!(matches!(err, DaemonError::TokenRequired(_)), "{err}");
+
+    let node = start(dir.path(), |c| {
+        c.api.listen = "0.0.0.0:0".into();
+        c.api.token = Some("s3cret".into());
+    })
+    .await
+    .expect("start with token");
+    let url = format!("http://127.0.0.1:{}/api/v1/node", node.api_addr().port());
+    let resp = http().get(&url).send().await.expect("send");
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = http()
+        .get(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = http()
+        .get(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status().as_u16(), 200);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_the_same_home_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path(), |_| {}).await.expect("start");
+    let err = start(dir.path(), |_| {})
+        .await
+        .err()
+        .expect("second refused");
+    assert!(
+        err.to_string().contains("another weft daemon is running"),
+        "{err}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_goes_through_a_running_daemon() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let node = start(&home, |_| {}).await.expect("start");
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, b"through the API").expect("write");
+    let weft = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .arg("--home")
+            .arg(&home)
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    // the daemon holds the store; these only work through its API
+    let id = weft(&["add", file.to_str().expect("utf8"), "--tag", "docs/f:v1"]);
+    assert_eq!(
+        id.trim(),
+        blake3::hash(b"through the API").to_hex().as_str()
+    );
+    assert_eq!(weft(&["cat", "docs/f:v1"]), "through the API");
+    let out = dir.path().join("out.txt");
+    weft(&["get", &id.trim()[..10], "-o", out.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(&out).expect("read"), b"through the API");
+    assert!(weft(&["ls"]).contains("docs/f:v1"));
+    assert!(weft(&["tag", "history", "docs/f:v1"]).contains(id.trim()));
+    assert_eq!(weft(&["store", "verify"]).trim(), "ok");
+    assert!(
+        node.store()
+            .has(&id.trim().parse().expect("id"))
+            .expect("has")
+    );
+    node.stop().await;
+    // and directly once it is gone
+    assert_eq!(weft(&["cat", "docs/f:v1"]), "through the API");
+}
