@@ -3,4 +3,5 @@
 //! drives them.
 
 pub mod home;
+pub mod net;
 pub mod store;
