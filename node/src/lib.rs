@@ -4,4 +4,5 @@
 
 pub mod home;
 pub mod net;
+pub mod resources;
 pub mod store;
