@@ -7,4 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod home;
+pub mod net;
+pub mod resources;
 pub mod store;

@@ -6,13 +6,18 @@
 //! is a pure function of its input, so every format can be pinned by golden
 //! bytes in its tests.
 
+pub mod advert;
+pub mod auth;
 pub mod codec;
 pub mod hash;
+pub mod rpc;
 pub mod tag;
 pub mod tree;
 
+pub use advert::{Executors, GpuInfo, NodeAdvert};
 pub use codec::{CodecError, decode, encode};
 pub use hash::{Hash, HashParseError, HashPrefix};
+pub use rpc::{ErrorCode, Request, Response, Topic};
 pub use tag::{ArtifactRef, Hlc, TagName, TagVersion};
 pub use tree::{EntryKind, Tree, TreeEntry, TreeError};
 
