@@ -21,9 +21,7 @@ pub enum HomeError {
     NoHome,
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error(
-        "{path}: not a weft identity ({why}); move it away to let weft create a new one"
-    )]
+    #[error("{path}: not a weft identity ({why}); move it away to let weft create a new one")]
     BadIdentity { path: PathBuf, why: String },
 }
 

@@ -34,7 +34,9 @@ use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagVersion, Tree, TreeError
 pub use export::ExportOptions;
 pub use import::{AddOptions, AddOutcome, Progress};
 pub use maintenance::{GcReport, VerifyProblem};
-use records::{BlobKind, BlobRecord, PinRecord, Record, RecordError, TagRecord, hash_key, key_hash};
+use records::{
+    BlobKind, BlobRecord, PinRecord, Record, RecordError, TagRecord, hash_key, key_hash,
+};
 
 /// Chunk-group size of every outboard: 16 KiB.
 pub const BLOCK_SIZE: BlockSize = BlockSize::from_chunk_log(weft_protocol::CHUNK_GROUP_LOG);
@@ -63,7 +65,10 @@ pub enum StoreError {
     #[error("no artifact matches {0}")]
     NotFound(String),
     #[error("id prefix {prefix} matches {} artifacts ({}); give more digits", .candidates.len(), .candidates.iter().map(|h| h.short(12)).collect::<Vec<_>>().join(", "))]
-    Ambiguous { prefix: String, candidates: Vec<Hash> },
+    Ambiguous {
+        prefix: String,
+        candidates: Vec<Hash>,
+    },
     #[error("no tag named {0}")]
     NoTag(String),
     #[error("{0} is not in the local store")]
@@ -252,12 +257,14 @@ impl Store {
 
     pub(crate) fn blob_record(&self, h: &Hash) -> Result<Option<BlobRecord>> {
         match self.inner.blobs.get(hash_key(h))? {
-            Some(bytes) => BlobRecord::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|source| StoreError::Record {
-                    key: h.to_string(),
-                    source,
-                }),
+            Some(bytes) => {
+                BlobRecord::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Record {
+                        key: h.to_string(),
+                        source,
+                    })
+            }
             None => Ok(None),
         }
     }
@@ -381,9 +388,9 @@ impl Store {
 
     /// Parses and resolves a reference as a user typed it.
     pub fn resolve_str(&self, s: &str) -> Result<Hash> {
-        let r: ArtifactRef = s.parse().map_err(|e: weft_protocol::tag::RefParseError| {
-            StoreError::NotFound(e.to_string())
-        })?;
+        let r: ArtifactRef = s
+            .parse()
+            .map_err(|e: weft_protocol::tag::RefParseError| StoreError::NotFound(e.to_string()))?;
         self.resolve(&r)
     }
 
@@ -391,12 +398,14 @@ impl Store {
 
     fn tag_record(&self, name: &str) -> Result<Option<TagRecord>> {
         match self.inner.tags.get(name.as_bytes())? {
-            Some(bytes) => TagRecord::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|source| StoreError::Record {
-                    key: name.to_string(),
-                    source,
-                }),
+            Some(bytes) => {
+                TagRecord::from_bytes(&bytes)
+                    .map(Some)
+                    .map_err(|source| StoreError::Record {
+                        key: name.to_string(),
+                        source,
+                    })
+            }
             None => Ok(None),
         }
     }
@@ -418,7 +427,11 @@ impl Store {
     /// version written by this node; returns the version.
     pub fn set_tag(&self, name: &TagName, target: Option<Hash>) -> Result<TagVersion> {
         // a new local write must win over everything this node has seen
-        if let Some(current) = self.tag_record(name.as_str())?.as_ref().and_then(|r| r.current().cloned()) {
+        if let Some(current) = self
+            .tag_record(name.as_str())?
+            .as_ref()
+            .and_then(|r| r.current().cloned())
+        {
             let mut last = self.inner.hlc.lock().unwrap_or_else(|p| p.into_inner());
             *last = Hlc::observe(*last, current.hlc);
         }
@@ -488,8 +501,11 @@ impl Store {
         for kv in self.inner.tags.iter() {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
-            let Ok(name) = TagName::new(&key) else { continue };
-            let rec = TagRecord::from_bytes(&v).map_err(|source| StoreError::Record { key, source })?;
+            let Ok(name) = TagName::new(&key) else {
+                continue;
+            };
+            let rec =
+                TagRecord::from_bytes(&v).map_err(|source| StoreError::Record { key, source })?;
             out.push((name, rec.history));
         }
         Ok(out)
@@ -499,7 +515,10 @@ impl Store {
     pub fn list_tags(&self) -> Result<Vec<TagInfo>> {
         let mut out = Vec::new();
         for (name, history) in self.tag_records()? {
-            let rec = TagRecord { v: records::TAG_V, history };
+            let rec = TagRecord {
+                v: records::TAG_V,
+                history,
+            };
             if let Some(v) = rec.current()
                 && let Some(id) = v.target
             {
@@ -572,9 +591,10 @@ impl Store {
                 continue;
             }
             let size = match rec.kind {
-                BlobKind::Tree if rec.complete => {
-                    self.read_tree(&id).map(|t| t.total_size()).unwrap_or(rec.size)
-                }
+                BlobKind::Tree if rec.complete => self
+                    .read_tree(&id)
+                    .map(|t| t.total_size())
+                    .unwrap_or(rec.size),
                 _ => rec.size,
             };
             out.push(ArtifactInfo {

@@ -255,7 +255,12 @@ mod tests {
         assert_eq!(p.as_full(), None);
         let full: HashPrefix = hex.parse().expect("valid prefix");
         assert_eq!(full.as_full(), Some(h));
-        assert!(!"0000".parse::<HashPrefix>().expect("valid").matches(&Hash::EMPTY));
+        assert!(
+            !"0000"
+                .parse::<HashPrefix>()
+                .expect("valid")
+                .matches(&Hash::EMPTY)
+        );
     }
 
     #[test]

@@ -8,11 +8,13 @@
 
 pub mod codec;
 pub mod hash;
+pub mod job;
 pub mod tag;
 pub mod tree;
 
 pub use codec::{CodecError, decode, encode};
 pub use hash::{Hash, HashParseError, HashPrefix};
+pub use job::{JobSpec, JobSpecError};
 pub use tag::{ArtifactRef, Hlc, TagName, TagVersion};
 pub use tree::{EntryKind, Tree, TreeEntry, TreeError};
 

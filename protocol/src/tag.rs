@@ -159,7 +159,9 @@ impl fmt::Display for ArtifactRef {
 
 /// A hybrid logical clock reading: wall-clock milliseconds, then a counter
 /// for events within the same millisecond or behind a clock seen elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 pub struct Hlc {
     pub wall_ms: u64,
     pub counter: u32,
@@ -232,17 +234,8 @@ mod tests {
     #[test]
     fn invalid_names() {
         for s in [
-            "mnist",
-            ":v1",
-            "mnist:",
-            "a//b:v1",
-            "/a:v1",
-            "a/:v1",
-            "../a:v1",
-            "a/..:v1",
-            "a b:v1",
-            "a:v/1",
-            "a:..",
+            "mnist", ":v1", "mnist:", "a//b:v1", "/a:v1", "a/:v1", "../a:v1", "a/..:v1", "a b:v1",
+            "a:v/1", "a:..",
         ] {
             assert!(TagName::new(s).is_err(), "{s}");
         }

@@ -266,7 +266,10 @@ mod tests {
     fn order_of_construction_does_not_matter() {
         let mut e = sample().entries().to_vec();
         e.reverse();
-        assert_eq!(Tree::new(e).expect("valid").hash().ok(), sample().hash().ok());
+        assert_eq!(
+            Tree::new(e).expect("valid").hash().ok(),
+            sample().hash().ok()
+        );
     }
 
     #[test]
@@ -293,7 +296,10 @@ mod tests {
         let bad = |wire: WireTree| codec::encode(&wire, 1 << 20).expect("encode");
         let h = Hash::EMPTY;
         assert!(matches!(
-            Tree::decode(&bad(WireTree(1, vec![WireEntry("../x".into(), 0, h, 0, false)]))),
+            Tree::decode(&bad(WireTree(
+                1,
+                vec![WireEntry("../x".into(), 0, h, 0, false)]
+            ))),
             Err(TreeError::BadName { .. })
         ));
         assert!(matches!(
@@ -311,7 +317,10 @@ mod tests {
             Err(TreeError::Version(2))
         ));
         assert!(matches!(
-            Tree::decode(&bad(WireTree(1, vec![WireEntry("a".into(), 7, h, 0, false)]))),
+            Tree::decode(&bad(WireTree(
+                1,
+                vec![WireEntry("a".into(), 7, h, 0, false)]
+            ))),
             Err(TreeError::Kind(7))
         ));
         // size 5 written with a two-byte integer instead of one

@@ -134,7 +134,9 @@ fn scan(path: &Path, follow: bool, ancestors: &mut Vec<(u64, u64)>) -> Result<Pl
         let name = entry
             .file_name()
             .into_string()
-            .map_err(|_| StoreError::NonUtf8 { path: child.clone() })?;
+            .map_err(|_| StoreError::NonUtf8 {
+                path: child.clone(),
+            })?;
         validate_name(&name).map_err(|source| StoreError::BadName {
             path: child.clone(),
             source,
@@ -299,7 +301,13 @@ impl Store {
                 for (name, child) in children {
                     let (hash, kind, size) =
                         self.import_plan(child, opts, progress, created, files)?;
-                    let executable = matches!(child, Plan::File { executable: true, .. });
+                    let executable = matches!(
+                        child,
+                        Plan::File {
+                            executable: true,
+                            ..
+                        }
+                    );
                     entries.push(TreeEntry {
                         name: name.clone(),
                         kind,
@@ -449,7 +457,8 @@ impl Store {
         fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         if !outboard.is_empty() {
             let (ob_tmp, mut f) = TempFile::create(self, "obao")?;
-            f.write_all(outboard).map_err(StoreError::io(&ob_tmp.path))?;
+            f.write_all(outboard)
+                .map_err(StoreError::io(&ob_tmp.path))?;
             f.sync_data().map_err(StoreError::io(&ob_tmp.path))?;
             let ob_path = self.outboard_path(&h);
             fs::rename(ob_tmp.kept(), &ob_path).map_err(StoreError::io(&ob_path))?;

@@ -118,7 +118,11 @@ impl Store {
     /// `extra_roots` (running jobs' inputs), and blob files left without an
     /// index entry by a crash.
     pub fn gc(&self, extra_roots: &[Hash]) -> Result<GcReport> {
-        let _guard = self.inner.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .inner
+            .gc_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let mut roots: Vec<Hash> = extra_roots.to_vec();
         roots.extend(self.list_pins()?.into_iter().map(|p| p.id));
         roots.extend(self.list_tags()?.into_iter().map(|t| t.id));

@@ -87,7 +87,11 @@ struct Probe {
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("{what} record has version {found}; this weft reads up to {known}, upgrade weft")]
-    Newer { what: &'static str, found: u8, known: u8 },
+    Newer {
+        what: &'static str,
+        found: u8,
+        known: u8,
+    },
     #[error("{what} record is malformed: {source}")]
     Malformed {
         what: &'static str,
@@ -168,13 +172,19 @@ mod tests {
         assert_eq!(
             hex::encode(&bytes),
             concat!(
-                "a6",                           // map(6)
-                "6176", "01",                   // "v": 1
-                "6473697a65", "05",             // "size": 5
-                "646b696e64", "63726177",       // "kind": "raw"
-                "68636f6d706c657465", "f5",     // "complete": true
-                "64726f6f74", "f4",             // "root": false
-                "6a637265617465645f6d73", "1b0000018bcfe56800" // "created_ms": u64
+                "a6", // map(6)
+                "6176",
+                "01", // "v": 1
+                "6473697a65",
+                "05", // "size": 5
+                "646b696e64",
+                "63726177", // "kind": "raw"
+                "68636f6d706c657465",
+                "f5", // "complete": true
+                "64726f6f74",
+                "f4", // "root": false
+                "6a637265617465645f6d73",
+                "1b0000018bcfe56800" // "created_ms": u64
             )
         );
         assert_eq!(BlobRecord::from_bytes(&bytes).expect("decode"), r);
@@ -190,9 +200,13 @@ mod tests {
         assert_eq!(
             hex::encode(r.to_bytes()),
             concat!(
-                "a3", "6176", "01",
-                "6a637265617465645f6d73", "00", // "created_ms": 0
-                "687265706c69636173", "03"      // "replicas": 3
+                "a3",
+                "6176",
+                "01",
+                "6a637265617465645f6d73",
+                "00", // "created_ms": 0
+                "687265706c69636173",
+                "03" // "replicas": 3
             )
         );
     }
@@ -213,12 +227,22 @@ mod tests {
         assert_eq!(
             hex::encode(r.to_bytes()),
             concat!(
-                "a2", "6176", "01",
-                "67686973746f7279", "81",
+                "a2",
+                "6176",
+                "01",
+                "67686973746f7279",
+                "81",
                 "a3",
-                "66746172676574", "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
-                "63686c63", "a2", "6777616c6c5f6d73", "02", "67636f756e746572", "01",
-                "666f726967696e", "626e31"
+                "66746172676574",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "63686c63",
+                "a2",
+                "6777616c6c5f6d73",
+                "02",
+                "67636f756e746572",
+                "01",
+                "666f726967696e",
+                "626e31"
             )
         );
         assert_eq!(TagRecord::from_bytes(&r.to_bytes()).expect("decode"), r);

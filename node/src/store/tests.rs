@@ -38,11 +38,22 @@ fn file_ids_are_blake3_for_all_sizes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     // around the small-file cutoff and the chunk-group edges
-    for len in [0usize, 1, 1024, 16 * 1024, 16 * 1024 + 1, 256 * 1024, 256 * 1024 + 1, 3 << 20] {
+    for len in [
+        0usize,
+        1,
+        1024,
+        16 * 1024,
+        16 * 1024 + 1,
+        256 * 1024,
+        256 * 1024 + 1,
+        3 << 20,
+    ] {
         let data = pseudo_random(len, len as u64);
         let f = dir.path().join(format!("f{len}"));
         write(&f, &data);
-        let out = store.add_path(&f, &AddOptions::default(), &()).expect("add");
+        let out = store
+            .add_path(&f, &AddOptions::default(), &())
+            .expect("add");
         assert_eq!(out.id, Hash::of(&data), "len {len}");
         assert_eq!(out.size, len as u64);
         let mut back = Vec::new();
@@ -66,10 +77,14 @@ fn trees_round_trip_and_dedupe() {
     write(&src.join("run.sh"), b"#!/bin/sh\necho hi\n");
     fs::set_permissions(src.join("run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
 
-    let first = store.add_path(&src, &AddOptions::default(), &()).expect("add");
+    let first = store
+        .add_path(&src, &AddOptions::default(), &())
+        .expect("add");
     assert_eq!(first.kind, "tree");
     assert_eq!(first.files, 5);
-    let again = store.add_path(&src, &AddOptions::default(), &()).expect("add again");
+    let again = store
+        .add_path(&src, &AddOptions::default(), &())
+        .expect("add again");
     assert_eq!(first.id, again.id);
     assert_eq!(again.new_blobs, 0);
 
@@ -86,7 +101,10 @@ fn trees_round_trip_and_dedupe() {
     assert_eq!(fs::read(out.join("a/b/c.txt")).expect("read"), b"deep");
     assert_eq!(fs::read(out.join("empty")).expect("read"), b"");
     assert!(out.join("emptydir").is_dir());
-    let mode = fs::metadata(out.join("run.sh")).expect("stat").permissions().mode();
+    let mode = fs::metadata(out.join("run.sh"))
+        .expect("stat")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o111, 0o111);
     // exporting over a non-empty directory is refused
     let err = store
@@ -102,13 +120,24 @@ fn symlinks_special_files_and_bad_names_are_refused_and_nothing_is_stored() {
     let src = dir.path().join("src");
     write(&src.join("ok.txt"), b"fine");
     std::os::unix::fs::symlink("ok.txt", src.join("link")).expect("symlink");
-    let err = store.add_path(&src, &AddOptions::default(), &()).expect_err("symlink");
-    assert!(matches!(err, StoreError::Symlink { ref path } if path.ends_with("link")), "{err}");
+    let err = store
+        .add_path(&src, &AddOptions::default(), &())
+        .expect_err("symlink");
+    assert!(
+        matches!(err, StoreError::Symlink { ref path } if path.ends_with("link")),
+        "{err}"
+    );
     assert!(err.to_string().contains("--follow-symlinks"));
     assert!(store.list(true).expect("list").is_empty(), "nothing stored");
 
     let followed = store
-        .add_path(&src, &AddOptions { follow_symlinks: true }, &())
+        .add_path(
+            &src,
+            &AddOptions {
+                follow_symlinks: true,
+            },
+            &(),
+        )
         .expect("follow");
     let tree = store.read_tree(&followed.id).expect("tree");
     assert_eq!(tree.get("link").expect("link").hash, Hash::of(b"fine"));
@@ -118,14 +147,18 @@ fn symlinks_special_files_and_bad_names_are_refused_and_nothing_is_stored() {
     let c = std::ffi::CString::new(fifo.join("p").to_string_lossy().as_bytes()).expect("cstr");
     // SAFETY: c is a valid NUL-terminated path
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-    let err = store.add_path(&fifo, &AddOptions::default(), &()).expect_err("fifo");
+    let err = store
+        .add_path(&fifo, &AddOptions::default(), &())
+        .expect_err("fifo");
     assert!(err.to_string().contains("named pipe"), "{err}");
 
     let bad = dir.path().join("bad-dir");
     fs::create_dir_all(&bad).expect("mkdir");
     let name = std::ffi::OsStr::from_bytes_for_test(b"caf\xe9");
     write(&bad.join(name), b"x");
-    let err = store.add_path(&bad, &AddOptions::default(), &()).expect_err("utf8");
+    let err = store
+        .add_path(&bad, &AddOptions::default(), &())
+        .expect_err("utf8");
     assert!(matches!(err, StoreError::NonUtf8 { .. }), "{err}");
 }
 
@@ -145,24 +178,35 @@ fn prefixes_resolve_and_ambiguity_is_reported() {
     let store = open(dir.path());
     let f = dir.path().join("f");
     write(&f, b"hello");
-    let id = store.add_path(&f, &AddOptions::default(), &()).expect("add").id;
+    let id = store
+        .add_path(&f, &AddOptions::default(), &())
+        .expect("add")
+        .id;
     let hex = id.to_hex();
     assert_eq!(store.resolve_str(&hex[..6]).expect("prefix"), id);
-    assert!(matches!(store.resolve_str("0000"), Err(StoreError::NotFound(_))) || hex.starts_with("0000"));
+    assert!(
+        matches!(store.resolve_str("0000"), Err(StoreError::NotFound(_)))
+            || hex.starts_with("0000")
+    );
     // find two stored ids sharing a first hex digit to provoke ambiguity
     let mut ids = vec![id];
     let mut i = 0u32;
     let clash = loop {
         let g = dir.path().join(format!("g{i}"));
         write(&g, format!("content {i}").as_bytes());
-        let h = store.add_path(&g, &AddOptions::default(), &()).expect("add").id;
+        let h = store
+            .add_path(&g, &AddOptions::default(), &())
+            .expect("add")
+            .id;
         if let Some(other) = ids.iter().find(|o| o.to_hex()[..4] == h.to_hex()[..4]) {
             break (*other, h);
         }
         ids.push(h);
         i += 1;
     };
-    let err = store.resolve_str(&clash.0.to_hex()[..4]).expect_err("ambiguous");
+    let err = store
+        .resolve_str(&clash.0.to_hex()[..4])
+        .expect_err("ambiguous");
     assert!(matches!(err, StoreError::Ambiguous { .. }), "{err}");
 }
 
@@ -176,9 +220,17 @@ fn tags_keep_history_and_resolve() {
     store.set_tag(&t, Some(a)).expect("set");
     store.set_tag(&t, Some(b)).expect("set");
     assert_eq!(store.tag(&t).expect("tag"), Some(b));
-    assert_eq!(store.resolve(&ArtifactRef::Tag(t.clone())).expect("resolve"), b);
+    assert_eq!(
+        store
+            .resolve(&ArtifactRef::Tag(t.clone()))
+            .expect("resolve"),
+        b
+    );
     let hist = store.tag_history(&t).expect("history");
-    assert_eq!(hist.iter().map(|v| v.target).collect::<Vec<_>>(), vec![Some(a), Some(b)]);
+    assert_eq!(
+        hist.iter().map(|v| v.target).collect::<Vec<_>>(),
+        vec![Some(a), Some(b)]
+    );
     store.remove_tag(&t).expect("rm");
     assert_eq!(store.tag(&t).expect("tag"), None);
     assert_eq!(store.tag_history(&t).expect("history").len(), 3);
@@ -192,18 +244,31 @@ fn gc_keeps_pins_tags_and_tree_children() {
     let store = open(dir.path());
     let src = dir.path().join("src");
     write(&src.join("x"), b"child of a pinned tree");
-    let tree = store.add_path(&src, &AddOptions::default(), &()).expect("tree").id;
+    let tree = store
+        .add_path(&src, &AddOptions::default(), &())
+        .expect("tree")
+        .id;
     store.pin(&tree, 1).expect("pin");
-    let tagged = store.add_bytes(b"tagged", records::BlobKind::Raw).expect("t").0;
+    let tagged = store
+        .add_bytes(b"tagged", records::BlobKind::Raw)
+        .expect("t")
+        .0;
     store.set_tag(&tag("d/t:v1"), Some(tagged)).expect("tag");
-    let loose = store.add_bytes(b"loose", records::BlobKind::Raw).expect("l").0;
+    let loose = store
+        .add_bytes(b"loose", records::BlobKind::Raw)
+        .expect("l")
+        .0;
 
     let report = store.gc(&[]).expect("gc");
     assert_eq!(report.removed, 1);
     assert!(!store.has(&loose).expect("has"));
     assert!(!store.blob_path(&loose).exists());
     assert!(store.has(&tree).expect("has"));
-    assert!(store.has(&Hash::of(b"child of a pinned tree")).expect("has"));
+    assert!(
+        store
+            .has(&Hash::of(b"child of a pinned tree"))
+            .expect("has")
+    );
     assert!(store.has(&tagged).expect("has"));
 
     store.unpin(&tree).expect("unpin");
@@ -234,8 +299,14 @@ fn verify_names_corrupt_blobs() {
     let store = open(dir.path());
     let f = dir.path().join("f");
     write(&f, &pseudo_random(100_000, 7));
-    let id = store.add_path(&f, &AddOptions::default(), &()).expect("add").id;
-    let other = store.add_bytes(b"fine", records::BlobKind::Raw).expect("ok").0;
+    let id = store
+        .add_path(&f, &AddOptions::default(), &())
+        .expect("add")
+        .id;
+    let other = store
+        .add_bytes(b"fine", records::BlobKind::Raw)
+        .expect("ok")
+        .0;
     let path = store.blob_path(&id);
     let mut bytes = fs::read(&path).expect("read");
     bytes[5000] ^= 1;
