@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the sandbox tests and examples need, once: runc and
-# busybox-static (Debian packages) and the wasm32-wasip1 Rust target.
+# busybox-static (Debian packages) and the wasm32-wasip1 and wasm32-wasip2
+# Rust targets.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
 need=()
 command -v runc >/dev/null 2>&1 || need+=(runc)
-[ -x /bin/busybox ] || dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -19,8 +20,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}"
 fi
 
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
-  echo "install-deps: adding rust target wasm32-wasip1"
-  rustup target add wasm32-wasip1
-fi
+for t in wasm32-wasip1 wasm32-wasip2; do
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$t"; then
+    echo "install-deps: adding rust target $t"
+    rustup target add "$t"
+  fi
+done
 echo "install-deps: ok"
