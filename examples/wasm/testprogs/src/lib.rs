@@ -1,0 +1,1 @@
+//! Test programs for weft-sandbox; each binary in `src/bin` documents itself.
