@@ -6,6 +6,7 @@
 //! non-zero exit status.
 
 mod backend;
+mod mesh_cmds;
 mod output;
 mod store_cmds;
 
@@ -56,6 +57,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Peers in the mesh, from their adverts (needs a running daemon).
+    Peers,
+    /// This node's id, addresses and advert (needs a running daemon).
+    Node,
+    /// A local multi-node cluster on loopback, for trying weft out.
+    #[command(subcommand)]
+    Devnet(DevnetCmd),
     /// Store a file or directory; prints its id.
     Add {
         path: PathBuf,
@@ -162,6 +170,31 @@ impl DaemonArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DevnetCmd {
+    /// Start N daemons on loopback, each with its own home DIR/nodeI.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Where the nodes' homes go (default: $WEFT_DEVNET_DIR, else /tmp/weft-devnet).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Declare a (fake) GPU on node K; repeatable.
+        #[arg(long = "gpu-node")]
+        gpu_nodes: Vec<usize>,
+    },
+    /// Stop the devnet's daemons.
+    Down {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Which devnet nodes run and how many peers each sees.
+    Status {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TagCmd {
     /// Point NAME at an artifact.
     Set { name: String, reference: String },
@@ -265,6 +298,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 init(&home, cluster_secret, force)?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Peers => mesh_cmds::peers(&home, cli.json).await,
+            Command::Node => mesh_cmds::node(&home).await,
+            Command::Devnet(cmd) => match cmd {
+                DevnetCmd::Up {
+                    nodes,
+                    dir,
+                    gpu_nodes,
+                } => {
+                    let dir = dir.unwrap_or_else(mesh_cmds::default_devnet_dir);
+                    mesh_cmds::devnet_up(&dir, nodes, &gpu_nodes).await
+                }
+                DevnetCmd::Down { dir } => {
+                    mesh_cmds::devnet_down(&dir.unwrap_or_else(mesh_cmds::default_devnet_dir)).await
+                }
+                DevnetCmd::Status { dir } => {
+                    let dir = dir.unwrap_or_else(mesh_cmds::default_devnet_dir);
+                    mesh_cmds::devnet_status(&dir, cli.json).await
+                }
+            },
             command => {
                 let backend = backend::Backend::connect(&home).await?;
                 store_cmds::run(&backend, cli.json, command).await

@@ -1,5 +1,7 @@
 //! The composition root: starts a node's subsystems in order (store, mesh,
-//! API) and stops them in reverse, on one cancellation token.
+//! API) and stops them in reverse, on one cancellation token. It also owns
+//! the loop that hands the mesh's inbound requests and gossip to the
+//! subsystem that answers them.
 //!
 //! [`Node`] is what `weft daemon` runs and what the cluster harness starts
 //! several of in one process.
@@ -11,12 +13,22 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use libp2p::Multiaddr;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use weft_protocol::job::ByteSize;
+use weft_protocol::{ErrorCode, NodeAdvert, Request, Response};
 
-use crate::api::{self, ApiState, Metrics};
+use crate::api::{self, ApiState, Metrics, NodeView};
 use crate::config::{Config, ConfigError};
 use crate::home::{Home, HomeError, write_atomic};
+use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
+use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
 use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
@@ -40,6 +52,12 @@ pub enum DaemonError {
     TokenRequired(SocketAddr),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
+    #[error("config: {0}")]
+    BadConfig(String),
 }
 
 /// Holds `daemon.lock` (flock) for the node's lifetime.
@@ -82,9 +100,64 @@ pub struct Node {
     peer_id: String,
     api_addr: SocketAddr,
     store: Store,
+    net: NetHandle,
+    advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     _lock: LockFile,
+}
+
+fn multiaddrs(what: &str, list: &[String]) -> Result<Vec<Multiaddr>, DaemonError> {
+    list.iter()
+        .map(|a| {
+            a.parse().map_err(|e| {
+                DaemonError::BadConfig(format!("{what} entry {a:?} is not a multiaddr: {e}"))
+            })
+        })
+        .collect()
+}
+
+fn declared_gpus(config: &Config) -> Result<Vec<DeclaredGpu>, DaemonError> {
+    let mut out = Vec::new();
+    for g in &config.gpus {
+        let memory: ByteSize = g.memory.parse().map_err(|e| {
+            DaemonError::BadConfig(format!("[[gpu]] model {:?}: memory: {e}", g.model))
+        })?;
+        for _ in 0..g.count.max(1) {
+            out.push(DeclaredGpu {
+                index: None,
+                vendor: None,
+                model: g.model.clone(),
+                memory_bytes: memory.bytes(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The container runtime on PATH (or configured), for the advert.
+fn container_runtime(config: &Config) -> Option<String> {
+    let candidates: Vec<String> = match &config.sandbox.runtime {
+        Some(r) => vec![r.clone()],
+        None => vec!["runc".into(), "crun".into()],
+    };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    candidates
+        .into_iter()
+        .find(|c| {
+            let p = std::path::Path::new(c);
+            if p.is_absolute() {
+                p.is_file()
+            } else {
+                std::env::split_paths(&path).any(|d| d.join(c).is_file())
+            }
+        })
+        .map(|c| {
+            std::path::Path::new(&c)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(c)
+        })
 }
 
 impl Node {
@@ -118,6 +191,40 @@ impl Node {
         let mut tasks = JoinSet::new();
         let metrics = Arc::new(Metrics::default());
 
+        // 2. the mesh, with this node's advert
+        let secret = config.cluster_secret()?.ok_or_else(|| {
+            DaemonError::BadConfig(
+                "no cluster secret: run `weft init` (or `weft init --cluster-secret HEX` to join a cluster)"
+                    .into(),
+            )
+        })?;
+        let declared = declared_gpus(&config)?;
+        let machine = resources::detect(&home.store_dir(), &declared).await?;
+        let inputs = AdvertInputs {
+            executors: weft_protocol::Executors {
+                wasm: true,
+                container_runtime: container_runtime(&config),
+            },
+            labels: config.node.labels.clone(),
+            ..AdvertInputs::default()
+        };
+        let (advert, advert_rx) = watch::channel(resources::local_advert(&machine, inputs));
+        let mut net_config = NetConfig::new(keypair, secret);
+        net_config.listen = multiaddrs("network.listen", &config.network.listen)?;
+        net_config.bootstrap = multiaddrs("network.bootstrap", &config.network.bootstrap)?;
+        net_config.mdns = config.network.mdns;
+        net_config.advert_interval = Duration::from_millis(config.network.advert_interval_ms);
+        net_config.advert_ttl = Duration::from_millis(config.network.advert_ttl_ms);
+        let (net, events) = net::spawn(net_config, advert_rx).await?;
+        tasks.spawn(dispatch(events, shutdown.clone()));
+        tasks.spawn(refresh_resources(
+            advert.clone(),
+            home.store_dir(),
+            declared,
+            Duration::from_millis(config.network.advert_interval_ms.max(1000) * 5),
+            shutdown.clone(),
+        ));
+
         // last: the API, so that everything it reaches is up
         let listener = tokio::net::TcpListener::bind(api_addr)
             .await
@@ -129,12 +236,18 @@ impl Node {
             addr: api_addr,
             source,
         })?;
+        let view = Arc::new(View {
+            net: net.clone(),
+            advert: advert.subscribe(),
+            api_addr,
+            started,
+        });
         let state = ApiState {
             store: store.clone(),
             metrics,
             token,
             started,
-            node: None,
+            node: Some(view),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -155,10 +268,22 @@ impl Node {
             peer_id,
             api_addr,
             store,
+            net,
+            advert,
             shutdown,
             tasks,
             _lock: lock,
         })
+    }
+
+    /// The mesh handle.
+    pub fn net(&self) -> &NetHandle {
+        &self.net
+    }
+
+    /// Changes this node's advert (labels, task counts); it is gossiped at once.
+    pub fn update_advert(&self, f: impl FnOnce(&mut NodeAdvert)) {
+        self.advert.send_modify(f);
     }
 
     pub fn peer_id(&self) -> &str {
@@ -186,11 +311,150 @@ impl Node {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.net.shutdown().await {
+            tracing::debug!(error = %e, "net already stopped");
+        }
         let _ = fs::remove_file(self.home.api_file());
         if let Err(e) = self.store.flush() {
             tracing::warn!(error = %e, "final store flush failed");
         }
         tracing::info!(peer = %self.peer_id, "node stopped");
+    }
+}
+
+/// Hands what the mesh receives to the subsystem that answers it.
+async fn dispatch(mut events: mpsc::Receiver<NetEvent>, shutdown: CancellationToken) {
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            e = events.recv() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        match event {
+            NetEvent::InboundRequest {
+                peer,
+                request,
+                reply,
+            } => {
+                let response = match request {
+                    Request::Ping { nonce } => Response::Pong { nonce },
+                    other => {
+                        tracing::debug!(%peer, request = ?other, "request not served");
+                        Response::Error {
+                            code: ErrorCode::Unsupported,
+                            message: "this node does not serve that request".into(),
+                        }
+                    }
+                };
+                let _ = reply.send(response);
+            }
+            NetEvent::Gossip { topic, source, .. } => {
+                tracing::debug!(%topic, %source, "gossip not handled");
+            }
+            NetEvent::PeerUp(peer) => tracing::info!(%peer, "peer up"),
+            NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
+        }
+    }
+}
+
+/// Re-reads memory and disk now and then, so adverts stay current.
+async fn refresh_resources(
+    advert: watch::Sender<NodeAdvert>,
+    store_dir: std::path::PathBuf,
+    declared: Vec<DeclaredGpu>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match resources::detect(&store_dir, &declared).await {
+            Ok(r) => {
+                advert.send_if_modified(|a| {
+                    let changed = a.memory_free_bytes.abs_diff(r.memory_free_bytes) > (64 << 20)
+                        || a.disk_free_bytes.abs_diff(r.disk_free_bytes) > (256 << 20)
+                        || a.gpus != r.gpus;
+                    a.memory_free_bytes = r.memory_free_bytes;
+                    a.disk_free_bytes = r.disk_free_bytes;
+                    a.gpus = r.gpus;
+                    changed
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read resources"),
+        }
+    }
+}
+
+/// What the API reports about the node beyond its store.
+struct View {
+    net: NetHandle,
+    advert: watch::Receiver<NodeAdvert>,
+    api_addr: SocketAddr,
+    started: Instant,
+}
+
+impl NodeView for View {
+    fn node(&self) -> BoxFuture<'_, serde_json::Value> {
+        async move {
+            let addrs = self
+                .net
+                .dialable_addrs()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>();
+            let mut advert = self.advert.borrow().clone();
+            advert.peer_id = self.net.local_peer_id().to_string();
+            serde_json::json!({
+                "peer_id": self.net.local_peer_id().to_string(),
+                "version": weft_protocol::VERSION,
+                "api": format!("http://{}", self.api_addr),
+                "addrs": addrs,
+                "uptime_s": self.started.elapsed().as_secs(),
+                "advert": advert,
+            })
+        }
+        .boxed()
+    }
+
+    fn peers(&self) -> BoxFuture<'_, serde_json::Value> {
+        async move {
+            let peers = self.net.peers().await.unwrap_or_default();
+            serde_json::Value::Array(
+                peers
+                    .into_iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "peer_id": p.peer_id.to_string(),
+                            "addrs": p.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                            "connected": p.connected,
+                            "last_seen_ms": p.last_seen_age.as_millis() as u64,
+                            "advert": p.advert,
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        .boxed()
+    }
+
+    fn metrics(&self) -> BoxFuture<'_, String> {
+        async move {
+            let peers = self.net.peers().await.unwrap_or_default();
+            let connected = peers.iter().filter(|p| p.connected).count();
+            format!(
+                "# HELP weft_peers Live peers in the membership table.\n# TYPE weft_peers gauge\nweft_peers {}\n# HELP weft_peers_connected Peers with an authenticated connection.\n# TYPE weft_peers_connected gauge\nweft_peers_connected {connected}\n",
+                peers.len()
+            )
+        }
+        .boxed()
     }
 }
 

@@ -1,1 +1,200 @@
-//! placeholder
+//! The cluster harness: N real weft nodes in one process, each with its own
+//! temporary home, listening on `127.0.0.1:0`, bootstrapped off the first.
+//!
+//! Scenario tests in `tests/tests/` start a [`Cluster`], act on its nodes
+//! through their handles or their REST APIs, and stop it.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use weft_node::config::{Config, GpuDecl, new_secret};
+use weft_node::daemon::Node;
+use weft_node::home::Home;
+
+/// How the cluster's nodes are configured.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub advert_interval_ms: u64,
+    pub advert_ttl_ms: u64,
+    /// Nodes (0-based) that declare one GPU.
+    pub gpu_nodes: Vec<usize>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            advert_interval_ms: 300,
+            advert_ttl_ms: 1000,
+            gpu_nodes: Vec::new(),
+        }
+    }
+}
+
+/// A running cluster. Stopped nodes leave `None` in their slot.
+pub struct Cluster {
+    pub nodes: Vec<Option<Node>>,
+    secret: String,
+    opts: ClusterOptions,
+    bootstrap: Vec<String>,
+    dir: TempDir,
+}
+
+/// A config for a node in this process: everything on loopback, ports from the OS.
+pub fn loopback_config(secret: &str) -> Config {
+    let mut c = Config::default();
+    c.api.listen = "127.0.0.1:0".into();
+    c.data.listen = "127.0.0.1:0".into();
+    c.network.listen = vec![
+        "/ip4/127.0.0.1/tcp/0".into(),
+        "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+    ];
+    c.network.mdns = false;
+    c.network.cluster_secret = Some(secret.to_string());
+    c
+}
+
+impl Cluster {
+    /// Starts `n` nodes and returns once each lists all the others.
+    pub async fn start(n: usize, opts: ClusterOptions) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            secret: new_secret(),
+            opts,
+            bootstrap: Vec::new(),
+            dir,
+        };
+        for _ in 0..n {
+            cluster.add_node(|_| {}).await?;
+        }
+        cluster
+            .wait_until(Duration::from_secs(20), "all nodes see each other", |c| {
+                let want = n - 1;
+                async move { c.all_see(want).await }
+            })
+            .await?;
+        Ok(cluster)
+    }
+
+    /// This cluster's secret.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The config node `i` gets.
+    pub fn config_for(&self, i: usize) -> Config {
+        let mut c = loopback_config(&self.secret);
+        c.network.advert_interval_ms = self.opts.advert_interval_ms;
+        c.network.advert_ttl_ms = self.opts.advert_ttl_ms;
+        c.network.bootstrap = self.bootstrap.clone();
+        c.node.labels.insert("node".into(), format!("{i}"));
+        if self.opts.gpu_nodes.contains(&i) {
+            c.gpus.push(GpuDecl {
+                model: "test-gpu".into(),
+                memory: "16Gi".into(),
+                count: 1,
+            });
+        }
+        c
+    }
+
+    /// Starts one more node (config adjusted by `tweak`); returns its index.
+    pub async fn add_node(&mut self, tweak: impl FnOnce(&mut Config)) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let mut config = self.config_for(i);
+        tweak(&mut config);
+        let node = Node::start(Home::at(self.dir.path().join(format!("node{i}"))), config).await?;
+        if self.bootstrap.is_empty() {
+            self.bootstrap = node
+                .net()
+                .dialable_addrs()
+                .await?
+                .iter()
+                .map(|a| a.to_string())
+                .filter(|a| a.contains("/tcp/"))
+                .collect();
+        }
+        self.nodes.push(Some(node));
+        Ok(i)
+    }
+
+    /// Node `i`; panics if it was stopped (a test bug).
+    pub fn node(&self, i: usize) -> &Node {
+        self.nodes[i].as_ref().expect("node was stopped")
+    }
+
+    /// The running nodes with their indexes.
+    pub fn running(&self) -> impl Iterator<Item = (usize, &Node)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_ref().map(|n| (i, n)))
+    }
+
+    /// Stops node `i`, keeping its home.
+    pub async fn stop_node(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.stop().await;
+        }
+    }
+
+    /// Restarts a stopped node on its old home.
+    pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let config = self.config_for(i);
+        let node = Node::start(Home::at(self.dir.path().join(format!("node{i}"))), config).await?;
+        self.nodes[i] = Some(node);
+        Ok(())
+    }
+
+    /// Peer ids that node `i` lists.
+    pub async fn peers_of(&self, i: usize) -> Vec<String> {
+        self.node(i)
+            .net()
+            .peers()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p.peer_id.to_string())
+            .collect()
+    }
+
+    async fn all_see(&self, want: usize) -> bool {
+        for (i, _) in self.running() {
+            if self.peers_of(i).await.len() < want {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Polls `cond` until it holds or `timeout` passes.
+    pub async fn wait_until<'a, F, Fut>(
+        &'a self,
+        timeout: Duration,
+        what: &str,
+        cond: F,
+    ) -> anyhow::Result<Duration>
+    where
+        F: Fn(&'a Cluster) -> Fut,
+        Fut: Future<Output = bool> + 'a,
+    {
+        let start = Instant::now();
+        loop {
+            if cond(self).await {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                anyhow::bail!("timed out after {timeout:?} waiting until {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn stop(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop_node(i).await;
+        }
+    }
+}

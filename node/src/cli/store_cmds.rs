@@ -82,7 +82,11 @@ pub(crate) async fn run(
                 );
             }
         }
-        Command::Daemon(_) | Command::Init { .. } => {
+        Command::Daemon(_)
+        | Command::Init { .. }
+        | Command::Peers
+        | Command::Node
+        | Command::Devnet(_) => {
             anyhow::bail!("not an artifact command")
         }
         Command::Store(StoreCmd::Verify) => {

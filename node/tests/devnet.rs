@@ -1,0 +1,85 @@
+//! `weft devnet` with the real binary, as a user runs it.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn weft(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .env_remove("WEFT_HOME")
+        .output()
+        .expect("run weft")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = weft(args);
+    assert!(
+        out.status.success(),
+        "weft {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+fn daemons_under(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let s = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if s.contains("daemon") && s.contains(&*dir.to_string_lossy()) {
+                found.push(s);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn devnet_up_add_peers_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    let t = Instant::now();
+    let up = ok(&["devnet", "up", "--nodes", "3", "--dir", d]);
+    assert!(
+        up.contains(&format!("WEFT_HOME={d}/node2 weft peers")),
+        "{up}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert_eq!(daemons_under(dir.path()).len(), 3);
+
+    let file = dir.path().join("data.txt");
+    std::fs::write(&file, b"hello devnet").expect("write");
+    let node1 = format!("{d}/node1");
+    let id = ok(&["--home", &node1, "add", file.to_str().expect("utf8")]);
+    assert_eq!(id.trim(), blake3::hash(b"hello devnet").to_hex().as_str());
+
+    let node3 = format!("{d}/node3");
+    let peers: serde_json::Value =
+        serde_json::from_str(&ok(&["--home", &node3, "peers", "--json"])).expect("json");
+    let listed: Vec<String> = peers
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["peer_id"].as_str().expect("peer id").to_string())
+        .collect();
+    for n in ["node1", "node2"] {
+        let me: serde_json::Value =
+            serde_json::from_str(&ok(&["--home", &format!("{d}/{n}"), "node"])).expect("json");
+        let id = me["peer_id"].as_str().expect("peer id");
+        assert!(
+            listed.iter().any(|p| p == id),
+            "{n} ({id}) not in node3's peers {listed:?}"
+        );
+    }
+    let status = ok(&["devnet", "status", "--dir", d]);
+    assert_eq!(status.matches("running").count(), 3, "{status}");
+
+    ok(&["devnet", "down", "--dir", d]);
+    assert!(
+        daemons_under(dir.path()).is_empty(),
+        "a daemon was left behind"
+    );
+    // no daemon: the CLI works on the home directly
+    assert_eq!(ok(&["--home", &node1, "cat", id.trim()]), "hello devnet");
+}
