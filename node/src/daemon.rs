@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weft_protocol::job::ByteSize;
-use weft_protocol::{ErrorCode, NodeAdvert, Request, Response};
+use weft_protocol::{ErrorCode, NodeAdvert, Request, Response, Topic};
 
 use crate::api::{self, ApiState, Metrics, NodeView};
 use crate::config::{Config, ConfigError};
@@ -30,6 +30,7 @@ use crate::home::{Home, HomeError, write_atomic};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
 use crate::store::{Store, StoreError};
+use crate::tags::{self, TagEvent, TagsHandle};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +217,19 @@ impl Node {
         net_config.advert_interval = Duration::from_millis(config.network.advert_interval_ms);
         net_config.advert_ttl = Duration::from_millis(config.network.advert_ttl_ms);
         let (net, events) = net::spawn(net_config, advert_rx).await?;
-        tasks.spawn(dispatch(events, shutdown.clone()));
+
+        // 3. tag replication
+        let (tags, replicator) = tags::replicator(store.clone(), net.clone(), shutdown.clone());
+        tasks.spawn(replicator);
+
+        tasks.spawn(dispatch(
+            events,
+            Subsystems {
+                store: store.clone(),
+                tags,
+            },
+            shutdown.clone(),
+        ));
         tasks.spawn(refresh_resources(
             advert.clone(),
             home.store_dir(),
@@ -322,8 +335,35 @@ impl Node {
     }
 }
 
+/// What the dispatch loop hands requests and gossip to.
+#[derive(Clone)]
+struct Subsystems {
+    store: Store,
+    tags: TagsHandle,
+}
+
+/// Answers one request from a peer.
+async fn answer(subsystems: Subsystems, peer: libp2p::PeerId, request: Request) -> Response {
+    match request {
+        Request::Ping { nonce } => Response::Pong { nonce },
+        Request::TagSync { after } => tags::answer_sync(&subsystems.store, after).await,
+        other => {
+            tracing::debug!(%peer, request = ?other, "request not served");
+            Response::error(
+                ErrorCode::Unsupported,
+                "this node does not serve that request",
+            )
+        }
+    }
+}
+
 /// Hands what the mesh receives to the subsystem that answers it.
-async fn dispatch(mut events: mpsc::Receiver<NetEvent>, shutdown: CancellationToken) {
+async fn dispatch(
+    mut events: mpsc::Receiver<NetEvent>,
+    subsystems: Subsystems,
+    shutdown: CancellationToken,
+) {
+    let mut answering = JoinSet::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -338,22 +378,25 @@ async fn dispatch(mut events: mpsc::Receiver<NetEvent>, shutdown: CancellationTo
                 request,
                 reply,
             } => {
-                let response = match request {
-                    Request::Ping { nonce } => Response::Pong { nonce },
-                    other => {
-                        tracing::debug!(%peer, request = ?other, "request not served");
-                        Response::Error {
-                            code: ErrorCode::Unsupported,
-                            message: "this node does not serve that request".into(),
-                        }
-                    }
-                };
-                let _ = reply.send(response);
+                let subsystems = subsystems.clone();
+                answering.spawn(async move {
+                    let _ = reply.send(answer(subsystems, peer, request).await);
+                });
+                // reap finished answers so the set stays small
+                while answering.try_join_next().is_some() {}
             }
+            NetEvent::Gossip {
+                topic: Topic::Tags,
+                source,
+                data,
+            } => subsystems.tags.send(TagEvent::Gossip { source, data }),
             NetEvent::Gossip { topic, source, .. } => {
                 tracing::debug!(%topic, %source, "gossip not handled");
             }
-            NetEvent::PeerUp(peer) => tracing::info!(%peer, "peer up"),
+            NetEvent::PeerUp(peer) => {
+                tracing::info!(%peer, "peer up");
+                subsystems.tags.send(TagEvent::PeerUp(peer));
+            }
             NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
         }
     }

@@ -29,7 +29,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::{BaoTree, BlockSize};
 use serde::{Deserialize, Serialize};
-use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagVersion, Tree, TreeError};
+use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagUpdate, TagVersion, Tree, TreeError};
 
 pub use export::ExportOptions;
 pub use import::{AddOptions, AddOutcome, Progress};
@@ -110,6 +110,9 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A tag name with the versions it has had.
+pub type TagHistory = (TagName, Vec<TagVersion>);
+
 /// The store: a clonable handle.
 #[derive(Clone)]
 pub struct Store {
@@ -128,6 +131,8 @@ struct Inner {
     /// Writer id stamped on tag versions.
     origin: String,
     hlc: Mutex<Hlc>,
+    /// Tag versions written by this node, for replication to the mesh.
+    local_tags: tokio::sync::broadcast::Sender<TagUpdate>,
 }
 
 /// One artifact as listed by `weft ls`.
@@ -203,6 +208,7 @@ impl Store {
                 gc_lock: RwLock::new(()),
                 origin: origin.to_string(),
                 hlc: Mutex::new(Hlc::default()),
+                local_tags: tokio::sync::broadcast::channel(1024).0,
             }),
         };
         store.clean_tmp()?;
@@ -442,7 +448,53 @@ impl Store {
             origin: self.inner.origin.clone(),
         };
         self.merge_tag(name, version.clone())?;
+        // nobody listening (no daemon) is fine: peers catch up on sync
+        let _ = self.inner.local_tags.send(TagUpdate {
+            name: name.clone(),
+            version: version.clone(),
+        });
         Ok(version)
+    }
+
+    /// Tag versions this node writes from now on.
+    pub fn subscribe_tags(&self) -> tokio::sync::broadcast::Receiver<TagUpdate> {
+        self.inner.local_tags.subscribe()
+    }
+
+    /// Tags named after `after` (in name order), at most `limit` of them,
+    /// each with its newest versions; and whether more follow.
+    pub fn tag_page(
+        &self,
+        after: Option<&TagName>,
+        limit: usize,
+        max_versions: usize,
+    ) -> Result<(Vec<TagHistory>, bool)> {
+        let start = match after {
+            // the first key strictly after `after`
+            Some(a) => {
+                let mut k = a.as_str().as_bytes().to_vec();
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for kv in self.inner.tags.range(start..) {
+            let (k, v) = kv?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Ok(name) = TagName::new(&key) else {
+                continue;
+            };
+            let mut rec =
+                TagRecord::from_bytes(&v).map_err(|source| StoreError::Record { key, source })?;
+            let extra = rec.history.len().saturating_sub(max_versions);
+            rec.history.drain(..extra);
+            out.push((name, rec.history));
+        }
+        Ok((out, false))
     }
 
     /// Removes a tag (a tombstone version, so the removal replicates).
@@ -497,7 +549,7 @@ impl Store {
     }
 
     /// Every tag name with its full history (for replication).
-    pub fn tag_records(&self) -> Result<Vec<(TagName, Vec<TagVersion>)>> {
+    pub fn tag_records(&self) -> Result<Vec<TagHistory>> {
         let mut out = Vec::new();
         for kv in self.inner.tags.iter() {
             let (k, v) = kv?;

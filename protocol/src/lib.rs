@@ -20,7 +20,7 @@ pub use codec::{CodecError, decode, encode};
 pub use hash::{Hash, HashParseError, HashPrefix};
 pub use job::{JobSpec, JobSpecError};
 pub use rpc::{ErrorCode, Request, Response, Topic};
-pub use tag::{ArtifactRef, Hlc, TagName, TagVersion};
+pub use tag::{ArtifactRef, Hlc, TagName, TagUpdate, TagVersion};
 pub use tree::{EntryKind, Tree, TreeEntry, TreeError};
 
 /// weft's version, carried in adverts.

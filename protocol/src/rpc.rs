@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::advert::NodeAdvert;
 use crate::codec::{self, CodecError, MAX_MESSAGE_BYTES};
+use crate::tag::{TagName, TagVersion};
 
 /// Request/response protocol for weft messages between authenticated nodes.
 pub const RPC_PROTOCOL: &str = "/weft/rpc/1";
@@ -84,6 +85,11 @@ pub enum Request {
     /// Answered by the peer's daemon (not its net layer) with
     /// [`Response::Pong`] echoing `nonce`.
     Ping { nonce: u64 },
+    /// Sent by a node to each peer that enters its membership table (so also
+    /// to every peer after a restart), to catch up on tags it missed.
+    /// Answered with [`Response::Tags`]: the tags named after `after`, in
+    /// name order, one page at a time.
+    TagSync { after: Option<TagName> },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -94,6 +100,12 @@ pub enum Response {
     Hello(Box<NodeAdvert>),
     /// Answers [`Request::Ping`] with its nonce.
     Pong { nonce: u64 },
+    /// Answers [`Request::TagSync`]: a page of tags with every version the
+    /// responder holds; `more` says whether another page follows the last name.
+    Tags {
+        tags: Vec<(TagName, Vec<TagVersion>)>,
+        more: bool,
+    },
     /// Answers any request the responder cannot or will not serve.
     Error { code: ErrorCode, message: String },
 }
@@ -185,6 +197,45 @@ mod tests {
             Response::decode(&bytes).expect("decode"),
             Response::Hello(Box::default())
         );
+    }
+
+    #[test]
+    fn golden_tag_sync() {
+        // {"TagSync": {"after": "a:b"}}
+        let req = Request::TagSync {
+            after: Some(TagName::new("a:b").expect("tag")),
+        };
+        let bytes = req.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!("a1", "6754616753796e63", "a1", "656166746572", "63613a62")
+        );
+        assert_eq!(Request::decode(&bytes).expect("decode"), req);
+        // {"Tags": {"tags": [["a:b", []]], "more": false}}
+        let resp = Response::Tags {
+            tags: vec![(TagName::new("a:b").expect("tag"), vec![])],
+            more: false,
+        };
+        let bytes = resp.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "6454616773",
+                "a2",
+                "6474616773",
+                "81",
+                "82",
+                "63613a62",
+                "80",
+                "646d6f7265",
+                "f4"
+            )
+        );
+        assert_eq!(Response::decode(&bytes).expect("decode"), resp);
+        // a tag name that is not valid fails to decode
+        let bad = hex::decode("a16754616753796e63a16561667465726178").expect("hex");
+        assert!(Request::decode(&bad).is_err());
     }
 
     #[test]

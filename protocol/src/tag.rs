@@ -210,6 +210,23 @@ impl TagVersion {
     }
 }
 
+/// A tag change as gossiped on `weft/tags/1`: one new version of one name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagUpdate {
+    pub name: TagName,
+    pub version: TagVersion,
+}
+
+impl TagUpdate {
+    pub fn encode(&self) -> Result<Vec<u8>, crate::CodecError> {
+        crate::codec::encode(self, crate::codec::MAX_MESSAGE_BYTES)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::CodecError> {
+        crate::codec::decode(bytes, crate::codec::MAX_MESSAGE_BYTES)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +293,43 @@ mod tests {
             },
         );
         assert!(Hlc::tick(seen, 120) > seen);
+    }
+
+    #[test]
+    fn golden_tag_update() {
+        let u = TagUpdate {
+            name: TagName::new("m/x:v1").expect("tag"),
+            version: TagVersion {
+                target: None,
+                hlc: Hlc {
+                    wall_ms: 1,
+                    counter: 2,
+                },
+                origin: "n".into(),
+            },
+        };
+        let bytes = u.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a2",
+                "646e616d65",
+                "666d2f783a7631", // "name": "m/x:v1"
+                "6776657273696f6e",
+                "a3", // "version": {
+                "66746172676574",
+                "f6", //   "target": null
+                "63686c63",
+                "a2",
+                "6777616c6c5f6d73",
+                "01",
+                "67636f756e746572",
+                "02",
+                "666f726967696e",
+                "616e" //   "origin": "n" }
+            )
+        );
+        assert_eq!(TagUpdate::decode(&bytes).expect("decode"), u);
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! Tag replication: every tag set anywhere resolves everywhere.
+//!
+//! A tag is a last-writer-wins register per name (hybrid logical clock, ties
+//! by node id; see `weft_protocol::tag`). Versions this node writes are
+//! gossiped on `weft/tags/1` as they happen; versions gossiped by others are
+//! merged into the store. When a peer enters the membership table (and so,
+//! for a node that restarts, every peer) the two exchange all their tags
+//! with `Request::TagSync`, a page at a time, so a node that was away catches
+//! up. Every node keeps every version it has seen in the tag's history.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use weft_protocol::{ErrorCode, Request, Response, TagName, TagUpdate, Topic};
+
+use crate::net::NetHandle;
+use crate::store::Store;
+
+/// Tags per `TagSync` page.
+const PAGE: usize = 200;
+/// Versions of one tag sent in a sync page (its newest).
+const PAGE_VERSIONS: usize = 50;
+
+/// What the replicator is told by the daemon's dispatch loop.
+#[derive(Debug)]
+pub enum TagEvent {
+    /// A `weft/tags/1` message.
+    Gossip { source: PeerId, data: Vec<u8> },
+    /// A peer joined: sync with it.
+    PeerUp(PeerId),
+}
+
+/// Handle to the replicator.
+#[derive(Clone)]
+pub struct TagsHandle {
+    tx: mpsc::Sender<TagEvent>,
+}
+
+impl TagsHandle {
+    /// Passes an event on; drops it if the replicator is far behind (a
+    /// later sync repairs anything missed).
+    pub fn send(&self, event: TagEvent) {
+        if let Err(e) = self.tx.try_send(event) {
+            tracing::warn!(error = %e, "tag replicator busy; event dropped, next sync repairs it");
+        }
+    }
+}
+
+/// The replicator: its handle, and the loop for the caller to spawn.
+pub fn replicator(
+    store: Store,
+    net: NetHandle,
+    shutdown: CancellationToken,
+) -> (
+    TagsHandle,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::channel(1024);
+    let local = store.subscribe_tags();
+    (TagsHandle { tx }, run(store, net, local, rx, shutdown))
+}
+
+async fn run(
+    store: Store,
+    net: NetHandle,
+    mut local: broadcast::Receiver<TagUpdate>,
+    mut events: mpsc::Receiver<TagEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut syncs = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            update = local.recv() => match update {
+                Ok(update) => publish(&net, &update).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "local tag changes outran gossip; peers catch up on their next sync");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            event = events.recv() => match event {
+                Some(TagEvent::Gossip { source, data }) => merge_gossip(&store, source, &data).await,
+                Some(TagEvent::PeerUp(peer)) => {
+                    let (store, net) = (store.clone(), net.clone());
+                    syncs.spawn(async move { sync_with(store, net, peer).await });
+                }
+                None => break,
+            },
+            Some(_) = syncs.join_next(), if !syncs.is_empty() => {}
+        }
+    }
+    syncs.shutdown().await;
+}
+
+async fn publish(net: &NetHandle, update: &TagUpdate) {
+    let data = match update.encode() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(tag = %update.name, error = %e, "cannot encode tag update");
+            return;
+        }
+    };
+    if let Err(e) = net.publish(Topic::Tags, data).await {
+        // no peer subscribed yet, or none at all: they catch up on sync
+        tracing::debug!(tag = %update.name, error = %e, "tag update not gossiped");
+    }
+}
+
+async fn merge_gossip(store: &Store, source: PeerId, data: &[u8]) {
+    let update = match TagUpdate::decode(data) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(%source, error = %e, "malformed tag update dropped");
+            return;
+        }
+    };
+    let store = store.clone();
+    let name = update.name.clone();
+    match tokio::task::spawn_blocking(move || store.merge_tag(&update.name, update.version)).await {
+        Ok(Ok(changed)) => tracing::debug!(tag = %name, %source, changed, "tag update merged"),
+        Ok(Err(e)) => tracing::warn!(tag = %name, error = %e, "cannot merge tag update"),
+        Err(e) => tracing::warn!(error = %e, "tag merge task failed"),
+    }
+}
+
+/// Pulls every tag `peer` has, page by page, and merges them.
+#[tracing::instrument(skip(store, net))]
+async fn sync_with(store: Store, net: NetHandle, peer: PeerId) {
+    let mut after: Option<TagName> = None;
+    let mut merged = 0usize;
+    loop {
+        let response = match tokio::time::timeout(
+            Duration::from_secs(30),
+            net.request(
+                peer,
+                Request::TagSync {
+                    after: after.clone(),
+                },
+            ),
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "tag sync failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("tag sync timed out");
+                return;
+            }
+        };
+        let (tags, more) = match response {
+            Response::Tags { tags, more } => (tags, more),
+            other => {
+                tracing::debug!(response = ?other, "peer does not sync tags");
+                return;
+            }
+        };
+        after = tags.last().map(|(n, _)| n.clone());
+        let s = store.clone();
+        let result =
+            tokio::task::spawn_blocking(move || -> Result<usize, crate::store::StoreError> {
+                let mut changed = 0;
+                for (name, versions) in tags {
+                    for v in versions {
+                        changed += usize::from(s.merge_tag(&name, v)?);
+                    }
+                }
+                s.flush()?;
+                Ok(changed)
+            })
+            .await;
+        match result {
+            Ok(Ok(n)) => merged += n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot merge synced tags");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tag merge task failed");
+                return;
+            }
+        }
+        if !more || after.is_none() {
+            break;
+        }
+    }
+    tracing::debug!(merged, "tag sync done");
+}
+
+/// Answers a `TagSync` request from the store.
+pub async fn answer_sync(store: &Store, after: Option<TagName>) -> Response {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.tag_page(after.as_ref(), PAGE, PAGE_VERSIONS))
+        .await
+    {
+        Ok(Ok((tags, more))) => Response::Tags { tags, more },
+        Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
+        Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+    }
+}
