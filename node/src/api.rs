@@ -9,6 +9,7 @@
 
 mod artifacts;
 pub mod client;
+mod jobs;
 mod metrics;
 pub mod openapi;
 
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub started: Instant,
     /// The rest of the node, for the endpoints that need more than the store.
     pub node: Option<Arc<dyn NodeView>>,
+    /// The scheduler, for the job endpoints.
+    pub sched: Option<crate::sched::SchedHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.
@@ -149,6 +152,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
+        .merge(jobs::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())
         .fallback(|| async {

@@ -6,9 +6,12 @@
 //! non-zero exit status.
 
 mod backend;
+mod job_cmds;
 mod mesh_cmds;
 mod output;
 mod store_cmds;
+
+pub(crate) use output::human_bytes;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +60,21 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Submit a job (a YAML job spec); it is placed on a capable peer.
+    Run {
+        /// The job spec.
+        #[arg(short, long = "file")]
+        file: PathBuf,
+        /// Wait for the job to finish and print its outcome.
+        #[arg(long)]
+        wait: bool,
+        /// Run it on this node only (without a daemon: in this process).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Jobs: list, status, logs, cancel (from any node of the mesh).
+    #[command(subcommand)]
+    Job(JobCmd),
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
     /// This node's id, addresses and advert (needs a running daemon).
@@ -167,6 +185,23 @@ impl DaemonArgs {
             config.node.labels.insert(k.clone(), v.clone());
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// Jobs this node coordinates or has heard of.
+    Ls,
+    /// A job's state, attempts and result.
+    Status { id: String },
+    /// A job's stdout and stderr.
+    Logs {
+        id: String,
+        /// Wait for the job to finish, showing its state changes.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Cancel a job (stops its running task).
+    Cancel { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,6 +333,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 init(&home, cluster_secret, force)?;
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Run { file, wait, local } => {
+                job_cmds::run(&home, &file, wait, local, cli.json).await
+            }
+            Command::Job(cmd) => match cmd {
+                JobCmd::Ls => job_cmds::ls(&home, cli.json).await,
+                JobCmd::Status { id } => job_cmds::status(&home, &id, cli.json).await,
+                JobCmd::Logs { id, follow } => job_cmds::logs(&home, &id, follow, cli.json).await,
+                JobCmd::Cancel { id } => job_cmds::cancel(&home, &id, cli.json).await,
+            },
             Command::Peers => mesh_cmds::peers(&home, cli.json).await,
             Command::Node => mesh_cmds::node(&home).await,
             Command::Devnet(cmd) => match cmd {

@@ -29,8 +29,10 @@ use crate::config::{Config, ConfigError};
 use crate::home::{Home, HomeError, write_atomic};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
+use crate::sched::{self, LocalOnly, SchedConfig, SchedError, SchedHandle};
 use crate::store::{Store, StoreError};
 use crate::tags::{self, TagEvent, TagsHandle};
+use weft_sandbox::{Sandbox, SandboxConfig, SandboxError};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +61,10 @@ pub enum DaemonError {
     Resources(#[from] ResourceError),
     #[error("config: {0}")]
     BadConfig(String),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Sched(#[from] SchedError),
 }
 
 /// Holds `daemon.lock` (flock) for the node's lifetime.
@@ -102,6 +108,7 @@ pub struct Node {
     api_addr: SocketAddr,
     store: Store,
     net: NetHandle,
+    sched: SchedHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -134,31 +141,6 @@ fn declared_gpus(config: &Config) -> Result<Vec<DeclaredGpu>, DaemonError> {
         }
     }
     Ok(out)
-}
-
-/// The container runtime on PATH (or configured), for the advert.
-fn container_runtime(config: &Config) -> Option<String> {
-    let candidates: Vec<String> = match &config.sandbox.runtime {
-        Some(r) => vec![r.clone()],
-        None => vec!["runc".into(), "crun".into()],
-    };
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    candidates
-        .into_iter()
-        .find(|c| {
-            let p = std::path::Path::new(c);
-            if p.is_absolute() {
-                p.is_file()
-            } else {
-                std::env::split_paths(&path).any(|d| d.join(c).is_file())
-            }
-        })
-        .map(|c| {
-            std::path::Path::new(&c)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or(c)
-        })
 }
 
 impl Node {
@@ -199,12 +181,26 @@ impl Node {
                     .into(),
             )
         })?;
+        // the sandbox first: what it can run goes into the advert
+        let mut sandbox_config = SandboxConfig::new(home.root().join("sandbox"));
+        sandbox_config.oci_runtime = config
+            .sandbox
+            .runtime
+            .as_ref()
+            .map(std::path::PathBuf::from);
+        let sandbox = {
+            let c = sandbox_config;
+            tokio::task::spawn_blocking(move || Sandbox::new(c))
+                .await
+                .map_err(|e| DaemonError::BadConfig(format!("sandbox: {e}")))??
+        };
+        let executors = sandbox.executors();
         let declared = declared_gpus(&config)?;
         let machine = resources::detect(&home.store_dir(), &declared).await?;
         let inputs = AdvertInputs {
             executors: weft_protocol::Executors {
                 wasm: true,
-                container_runtime: container_runtime(&config),
+                container_runtime: executors.container.as_ref().map(|r| r.name.clone()),
             },
             labels: config.node.labels.clone(),
             ..AdvertInputs::default()
@@ -222,11 +218,33 @@ impl Node {
         let (tags, replicator) = tags::replicator(store.clone(), net.clone(), shutdown.clone());
         tasks.spawn(replicator);
 
+        // 4. the scheduler
+        let (sched, loops) = sched::start(
+            SchedConfig {
+                me: net.local_peer_id(),
+                store: store.clone(),
+                net: net.clone(),
+                sandbox,
+                fetcher: Arc::new(LocalOnly {
+                    store: store.clone(),
+                    me: peer_id.clone(),
+                }),
+                work_dir: home.work_dir(),
+                advert: advert.clone(),
+                advert_ttl: Duration::from_millis(config.network.advert_ttl_ms),
+            },
+            shutdown.clone(),
+        )?;
+        for l in loops {
+            tasks.spawn(l);
+        }
+
         tasks.spawn(dispatch(
             events,
             Subsystems {
                 store: store.clone(),
                 tags,
+                sched: sched.clone(),
             },
             shutdown.clone(),
         ));
@@ -261,6 +279,7 @@ impl Node {
             token,
             started,
             node: Some(view),
+            sched: Some(sched.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -282,6 +301,7 @@ impl Node {
             api_addr,
             store,
             net,
+            sched,
             advert,
             shutdown,
             tasks,
@@ -292,6 +312,11 @@ impl Node {
     /// The mesh handle.
     pub fn net(&self) -> &NetHandle {
         &self.net
+    }
+
+    /// The scheduler handle.
+    pub fn sched(&self) -> &SchedHandle {
+        &self.sched
     }
 
     /// Changes this node's advert (labels, task counts); it is gossiped at once.
@@ -340,10 +365,25 @@ impl Node {
 struct Subsystems {
     store: Store,
     tags: TagsHandle,
+    sched: SchedHandle,
 }
 
 /// Answers one request from a peer.
 async fn answer(subsystems: Subsystems, peer: libp2p::PeerId, request: Request) -> Response {
+    let request = match request {
+        r @ (Request::Reserve { .. }
+        | Request::Release { .. }
+        | Request::Claim { .. }
+        | Request::TaskUpdate { .. }
+        | Request::CancelJob { .. }
+        | Request::CancelTask { .. }
+        | Request::GetJob { .. }) => {
+            return subsystems.sched.answer(peer, r).await.unwrap_or_else(|| {
+                Response::error(ErrorCode::Internal, "scheduler did not answer")
+            });
+        }
+        other => other,
+    };
     match request {
         Request::Ping { nonce } => Response::Pong { nonce },
         Request::TagSync { after } => tags::answer_sync(&subsystems.store, after).await,
@@ -390,14 +430,23 @@ async fn dispatch(
                 source,
                 data,
             } => subsystems.tags.send(TagEvent::Gossip { source, data }),
+            NetEvent::Gossip {
+                topic: Topic::Jobs,
+                source,
+                data,
+            } => subsystems.sched.gossip(source, data),
             NetEvent::Gossip { topic, source, .. } => {
                 tracing::debug!(%topic, %source, "gossip not handled");
             }
             NetEvent::PeerUp(peer) => {
                 tracing::info!(%peer, "peer up");
                 subsystems.tags.send(TagEvent::PeerUp(peer));
+                subsystems.sched.peer_up();
             }
-            NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
+            NetEvent::PeerGone(peer) => {
+                tracing::info!(%peer, "peer gone");
+                subsystems.sched.peer_gone(peer);
+            }
         }
     }
 }

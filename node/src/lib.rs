@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod home;
 pub mod net;
 pub mod resources;
+pub mod sched;
 pub mod store;
 pub mod tags;

@@ -254,6 +254,11 @@ impl Store {
         p
     }
 
+    /// A sled tree of this store's database, for another subsystem's records.
+    pub(crate) fn db_tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     /// Makes everything written so far durable.
     pub fn flush(&self) -> Result<()> {
         self.inner.db.flush()?;

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod hash;
 pub mod job;
 pub mod rpc;
+pub mod sched;
 pub mod tag;
 pub mod tree;
 

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::advert::NodeAdvert;
 use crate::codec::{self, CodecError, MAX_MESSAGE_BYTES};
+use crate::sched::{Assignment, JobId, JobResult, JobState, JobStatus, Needs};
 use crate::tag::{TagName, TagVersion};
 
 /// Request/response protocol for weft messages between authenticated nodes.
@@ -90,6 +91,43 @@ pub enum Request {
     /// Answered with [`Response::Tags`]: the tags named after `after`, in
     /// name order, one page at a time.
     TagSync { after: Option<TagName> },
+    /// Sent by a job's coordinator to a candidate executor: hold a place in
+    /// its queue for this attempt. Answered with [`Response::Reserved`]; the
+    /// executor sends [`Request::Claim`] when the reservation's turn comes.
+    /// `unsupported` or `busy` errors mean it cannot take the task.
+    Reserve {
+        job: JobId,
+        attempt: u32,
+        needs: Needs,
+    },
+    /// Sent by the coordinator to executors holding a reservation that is no
+    /// longer needed (another executor claimed the task, or it was
+    /// cancelled). Answered with [`Response::Ack`].
+    Release { job: JobId, attempt: u32 },
+    /// Sent by an executor to a job's coordinator when its reservation
+    /// reaches the head of its queue. Answered with [`Response::Assignment`]
+    /// (the first claim wins) or a `not_found` error (placed elsewhere or
+    /// over), after which the executor drops the reservation.
+    Claim { job: JobId, attempt: u32 },
+    /// Sent by the executor to the coordinator on each state change of an
+    /// attempt, with the result at the end. Answered with [`Response::Ack`],
+    /// or `not_found` when the attempt is no longer current.
+    TaskUpdate {
+        job: JobId,
+        attempt: u32,
+        state: JobState,
+        reason: Option<String>,
+        result: Option<JobResult>,
+    },
+    /// Sent to a job's coordinator by the node a user asked to cancel it.
+    /// Answered with [`Response::Job`] (the job's status after the cancel).
+    CancelJob { job: JobId },
+    /// Sent by the coordinator to the executor running an attempt it
+    /// cancels. Answered with [`Response::Ack`].
+    CancelTask { job: JobId, attempt: u32 },
+    /// Sent to a job's coordinator for its full, current status. Answered
+    /// with [`Response::Job`] or a `not_found` error.
+    GetJob { job: JobId },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -106,6 +144,15 @@ pub enum Response {
         tags: Vec<(TagName, Vec<TagVersion>)>,
         more: bool,
     },
+    /// Answers [`Request::Reserve`]: reservations queued ahead of this one.
+    Reserved { queued: u32 },
+    /// Answers [`Request::Claim`]: the task to run.
+    Assignment(Box<Assignment>),
+    /// Answers [`Request::Release`], [`Request::TaskUpdate`] and
+    /// [`Request::CancelTask`].
+    Ack,
+    /// Answers [`Request::CancelJob`] and [`Request::GetJob`].
+    Job(Box<JobStatus>),
     /// Answers any request the responder cannot or will not serve.
     Error { code: ErrorCode, message: String },
 }

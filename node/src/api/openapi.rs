@@ -159,10 +159,10 @@ fn params(path: &str) -> Vec<Value> {
                 "in": "path",
                 "required": true,
                 "schema": {"type": "string"},
-                "description": if name == "reference" {
-                    "an id, a unique id prefix or a tag (NAME:VERSION)"
-                } else {
-                    "a tag name (NAME:VERSION)"
+                "description": match name {
+                    "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
+                    "id" => "a job id (20 hex digits)",
+                    _ => "a tag name (NAME:VERSION)",
                 }
             })
         })

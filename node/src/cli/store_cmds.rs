@@ -85,6 +85,8 @@ pub(crate) async fn run(
         Command::Daemon(_)
         | Command::Init { .. }
         | Command::Peers
+        | Command::Run { .. }
+        | Command::Job(_)
         | Command::Node
         | Command::Devnet(_) => {
             anyhow::bail!("not an artifact command")

@@ -1,0 +1,174 @@
+//! Job endpoints: submit, list, status (with waiting), cancel, logs.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use weft_protocol::JobSpec;
+use weft_protocol::sched::{JobId, Submission};
+
+use super::{ApiError, ApiResult, ApiState, blocking};
+use crate::sched::{SchedError, SchedHandle};
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/jobs", get(list).post(submit))
+        .route("/api/v1/jobs/{id}", get(status))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/logs", get(logs))
+}
+
+impl From<SchedError> for ApiError {
+    fn from(e: SchedError) -> ApiError {
+        match e {
+            SchedError::BadSpec(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", m),
+            e @ SchedError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            SchedError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
+            SchedError::Store(e) => e.into(),
+            e @ SchedError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+fn sched(state: &ApiState) -> ApiResult<&SchedHandle> {
+    state.sched.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this node runs no scheduler",
+        )
+    })
+}
+
+fn job_id(s: &str) -> ApiResult<JobId> {
+    s.parse().map_err(ApiError::bad_request)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitJson {
+    /// The job spec as YAML text.
+    spec: String,
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Deserialize)]
+struct SubmitQuery {
+    #[serde(default)]
+    local: bool,
+}
+
+/// `POST /api/v1/jobs`: a YAML job spec as the body (or JSON `{spec, local}`).
+async fn submit(
+    State(state): State<ApiState>,
+    Query(q): Query<SubmitQuery>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the job spec is not UTF-8 text"))?;
+    let (yaml, local) = if text.trim_start().starts_with('{') {
+        let j: SubmitJson = super::parse_json(&body)?;
+        (j.spec, j.local || q.local)
+    } else {
+        (text.to_string(), q.local)
+    };
+    let spec = JobSpec::from_yaml(&yaml)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", e.to_string()))?;
+    let status = sched(&state)?.submit(Submission { spec, local }).await?;
+    Ok((StatusCode::CREATED, axum::Json(status)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    let mut jobs = sched(&state)?.list().await?;
+    jobs.truncate(q.limit.unwrap_or(1000));
+    Ok(axum::Json(jobs).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    /// Wait up to this long for the job to finish.
+    wait_ms: Option<u64>,
+}
+
+async fn status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<StatusQuery>,
+) -> ApiResult<Response> {
+    let id = job_id(&id)?;
+    let s = sched(&state)?;
+    let status = match q.wait_ms {
+        Some(ms) if ms > 0 => {
+            s.wait(id.clone(), Duration::from_millis(ms.min(300_000)))
+                .await?;
+            s.status(id).await?
+        }
+        _ => s.status(id).await?,
+    };
+    Ok(axum::Json(status).into_response())
+}
+
+async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = job_id(&id)?;
+    Ok(axum::Json(sched(&state)?.cancel(id).await?).into_response())
+}
+
+/// `GET /api/v1/jobs/{id}/logs`: the task's stdout and stderr as text.
+async fn logs(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = job_id(&id)?;
+    let s = sched(&state)?;
+    let status = s.status(id.clone()).await?;
+    let Some(logs) = status.result.as_ref().and_then(|r| r.logs) else {
+        let why = if status.state.is_terminal() {
+            "the task printed nothing"
+        } else {
+            "the job has not finished"
+        };
+        return Ok(axum::Json(serde_json::json!({
+            "job": id, "state": status.state, "stdout": "", "stderr": "", "note": why,
+        }))
+        .into_response());
+    };
+    s.fetch(logs)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    let store = state.store.clone();
+    let (stdout, stderr) = blocking(move || {
+        let tree = store.read_tree(&logs)?;
+        let read = |name: &str| -> Result<String, crate::store::StoreError> {
+            match tree.get(name) {
+                Some(e) => {
+                    let p = store.blob_path(&e.hash);
+                    let bytes = std::fs::read(&p).map_err(crate::store::StoreError::io(&p))?;
+                    Ok(String::from_utf8_lossy(&bytes).into_owned())
+                }
+                None => Ok(String::new()),
+            }
+        };
+        Ok((read("stdout")?, read("stderr")?))
+    })
+    .await?;
+    Ok(axum::Json(serde_json::json!({
+        "job": id, "state": status.state, "logs": logs, "stdout": stdout, "stderr": stderr,
+    }))
+    .into_response())
+}

@@ -1,0 +1,304 @@
+//! The scheduler: jobs from any node, placed on capable peers near their
+//! data, retried when an executor is lost, memoized by a cache key.
+//!
+//! Two actors per node. The **coordinator** owns the jobs submitted to this
+//! node: it resolves tags, computes the cache key (the task's program and
+//! input ids), answers at once from the cache, and otherwise places the job:
+//! it filters and ranks the live adverts (see [`placement`]) and sends
+//! reservations to the best one or two nodes (Sparrow-style); the first
+//! executor to claim the task gets it and the others are released. It
+//! persists every change in sled, follows the executor's updates, re-places
+//! the job when the executor's advert expires (with backoff, within the
+//! spec's retries), enforces the deadline, and gossips each change on
+//! `weft/jobs/1` in batches; every node keeps a bounded table of what it
+//! hears, so any node can answer for any job.
+//!
+//! The **executor** runs tasks for any coordinator: reservations wait in a
+//! queue until the node's CPU, memory and GPUs allow (GPUs are assigned
+//! whole and exclusively), then it claims the task, fetches the inputs,
+//! runs the sandbox, stores outputs (tagged as the spec asks) and logs, and
+//! reports the result.
+
+mod coordinator;
+mod executor;
+pub(crate) mod placement;
+mod records;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use weft_protocol::sched::{JobId, JobStatus, Submission};
+use weft_protocol::{Hash, NodeAdvert, Request, Response};
+
+use crate::net::NetHandle;
+use crate::store::{Store, StoreError};
+
+pub use coordinator::CoordinatorHandle;
+pub use executor::ExecutorHandle;
+
+/// Why a scheduler call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    #[error("{0}")]
+    BadSpec(String),
+    #[error("no job {0} is known here; `weft job ls` lists the jobs this node has heard of")]
+    NotFound(JobId),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the scheduler has stopped")]
+    Stopped,
+}
+
+/// Brings a job's inputs to this node (the data plane, or nothing when the
+/// node runs alone) and tells where inputs already are.
+pub trait Fetcher: Send + Sync {
+    /// Makes `hash` (and everything in it, for a tree) local.
+    fn fetch(&self, hash: Hash) -> BoxFuture<'_, Result<(), String>>;
+    /// Bytes of `hashes` each of `peers` holds, as far as can be learned quickly.
+    fn held(&self, peers: Vec<String>, hashes: Vec<Hash>) -> BoxFuture<'_, Vec<(String, u64)>>;
+}
+
+/// A fetcher for a node without a data plane: inputs must already be local.
+pub struct LocalOnly {
+    pub store: Store,
+    pub me: String,
+}
+
+impl Fetcher for LocalOnly {
+    fn fetch(&self, hash: Hash) -> BoxFuture<'_, Result<(), String>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let ok = tokio::task::spawn_blocking(move || {
+                store
+                    .closure([hash])
+                    .map(|all| all.iter().all(|h| store.has(h).unwrap_or(false)))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            if ok {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{hash} is not in this node's store and no data plane runs here to fetch it"
+                ))
+            }
+        })
+    }
+
+    fn held(&self, _peers: Vec<String>, hashes: Vec<Hash>) -> BoxFuture<'_, Vec<(String, u64)>> {
+        let store = self.store.clone();
+        let me = self.me.clone();
+        Box::pin(async move {
+            let bytes = tokio::task::spawn_blocking(move || {
+                hashes
+                    .iter()
+                    .filter(|h| store.has(h).unwrap_or(false))
+                    .map(|h| store.content_size(h).unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .await
+            .unwrap_or(0);
+            vec![(me, bytes)]
+        })
+    }
+}
+
+/// What the scheduler needs from the rest of the node.
+pub struct SchedConfig {
+    pub me: PeerId,
+    pub store: Store,
+    pub net: NetHandle,
+    pub sandbox: weft_sandbox::Sandbox,
+    pub fetcher: Arc<dyn Fetcher>,
+    /// Where tasks get their working folders.
+    pub work_dir: PathBuf,
+    /// This node's advert (its capacity); the executor updates task counts.
+    pub advert: watch::Sender<NodeAdvert>,
+    /// How long a peer's advert lives: an executor unseen this long is lost.
+    pub advert_ttl: Duration,
+}
+
+/// The scheduler's handle, for the API and the dispatch loop.
+#[derive(Clone)]
+pub struct SchedHandle {
+    pub coordinator: CoordinatorHandle,
+    pub executor: ExecutorHandle,
+    net: NetHandle,
+    fetcher: Arc<dyn Fetcher>,
+}
+
+/// Starts both actors; returns the handle and the loops to spawn.
+pub fn start(
+    config: SchedConfig,
+    shutdown: CancellationToken,
+) -> Result<(SchedHandle, Vec<BoxFuture<'static, ()>>), SchedError> {
+    let (coord_tx, coord_rx) = mpsc::channel(4096);
+    let (exec_tx, exec_rx) = mpsc::channel(4096);
+    let coordinator = CoordinatorHandle { tx: coord_tx };
+    let executor = ExecutorHandle { tx: exec_tx };
+    let coord_loop =
+        coordinator::Coordinator::new(&config, executor.clone(), coord_rx, shutdown.clone())?;
+    let exec_loop = executor::Executor::new(&config, coordinator.clone(), exec_rx, shutdown);
+    Ok((
+        SchedHandle {
+            coordinator,
+            executor,
+            net: config.net.clone(),
+            fetcher: config.fetcher.clone(),
+        },
+        vec![Box::pin(coord_loop.run()), Box::pin(exec_loop.run())],
+    ))
+}
+
+impl SchedHandle {
+    /// Submits a job to this node, which becomes its coordinator.
+    pub async fn submit(&self, submission: Submission) -> Result<JobStatus, SchedError> {
+        self.coordinator.submit(submission).await
+    }
+
+    /// A job's status: from its coordinator when reachable, else as heard.
+    pub async fn status(&self, job: JobId) -> Result<JobStatus, SchedError> {
+        match self.coordinator.known(job.clone()).await? {
+            Some((s, true)) => Ok(s),
+            Some((heard, false)) => {
+                let Ok(coordinator) = heard.coordinator.parse::<PeerId>() else {
+                    return Ok(heard);
+                };
+                let asked = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    self.net.request(coordinator, Request::GetJob { job }),
+                )
+                .await;
+                match asked {
+                    Ok(Ok(Response::Job(s))) if s.revision >= heard.revision => Ok(*s),
+                    _ => Ok(heard),
+                }
+            }
+            None => Err(SchedError::NotFound(job)),
+        }
+    }
+
+    /// Waits until the job is over or `timeout` passes; returns its status.
+    pub async fn wait(&self, job: JobId, timeout: Duration) -> Result<JobStatus, SchedError> {
+        self.coordinator.wait(job, timeout).await
+    }
+
+    /// Jobs this node coordinates or has heard of, newest first.
+    pub async fn list(&self) -> Result<Vec<JobStatus>, SchedError> {
+        self.coordinator.list().await
+    }
+
+    /// Cancels a job, wherever it was submitted.
+    pub async fn cancel(&self, job: JobId) -> Result<JobStatus, SchedError> {
+        match self.coordinator.known(job.clone()).await? {
+            Some((_, true)) => self.coordinator.cancel_here(job).await,
+            Some((heard, false)) => {
+                let coordinator = heard.coordinator.parse::<PeerId>().map_err(|_| {
+                    SchedError::Unavailable(format!("job {job} has no valid coordinator"))
+                })?;
+                match self
+                    .net
+                    .request(coordinator, Request::CancelJob { job: job.clone() })
+                    .await
+                {
+                    Ok(Response::Job(s)) => Ok(*s),
+                    Ok(Response::Error { message, .. }) => Err(SchedError::Unavailable(message)),
+                    Ok(other) => Err(SchedError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))),
+                    Err(e) => Err(SchedError::Unavailable(format!(
+                        "cannot reach job {job}'s coordinator {coordinator}: {e}"
+                    ))),
+                }
+            }
+            None => Err(SchedError::NotFound(job)),
+        }
+    }
+
+    /// Answers a scheduler request from a peer; `None` if it is not one.
+    pub async fn answer(&self, peer: PeerId, request: Request) -> Option<Response> {
+        match request {
+            Request::Reserve {
+                job,
+                attempt,
+                needs,
+            } => Some(
+                self.executor
+                    .reserve(peer.to_string(), job, attempt, needs)
+                    .await,
+            ),
+            Request::Release { job, attempt } => {
+                self.executor.release(job, attempt);
+                Some(Response::Ack)
+            }
+            Request::CancelTask { job, attempt } => {
+                self.executor.cancel(job, attempt);
+                Some(Response::Ack)
+            }
+            Request::Claim { job, attempt } => {
+                Some(self.coordinator.claim(peer.to_string(), job, attempt).await)
+            }
+            Request::TaskUpdate {
+                job,
+                attempt,
+                state,
+                reason,
+                result,
+            } => Some(
+                self.coordinator
+                    .update(peer.to_string(), job, attempt, state, reason, result)
+                    .await,
+            ),
+            Request::CancelJob { job } => Some(match self.coordinator.cancel_here(job).await {
+                Ok(s) => Response::Job(Box::new(s)),
+                Err(e) => Response::error(weft_protocol::ErrorCode::NotFound, e.to_string()),
+            }),
+            Request::GetJob { job } => Some(match self.coordinator.own_status(job).await {
+                Some(s) => Response::Job(Box::new(s)),
+                None => Response::error(
+                    weft_protocol::ErrorCode::NotFound,
+                    "not a job this node coordinates",
+                ),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Makes an artifact local (a job's logs, say), from the mesh if need be.
+    pub async fn fetch(&self, hash: Hash) -> Result<(), String> {
+        self.fetcher.fetch(hash).await
+    }
+
+    /// Job gossip from a peer.
+    pub fn gossip(&self, source: PeerId, data: Vec<u8>) {
+        self.coordinator.gossip(source, data);
+    }
+
+    /// A peer's advert expired.
+    pub fn peer_gone(&self, peer: PeerId) {
+        self.coordinator.peer_gone(peer.to_string());
+    }
+
+    /// A peer joined: pending jobs may fit now.
+    pub fn peer_up(&self) {
+        self.coordinator.peer_up();
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    crate::store::now_ms()
+}
+
+/// Replies on a oneshot, ignoring a caller that went away.
+pub(crate) fn reply<T>(tx: oneshot::Sender<T>, value: T) {
+    let _ = tx.send(value);
+}

@@ -1,0 +1,808 @@
+//! The executor actor: reservations queued until the node has room, tasks
+//! claimed from their coordinators and run in the sandbox.
+//!
+//! Capacity is the node's CPU (in thousandths of a core), memory and GPUs;
+//! a reservation is claimed only when its needs fit what running tasks leave
+//! free, and GPUs are handed out whole, one task per device. So a node never
+//! runs more than it has, and two GPU tasks on a one-GPU node run one after
+//! the other.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use weft_protocol::sched::{Assignment, ExecutorKind, JobId, JobResult, JobState, Needs, Program};
+use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response};
+use weft_sandbox::{ContainerTask, Limits, Sandbox, Task, TaskKind, WasmModule, WasmTask};
+
+use super::coordinator::CoordinatorHandle;
+use super::{Fetcher, SchedConfig, reply};
+use crate::net::NetHandle;
+use crate::store::{AddOptions, ExportOptions, Store};
+
+/// An unclaimed reservation older than this is dropped.
+const RESERVATION_TTL: Duration = Duration::from_secs(120);
+
+type Key = (JobId, u32);
+
+pub(crate) enum Command {
+    Reserve {
+        coordinator: String,
+        job: JobId,
+        attempt: u32,
+        needs: Needs,
+        reply: oneshot::Sender<Response>,
+    },
+    Release {
+        job: JobId,
+        attempt: u32,
+    },
+    Cancel {
+        job: JobId,
+        attempt: u32,
+    },
+    /// A claim came back from the coordinator.
+    Claimed {
+        key: Key,
+        assignment: Option<Assignment>,
+    },
+    /// A task ended.
+    Done {
+        key: Key,
+    },
+}
+
+/// Handle to the executor.
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+}
+
+impl ExecutorHandle {
+    pub(crate) async fn reserve(
+        &self,
+        coordinator: String,
+        job: JobId,
+        attempt: u32,
+        needs: Needs,
+    ) -> Response {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .tx
+            .send(Command::Reserve {
+                coordinator,
+                job,
+                attempt,
+                needs,
+                reply: tx,
+            })
+            .await
+            .is_err()
+        {
+            return Response::error(ErrorCode::Unsupported, "the executor has stopped");
+        }
+        rx.await
+            .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "the executor has stopped"))
+    }
+
+    pub(crate) fn release(&self, job: JobId, attempt: u32) {
+        let _ = self.tx.try_send(Command::Release { job, attempt });
+    }
+
+    pub(crate) fn cancel(&self, job: JobId, attempt: u32) {
+        let _ = self.tx.try_send(Command::Cancel { job, attempt });
+    }
+}
+
+struct Reservation {
+    coordinator: String,
+    key: Key,
+    needs: Needs,
+    at: Instant,
+    claiming: bool,
+    /// GPUs held for it while its claim is out.
+    gpus: Vec<u32>,
+}
+
+struct Running {
+    cancel: CancellationToken,
+    gpus: Vec<u32>,
+    needs: Needs,
+}
+
+/// Free capacity.
+struct Capacity {
+    cpu_millis: u64,
+    memory: u64,
+    gpus: Vec<(u32, u64, String)>,
+}
+
+pub(crate) struct Executor {
+    me: String,
+    store: Store,
+    net: NetHandle,
+    sandbox: Sandbox,
+    fetcher: Arc<dyn Fetcher>,
+    work_dir: PathBuf,
+    coordinator: CoordinatorHandle,
+    advert: watch::Sender<NodeAdvert>,
+    free: Capacity,
+    queue: VecDeque<Reservation>,
+    running: HashMap<Key, Running>,
+    rx: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+}
+
+/// Where the coordinator of a task is.
+#[derive(Clone)]
+enum Coord {
+    Local(CoordinatorHandle),
+    Remote(NetHandle, PeerId),
+}
+
+impl Coord {
+    async fn ask(&self, me: &str, request: Request) -> Result<Response, String> {
+        match self {
+            Coord::Local(c) => Ok(match request {
+                Request::Claim { job, attempt } => c.claim(me.to_string(), job, attempt).await,
+                Request::TaskUpdate {
+                    job,
+                    attempt,
+                    state,
+                    reason,
+                    result,
+                } => {
+                    c.update(me.to_string(), job, attempt, state, reason, result)
+                        .await
+                }
+                _ => Response::error(ErrorCode::Unsupported, "not a coordinator request"),
+            }),
+            Coord::Remote(net, peer) => {
+                net.request(*peer, request).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl Executor {
+    pub(crate) fn new(
+        config: &SchedConfig,
+        coordinator: CoordinatorHandle,
+        rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> Executor {
+        let advert = config.advert.borrow().clone();
+        Executor {
+            me: config.me.to_string(),
+            store: config.store.clone(),
+            net: config.net.clone(),
+            sandbox: config.sandbox.clone(),
+            fetcher: config.fetcher.clone(),
+            work_dir: config.work_dir.clone(),
+            coordinator,
+            advert: config.advert.clone(),
+            free: Capacity {
+                cpu_millis: u64::from(advert.cpu_cores.max(1)) * 1000,
+                memory: advert.memory_total_bytes,
+                gpus: advert
+                    .gpus
+                    .iter()
+                    .map(|g| (g.index, g.memory_bytes, g.model.clone()))
+                    .collect(),
+            },
+            queue: VecDeque::new(),
+            running: HashMap::new(),
+            rx,
+            shutdown,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let (loopback_tx, mut loopback) = mpsc::channel::<Command>(4096);
+        let mut counts = tokio::time::interval(Duration::from_millis(500));
+        counts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                Some(cmd) = self.rx.recv() => self.handle(cmd, &loopback_tx),
+                Some(cmd) = loopback.recv() => self.handle(cmd, &loopback_tx),
+                _ = counts.tick() => {
+                    self.expire();
+                    self.publish_counts();
+                }
+            }
+        }
+        for r in self.running.values() {
+            r.cancel.cancel();
+        }
+    }
+
+    fn coord(&self, coordinator: &str) -> Option<Coord> {
+        if coordinator == self.me {
+            Some(Coord::Local(self.coordinator.clone()))
+        } else {
+            coordinator
+                .parse()
+                .ok()
+                .map(|p| Coord::Remote(self.net.clone(), p))
+        }
+    }
+
+    fn handle(&mut self, cmd: Command, loopback: &mpsc::Sender<Command>) {
+        match cmd {
+            Command::Reserve {
+                coordinator,
+                job,
+                attempt,
+                needs,
+                reply: r,
+            } => {
+                let response = self.can_ever_run(&needs).map_or_else(
+                    || {
+                        self.queue.push_back(Reservation {
+                            coordinator,
+                            key: (job, attempt),
+                            needs,
+                            at: Instant::now(),
+                            claiming: false,
+                            gpus: Vec::new(),
+                        });
+                        Response::Reserved {
+                            queued: self.queue.len().saturating_sub(1) as u32,
+                        }
+                    },
+                    |why| Response::error(ErrorCode::Unsupported, why),
+                );
+                reply(r, response);
+                self.pump(loopback);
+            }
+            Command::Release { job, attempt } => {
+                let key = (job, attempt);
+                self.queue.retain(|r| r.key != key || r.claiming);
+            }
+            Command::Cancel { job, attempt } => {
+                let key = (job, attempt);
+                self.queue.retain(|r| r.key != key || r.claiming);
+                if let Some(r) = self.running.get(&key) {
+                    tracing::info!(job = %key.0, attempt, "cancelling task");
+                    r.cancel.cancel();
+                }
+            }
+            Command::Claimed { key, assignment } => {
+                let Some(pos) = self.queue.iter().position(|r| r.key == key) else {
+                    return;
+                };
+                let Some(res) = self.queue.remove(pos) else {
+                    return;
+                };
+                match assignment {
+                    Some(a) => self.start(res, a, loopback),
+                    None => {
+                        self.give_back(&res.needs, &res.gpus);
+                        self.pump(loopback);
+                    }
+                }
+            }
+            Command::Done { key } => {
+                if let Some(r) = self.running.remove(&key) {
+                    self.give_back(&r.needs, &r.gpus);
+                }
+                self.pump(loopback);
+            }
+        }
+    }
+
+    /// Why this node can never run a task with these needs, if it cannot.
+    fn can_ever_run(&self, needs: &Needs) -> Option<String> {
+        let advert = self.advert.borrow();
+        match needs.executor {
+            ExecutorKind::Container if advert.executors.container_runtime.is_none() => {
+                return Some("no container runtime on this node".into());
+            }
+            _ => {}
+        }
+        if u64::from(needs.cpu_millis) > u64::from(advert.cpu_cores.max(1)) * 1000 {
+            return Some(format!("this node has {} CPUs", advert.cpu_cores));
+        }
+        if needs.memory_bytes > advert.memory_total_bytes {
+            return Some("not enough memory on this node".into());
+        }
+        if let Some(g) = &needs.gpu {
+            let fitting = advert
+                .gpus
+                .iter()
+                .filter(|d| g.memory.is_none_or(|m| d.memory_bytes >= m.bytes()))
+                .filter(|d| {
+                    g.model
+                        .as_ref()
+                        .is_none_or(|m| d.model.to_lowercase().contains(&m.to_lowercase()))
+                })
+                .count();
+            if fitting < g.count as usize {
+                return Some(format!("this node has {fitting} fitting GPUs"));
+            }
+        }
+        None
+    }
+
+    /// GPUs to give a task that needs `needs`, if enough are free.
+    fn pick_gpus(&self, needs: &Needs) -> Option<Vec<u32>> {
+        let Some(g) = &needs.gpu else {
+            return Some(Vec::new());
+        };
+        let picked: Vec<u32> = self
+            .free
+            .gpus
+            .iter()
+            .filter(|(_, mem, model)| {
+                g.memory.is_none_or(|m| *mem >= m.bytes())
+                    && g.model
+                        .as_ref()
+                        .is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
+            })
+            .take(g.count as usize)
+            .map(|(i, _, _)| *i)
+            .collect();
+        (picked.len() == g.count as usize).then_some(picked)
+    }
+
+    fn give_back(&mut self, needs: &Needs, gpus: &[u32]) {
+        self.free.cpu_millis += u64::from(needs.cpu_millis);
+        self.free.memory += needs.memory_bytes;
+        let advert = self.advert.borrow();
+        for i in gpus {
+            if let Some(g) = advert.gpus.iter().find(|g| g.index == *i) {
+                self.free
+                    .gpus
+                    .push((g.index, g.memory_bytes, g.model.clone()));
+            }
+        }
+    }
+
+    /// Claims every queued reservation that fits, in queue order.
+    fn pump(&mut self, loopback: &mpsc::Sender<Command>) {
+        for i in 0..self.queue.len() {
+            let r = &self.queue[i];
+            if r.claiming
+                || u64::from(r.needs.cpu_millis) > self.free.cpu_millis
+                || r.needs.memory_bytes > self.free.memory
+            {
+                continue;
+            }
+            let Some(gpus) = self.pick_gpus(&r.needs) else {
+                continue;
+            };
+            let Some(coord) = self.coord(&r.coordinator) else {
+                continue;
+            };
+            // hold the capacity while the claim is out
+            self.free.cpu_millis -= u64::from(r.needs.cpu_millis);
+            self.free.memory -= r.needs.memory_bytes;
+            self.free.gpus.retain(|(idx, _, _)| !gpus.contains(idx));
+            let r = &mut self.queue[i];
+            r.claiming = true;
+            r.gpus = gpus;
+            let key = r.key.clone();
+            let me = self.me.clone();
+            let tx = loopback.clone();
+            tokio::spawn(async move {
+                let answer = coord
+                    .ask(
+                        &me,
+                        Request::Claim {
+                            job: key.0.clone(),
+                            attempt: key.1,
+                        },
+                    )
+                    .await;
+                let assignment = match answer {
+                    Ok(Response::Assignment(a)) => Some(*a),
+                    _ => None,
+                };
+                let _ = tx.send(Command::Claimed { key, assignment }).await;
+            });
+        }
+    }
+
+    fn start(
+        &mut self,
+        res: Reservation,
+        assignment: Assignment,
+        loopback: &mpsc::Sender<Command>,
+    ) {
+        let cancel = self.shutdown.child_token();
+        let gpus = res.gpus.clone();
+        self.running.insert(
+            res.key.clone(),
+            Running {
+                cancel: cancel.clone(),
+                gpus: gpus.clone(),
+                needs: res.needs.clone(),
+            },
+        );
+        let tx = loopback.clone();
+        let key = res.key;
+        let Some(coord) = self.coord(&res.coordinator) else {
+            let _ = tx.try_send(Command::Done { key });
+            return;
+        };
+        let ctx = TaskContext {
+            me: self.me.clone(),
+            store: self.store.clone(),
+            sandbox: self.sandbox.clone(),
+            fetcher: self.fetcher.clone(),
+            work_dir: self.work_dir.clone(),
+            coord,
+        };
+        tokio::spawn(async move {
+            ctx.run(assignment, gpus, cancel).await;
+            let _ = tx.send(Command::Done { key }).await;
+        });
+    }
+
+    fn expire(&mut self) {
+        let before = self.queue.len();
+        self.queue
+            .retain(|r| r.claiming || r.at.elapsed() < RESERVATION_TTL);
+        if self.queue.len() != before {
+            tracing::debug!(
+                dropped = before - self.queue.len(),
+                "stale reservations dropped"
+            );
+        }
+    }
+
+    fn publish_counts(&self) {
+        let running = self.running.len() as u32;
+        let queued = self.queue.len() as u32;
+        self.advert.send_if_modified(|a| {
+            let changed = a.running_tasks != running || a.queued_tasks != queued;
+            a.running_tasks = running;
+            a.queued_tasks = queued;
+            changed
+        });
+    }
+}
+
+/// What a running task needs.
+struct TaskContext {
+    me: String,
+    store: Store,
+    sandbox: Sandbox,
+    fetcher: Arc<dyn Fetcher>,
+    work_dir: PathBuf,
+    coord: Coord,
+}
+
+/// Outcome of one step of running a task, before the result.
+enum Stop {
+    /// The node could not run it (retryable elsewhere).
+    Executor(String),
+    /// The coordinator no longer wants it.
+    Stale,
+}
+
+impl TaskContext {
+    /// Tells the coordinator; `Err(Stale)` when it no longer wants this attempt.
+    async fn update(
+        &self,
+        a: &Assignment,
+        state: JobState,
+        reason: Option<String>,
+        result: Option<JobResult>,
+    ) -> Result<(), Stop> {
+        let request = Request::TaskUpdate {
+            job: a.job.clone(),
+            attempt: a.attempt,
+            state,
+            reason,
+            result,
+        };
+        let last = state.is_terminal();
+        // a final report is retried for a while: the coordinator may be restarting
+        let tries = if last { 40 } else { 1 };
+        for n in 0..tries {
+            match self.coord.ask(&self.me, request.clone()).await {
+                Ok(Response::Ack) => return Ok(()),
+                Ok(Response::Error {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => return Err(Stop::Stale),
+                Ok(other) => {
+                    tracing::debug!(job = %a.job, answer = ?other, "unexpected answer to an update");
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(job = %a.job, error = %e, "update not delivered");
+                    if n + 1 < tries {
+                        tokio::time::sleep(Duration::from_millis(250 * (n as u64 + 1).min(8)))
+                            .await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %a.job, attempt = a.attempt))]
+    async fn run(self, a: Assignment, gpus: Vec<u32>, cancel: CancellationToken) {
+        let dir = self.work_dir.join(format!("{}-{}", a.job, a.attempt));
+        let (state, reason, result) = match self.execute(&a, &dir, gpus, &cancel).await {
+            Ok(result) => {
+                let state = if result.succeeded() {
+                    JobState::Succeeded
+                } else if cancel.is_cancelled() {
+                    JobState::Cancelled
+                } else {
+                    JobState::Failed
+                };
+                (state, None, Some(result))
+            }
+            Err(Stop::Stale) => {
+                tracing::info!("the coordinator no longer wants this attempt; stopped");
+                (JobState::Cancelled, Some("stale attempt".into()), None)
+            }
+            Err(Stop::Executor(why)) => {
+                tracing::warn!(reason = %why, "task could not run here");
+                let result = JobResult {
+                    error: Some(("executor".into(), why.clone())),
+                    ..JobResult::default()
+                };
+                (JobState::Failed, Some(why), Some(result))
+            }
+        };
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove task folder");
+        }
+        let _ = self.update(&a, state, reason, result).await;
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, Stop> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store))
+            .await
+            .map_err(|e| Stop::Executor(e.to_string()))?
+            .map_err(|e| Stop::Executor(e.to_string()))
+    }
+
+    async fn execute(
+        &self,
+        a: &Assignment,
+        dir: &Path,
+        gpus: Vec<u32>,
+        cancel: &CancellationToken,
+    ) -> Result<JobResult, Stop> {
+        let inputs = dir.join("inputs");
+        let outputs = dir.join("outputs");
+        let scratch = dir.join("tmp");
+        for d in [&inputs, &outputs, &scratch] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| Stop::Executor(format!("{}: {e}", d.display())))?;
+        }
+        // inputs and the program, fetched when not here
+        let program_id = match &a.program {
+            Program::Wasm { module, .. } => *module,
+            Program::Container { image, .. } => *image,
+        };
+        if !a.inputs.is_empty() {
+            self.update(a, JobState::Fetching, None, None).await?;
+        }
+        for id in a
+            .inputs
+            .iter()
+            .map(|(h, _)| *h)
+            .chain(std::iter::once(program_id))
+        {
+            self.fetcher
+                .fetch(id)
+                .await
+                .map_err(|e| Stop::Executor(format!("fetching {id}: {e}")))?;
+        }
+        for (id, path) in &a.inputs {
+            let rel = path
+                .trim_start_matches(weft_protocol::job::INPUTS_ROOT)
+                .trim_start_matches('/');
+            let dest = if rel.is_empty() {
+                inputs.clone()
+            } else {
+                inputs.join(rel)
+            };
+            let id = *id;
+            self.blocking(move |store| {
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(crate::store::StoreError::io(parent))?;
+                }
+                store.export(
+                    &id,
+                    &dest,
+                    ExportOptions {
+                        force: true,
+                        link: true,
+                    },
+                    &(),
+                )
+            })
+            .await?;
+        }
+        let kind = match &a.program {
+            Program::Wasm { module, args, env } => {
+                let id = *module;
+                let bytes = self
+                    .blocking(move |store| {
+                        let p = store.blob_path(&id);
+                        std::fs::read(&p).map_err(crate::store::StoreError::io(&p))
+                    })
+                    .await?;
+                TaskKind::Wasm(WasmTask {
+                    module: WasmModule::from_bytes(bytes),
+                    args: args.clone(),
+                    env: env.clone(),
+                })
+            }
+            Program::Container {
+                image,
+                command,
+                args,
+                env,
+                workdir,
+            } => {
+                let (rootfs, config) = self.image(*image).await?;
+                TaskKind::Container(ContainerTask {
+                    rootfs,
+                    args: config.command_line(command, args),
+                    env: config.environment(env),
+                    workdir: workdir.clone().or(config.workdir.clone()),
+                    gpus,
+                })
+            }
+        };
+        self.update(a, JobState::Running, None, None).await?;
+        let task = Task {
+            name: format!("{}-{}", a.job, a.attempt),
+            kind,
+            inputs: inputs.clone(),
+            outputs: outputs.clone(),
+            scratch: Some(scratch),
+            limits: Limits {
+                timeout: Duration::from_millis(a.timeout_ms),
+                memory: Some(a.needs.memory_bytes),
+                cpu_millis: Some(a.needs.cpu_millis),
+                ..Limits::default()
+            },
+        };
+        let outcome = self.sandbox.run(task, cancel.clone()).await;
+        let mut result = JobResult {
+            exit_code: outcome.exit_code,
+            error: outcome
+                .failure
+                .as_ref()
+                .map(|f| (f.class.as_str().to_string(), f.message.clone())),
+            wall_ms: outcome.wall_time.as_millis() as u64,
+            peak_memory: outcome.peak_memory,
+            notes: outcome.notes.clone(),
+            ..JobResult::default()
+        };
+        if outcome.stdout.truncated {
+            result.notes.push("stdout was cut at its cap".into());
+        }
+        if outcome.stderr.truncated {
+            result.notes.push("stderr was cut at its cap".into());
+        }
+        if cancel.is_cancelled() {
+            return Ok(result);
+        }
+        let printed = !outcome.stdout.bytes.is_empty() || !outcome.stderr.bytes.is_empty();
+        if !a.outputs.is_empty() || printed {
+            self.update(a, JobState::Uploading, None, None).await?;
+        }
+        if printed {
+            let logs = dir.join("logs");
+            tokio::fs::create_dir_all(&logs)
+                .await
+                .map_err(|e| Stop::Executor(format!("{}: {e}", logs.display())))?;
+            for (name, c) in [("stdout", &outcome.stdout), ("stderr", &outcome.stderr)] {
+                if !c.bytes.is_empty() {
+                    tokio::fs::write(logs.join(name), &c.bytes)
+                        .await
+                        .map_err(|e| Stop::Executor(format!("writing logs: {e}")))?;
+                }
+            }
+            let id = self
+                .blocking(move |store| {
+                    let out = store.add_path(&logs, &AddOptions::default(), &())?;
+                    store.pin(&out.id, 1)?;
+                    Ok(out.id)
+                })
+                .await?;
+            result.logs = Some(id);
+        }
+        if result.succeeded() {
+            for (path, tag) in &a.outputs {
+                let rel = path
+                    .trim_start_matches(weft_protocol::job::OUTPUTS_ROOT)
+                    .trim_start_matches('/');
+                let src = if rel.is_empty() {
+                    outputs.clone()
+                } else {
+                    outputs.join(rel)
+                };
+                if tokio::fs::symlink_metadata(&src).await.is_err() {
+                    result.exit_code = result.exit_code.or(Some(0));
+                    result.error = Some((
+                        "missing output".into(),
+                        format!("the task did not write {path}"),
+                    ));
+                    break;
+                }
+                let tag = tag.clone();
+                let id: Hash = self
+                    .blocking(move |store| {
+                        let out = store.add_path(&src, &AddOptions::default(), &())?;
+                        store.pin(&out.id, 1)?;
+                        if let Some(t) = &tag {
+                            store.set_tag(t, Some(out.id))?;
+                        }
+                        store.flush()?;
+                        Ok(out.id)
+                    })
+                    .await?;
+                result.outputs.push((path.clone(), id));
+            }
+        }
+        Ok(result)
+    }
+
+    /// The image's root filesystem, exported once per image, and its config.
+    async fn image(
+        &self,
+        image: Hash,
+    ) -> Result<(PathBuf, weft_sandbox::image::ImageConfig), Stop> {
+        let base = self.work_dir.join("images").join(image.to_hex());
+        let rootfs = base.join("rootfs");
+        let ready = base.join("ready");
+        self.blocking(move |store| {
+            let tree = store.read_tree(&image)?;
+            let config_id = tree.get("config.json").map(|e| e.hash).ok_or_else(|| {
+                crate::store::StoreError::NotFound(format!(
+                    "{image} is not an image (no config.json)"
+                ))
+            })?;
+            let rootfs_id = tree.get("rootfs").map(|e| e.hash).ok_or_else(|| {
+                crate::store::StoreError::NotFound(format!("{image} is not an image (no rootfs)"))
+            })?;
+            if !ready.exists() {
+                let _ = std::fs::remove_dir_all(&base);
+                std::fs::create_dir_all(&base).map_err(crate::store::StoreError::io(&base))?;
+                store.export(
+                    &rootfs_id,
+                    &rootfs,
+                    ExportOptions {
+                        force: false,
+                        link: true,
+                    },
+                    &(),
+                )?;
+                std::fs::write(&ready, b"").map_err(crate::store::StoreError::io(&ready))?;
+            }
+            let p = store.blob_path(&config_id);
+            let bytes = std::fs::read(&p).map_err(crate::store::StoreError::io(&p))?;
+            let config: weft_sandbox::image::ImageConfig =
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    crate::store::StoreError::NotFound(format!("image config of {image}: {e}"))
+                })?;
+            Ok((rootfs, config))
+        })
+        .await
+    }
+}
