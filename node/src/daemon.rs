@@ -319,6 +319,11 @@ impl Node {
         &self.sched
     }
 
+    /// This node's current advert (as gossiped, less what the mesh fills in).
+    pub fn advert(&self) -> NodeAdvert {
+        self.advert.borrow().clone()
+    }
+
     /// Changes this node's advert (labels, task counts); it is gossiped at once.
     pub fn update_advert(&self, f: impl FnOnce(&mut NodeAdvert)) {
         self.advert.send_modify(f);

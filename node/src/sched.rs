@@ -182,7 +182,32 @@ impl SchedHandle {
                     _ => Ok(heard),
                 }
             }
-            None => Err(SchedError::NotFound(job)),
+            None => self.ask_around(job).await,
+        }
+    }
+
+    /// Asks every peer for a job this node has not heard of yet (its gossip
+    /// may still be on the way); the coordinator answers.
+    async fn ask_around(&self, job: JobId) -> Result<JobStatus, SchedError> {
+        let peers = self.net.peers().await.unwrap_or_default();
+        let asks = peers.into_iter().map(|p| {
+            let net = self.net.clone();
+            let job = job.clone();
+            Box::pin(async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(2),
+                    net.request(p.peer_id, Request::GetJob { job }),
+                )
+                .await
+                {
+                    Ok(Ok(Response::Job(s))) => Ok(*s),
+                    _ => Err(()),
+                }
+            })
+        });
+        match futures::future::select_ok(asks).await {
+            Ok((status, _)) => Ok(status),
+            Err(()) => Err(SchedError::NotFound(job)),
         }
     }
 
@@ -219,7 +244,23 @@ impl SchedHandle {
                     ))),
                 }
             }
-            None => Err(SchedError::NotFound(job)),
+            None => {
+                let heard = self.ask_around(job.clone()).await?;
+                let coordinator = heard.coordinator.parse::<PeerId>().map_err(|_| {
+                    SchedError::Unavailable(format!("job {job} has no valid coordinator"))
+                })?;
+                match self
+                    .net
+                    .request(coordinator, Request::CancelJob { job: job.clone() })
+                    .await
+                {
+                    Ok(Response::Job(s)) => Ok(*s),
+                    Ok(other) => Err(SchedError::Unavailable(format!(
+                        "unexpected answer {other:?}"
+                    ))),
+                    Err(e) => Err(SchedError::Unavailable(e.to_string())),
+                }
+            }
         }
     }
 

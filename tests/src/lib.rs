@@ -89,6 +89,11 @@ impl Cluster {
         c.network.advert_ttl_ms = self.opts.advert_ttl_ms;
         c.network.bootstrap = self.bootstrap.clone();
         c.node.labels.insert("node".into(), format!("{i}"));
+        // node 0 is where tests usually submit; the others are workers, so a
+        // test can keep a task off the coordinator with `worker: "yes"`
+        if i != 0 {
+            c.node.labels.insert("worker".into(), "yes".into());
+        }
         if self.opts.gpu_nodes.contains(&i) {
             c.gpus.push(GpuDecl {
                 model: "test-gpu".into(),
@@ -139,9 +144,20 @@ impl Cluster {
         }
     }
 
-    /// Restarts a stopped node on its old home.
+    /// Restarts a stopped node on its old home, bootstrapping off another
+    /// running node (its own old addresses are gone with it).
     pub async fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let config = self.config_for(i);
+        let mut config = self.config_for(i);
+        if let Some((_, other)) = self.running().find(|(j, _)| *j != i) {
+            config.network.bootstrap = other
+                .net()
+                .dialable_addrs()
+                .await?
+                .iter()
+                .map(|a| a.to_string())
+                .filter(|a| a.contains("/tcp/"))
+                .collect();
+        }
         let node = Node::start(Home::at(self.dir.path().join(format!("node{i}"))), config).await?;
         self.nodes[i] = Some(node);
         Ok(())
@@ -196,5 +212,34 @@ impl Cluster {
         for i in 0..self.nodes.len() {
             self.stop_node(i).await;
         }
+    }
+}
+
+/// The bytes of an example WASM program (`examples/wasm/out/NAME.wasm`),
+/// building the examples first (once per test process).
+pub fn example_wasm(name: &str) -> anyhow::Result<Vec<u8>> {
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+    let out = BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = std::process::Command::new(root.join("scripts/build-examples.sh"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run scripts/build-examples.sh: {e}"))?;
+        if !status.success() {
+            return Err(format!("scripts/build-examples.sh failed: {status}"));
+        }
+        Ok(root.join("examples/wasm/out"))
+    });
+    let dir = out.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Parses a job spec, for tests.
+pub fn job(yaml: &str) -> weft_protocol::JobSpec {
+    match weft_protocol::JobSpec::from_yaml(yaml) {
+        Ok(s) => s,
+        Err(e) => panic!("test job spec does not parse: {e}\n{yaml}"),
     }
 }

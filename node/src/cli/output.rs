@@ -21,7 +21,7 @@ pub(crate) fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if v >= 100.0 {
+    if v >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0} {}", UNITS[unit])
     } else {
         format!("{v:.1} {}", UNITS[unit])
@@ -152,7 +152,8 @@ mod tests {
         assert_eq!(human_bytes(0), "0 B");
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+        assert_eq!(human_bytes(40 << 30), "40 GiB");
         assert_eq!(human_bytes(300 << 20), "300 MiB");
     }
 

@@ -235,6 +235,7 @@ pub(crate) struct Coordinator {
     done: BTreeMap<JobId, ()>,
     table: BTreeMap<JobId, JobStatus>,
     peers: Vec<PeerInfo>,
+    peers_at: Option<Instant>,
     dirty: Vec<JobId>,
     waiters: HashMap<JobId, Vec<oneshot::Sender<Option<JobStatus>>>>,
     spread: u64,
@@ -286,6 +287,7 @@ impl Coordinator {
             done: BTreeMap::new(),
             table: BTreeMap::new(),
             peers: Vec::new(),
+            peers_at: None,
             dirty: Vec::new(),
             waiters: HashMap::new(),
             spread: 0,
@@ -357,11 +359,7 @@ impl Coordinator {
                 _ = self.shutdown.cancelled() => break,
                 Some(cmd) = self.rx.recv() => self.handle(cmd).await,
                 Some(cmd) = loopback.recv() => self.handle(cmd).await,
-                _ = peers_refresh.tick() => {
-                    if let Ok(p) = self.net.peers().await {
-                        self.peers = p;
-                    }
-                }
+                _ = peers_refresh.tick() => self.refresh_peers().await,
                 _ = tick.tick() => self.tick(),
                 _ = gossip.tick() => self.flush_gossip().await,
             }
@@ -371,12 +369,26 @@ impl Coordinator {
         drop(loopback_tx);
     }
 
+    async fn refresh_peers(&mut self) {
+        if let Ok(p) = self.net.peers().await {
+            self.peers = p;
+            self.peers_at = Some(Instant::now());
+        }
+    }
+
     async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Submit {
                 submission,
                 reply: r,
             } => {
+                // place against a fresh view of the mesh
+                if self
+                    .peers_at
+                    .is_none_or(|t| t.elapsed() > Duration::from_millis(100))
+                {
+                    self.refresh_peers().await;
+                }
                 let result = self.submit(submission);
                 reply(r, result);
             }

@@ -315,7 +315,7 @@ mod tests {
         big.memory_bytes = 64 << 30;
         assert_eq!(
             explain(&nodes, &big, &BTreeMap::new()),
-            "no peer has 64 GiB of memory: 3 peers seen, the largest has 8.0 GiB"
+            "no peer has 64 GiB of memory: 3 peers seen, the largest has 8 GiB"
         );
     }
 
