@@ -122,6 +122,9 @@ pub enum Command {
     Pin(PinCmd),
     /// Remove artifacts that no pin or tag keeps.
     Gc,
+    /// Container images.
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Store maintenance.
     #[command(subcommand)]
     Store(StoreCmd),
@@ -254,6 +257,20 @@ pub enum PinCmd {
     Rm { reference: String },
     /// List pins.
     Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Store a `docker save` or OCI image-layout archive as an image artifact.
+    Import {
+        archive: PathBuf,
+        /// Tag it (e.g. images/busybox:1.36).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Skip device files in the layers instead of refusing the image.
+        #[arg(long)]
+        allow_devices: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod home;
+pub mod image;
 pub mod net;
 pub mod resources;
 pub mod sched;

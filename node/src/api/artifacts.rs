@@ -37,6 +37,7 @@ pub(super) fn routes() -> Router<ApiState> {
             "/api/v1/pins/{reference}",
             axum::routing::put(pin).delete(unpin),
         )
+        .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/gc", post(gc))
         .route("/api/v1/store/verify", post(verify))
 }
@@ -164,6 +165,36 @@ async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respons
     })
     .await?;
     state.metrics.added(out.size);
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageImportBody {
+    path: PathBuf,
+    tag: Option<String>,
+    #[serde(default)]
+    allow_devices: bool,
+}
+
+/// `POST /api/v1/images/import`: an image archive on the daemon's host.
+async fn import_image(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
+    let req: ImageImportBody = parse_json(&body)?;
+    if !req.path.is_absolute() {
+        return Err(ApiError::bad_request(
+            "path must be absolute (it is read by the daemon)",
+        ));
+    }
+    let tag = req.tag.as_deref().map(tag_name).transpose()?;
+    let store = state.store.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::image::import(&store, &req.path, tag.as_ref(), req.allow_devices)
+    })
+    .await?
+    .map_err(|e| match e {
+        crate::image::ImportError::Store(s) => ApiError::from(s),
+        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_image", other.to_string()),
+    })?;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 

@@ -278,6 +278,28 @@ impl Backend {
         }
     }
 
+    pub(crate) async fn import_image(
+        &self,
+        archive: &Path,
+        tag: Option<&TagName>,
+        allow_devices: bool,
+    ) -> anyhow::Result<crate::image::Imported> {
+        match self {
+            Backend::Local(store) => Ok(crate::image::import(store, archive, tag, allow_devices)?),
+            Backend::Remote(c) => Ok(c
+                .call(
+                    Method::POST,
+                    "/api/v1/images/import",
+                    &serde_json::json!({
+                        "path": Self::absolute(archive)?,
+                        "tag": tag.map(|t| t.to_string()),
+                        "allow_devices": allow_devices,
+                    }),
+                )
+                .await?),
+        }
+    }
+
     pub(crate) async fn gc(&self) -> anyhow::Result<GcReport> {
         match self {
             Backend::Local(store) => Ok(store.gc(&[])?),

@@ -6,7 +6,7 @@ use weft_protocol::TagName;
 
 use super::backend::Backend;
 use super::output::{self, Table, human_bytes};
-use super::{Command, PinCmd, StoreCmd, TagCmd};
+use super::{Command, ImageCmd, PinCmd, StoreCmd, TagCmd};
 
 fn tag_name(s: &str) -> anyhow::Result<TagName> {
     Ok(TagName::new(s)?)
@@ -67,6 +67,21 @@ pub(crate) async fn run(
             }
         }
         Command::Tag(cmd) => tag_cmd(backend, json, cmd).await?,
+        Command::Image(ImageCmd::Import {
+            archive,
+            tag,
+            allow_devices,
+        }) => {
+            let tag = tag.as_deref().map(tag_name).transpose()?;
+            let out = backend
+                .import_image(&archive, tag.as_ref(), allow_devices)
+                .await?;
+            if json {
+                output::json(&out)?;
+            } else {
+                println!("{}", out.id);
+            }
+        }
         Command::Pin(cmd) => pin_cmd(backend, json, cmd).await?,
         Command::Gc => {
             let report = backend.gc().await?;

@@ -772,15 +772,7 @@ impl TaskContext {
         let rootfs = base.join("rootfs");
         let ready = base.join("ready");
         self.blocking(move |store| {
-            let tree = store.read_tree(&image)?;
-            let config_id = tree.get("config.json").map(|e| e.hash).ok_or_else(|| {
-                crate::store::StoreError::NotFound(format!(
-                    "{image} is not an image (no config.json)"
-                ))
-            })?;
-            let rootfs_id = tree.get("rootfs").map(|e| e.hash).ok_or_else(|| {
-                crate::store::StoreError::NotFound(format!("{image} is not an image (no rootfs)"))
-            })?;
+            let (rootfs_id, config) = crate::image::config(&store, &image)?;
             if !ready.exists() {
                 let _ = std::fs::remove_dir_all(&base);
                 std::fs::create_dir_all(&base).map_err(crate::store::StoreError::io(&base))?;
@@ -795,12 +787,6 @@ impl TaskContext {
                 )?;
                 std::fs::write(&ready, b"").map_err(crate::store::StoreError::io(&ready))?;
             }
-            let p = store.blob_path(&config_id);
-            let bytes = std::fs::read(&p).map_err(crate::store::StoreError::io(&p))?;
-            let config: weft_sandbox::image::ImageConfig =
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    crate::store::StoreError::NotFound(format!("image config of {image}: {e}"))
-                })?;
             Ok((rootfs, config))
         })
         .await

@@ -115,6 +115,18 @@ impl Store {
             if opts.force {
                 let _ = fs::remove_file(dest);
             }
+            // a link shares the blob's inode, so an executable entry needs
+            // the blob itself executable (still read-only)
+            if executable {
+                let mode = fs::metadata(&src)
+                    .map_err(StoreError::io(&src))?
+                    .permissions()
+                    .mode();
+                if mode & 0o111 == 0 {
+                    fs::set_permissions(&src, fs::Permissions::from_mode(0o555))
+                        .map_err(StoreError::io(&src))?;
+                }
+            }
             fs::hard_link(&src, dest).map_err(StoreError::io(dest))?;
             progress.advance(size);
             return Ok(());
