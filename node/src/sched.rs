@@ -273,7 +273,7 @@ impl SchedHandle {
                 needs,
             } => Some(
                 self.executor
-                    .reserve(peer.to_string(), job, attempt, needs)
+                    .reserve(peer.to_string(), job, attempt, *needs)
                     .await,
             ),
             Request::Release { job, attempt } => {
@@ -295,7 +295,14 @@ impl SchedHandle {
                 result,
             } => Some(
                 self.coordinator
-                    .update(peer.to_string(), job, attempt, state, reason, result)
+                    .update(
+                        peer.to_string(),
+                        job,
+                        attempt,
+                        state,
+                        reason,
+                        result.map(|r| *r),
+                    )
                     .await,
             ),
             Request::CancelJob { job } => Some(match self.coordinator.cancel_here(job).await {

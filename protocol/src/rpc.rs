@@ -98,7 +98,7 @@ pub enum Request {
     Reserve {
         job: JobId,
         attempt: u32,
-        needs: Needs,
+        needs: Box<Needs>,
     },
     /// Sent by the coordinator to executors holding a reservation that is no
     /// longer needed (another executor claimed the task, or it was
@@ -117,7 +117,7 @@ pub enum Request {
         attempt: u32,
         state: JobState,
         reason: Option<String>,
-        result: Option<JobResult>,
+        result: Option<Box<JobResult>>,
     },
     /// Sent to a job's coordinator by the node a user asked to cancel it.
     /// Answered with [`Response::Job`] (the job's status after the cancel).
@@ -283,6 +283,54 @@ mod tests {
         // a tag name that is not valid fails to decode
         let bad = hex::decode("a16754616753796e63a16561667465726178").expect("hex");
         assert!(Request::decode(&bad).is_err());
+    }
+
+    /// Scheduler requests; bytes checked against an independent CBOR
+    /// encoder (Python's cbor2).
+    #[test]
+    fn golden_scheduler_requests() {
+        use crate::sched::{ExecutorKind, JobId};
+        let reserve = Request::Reserve {
+            job: JobId::new(1, 2),
+            attempt: 1,
+            needs: Box::new(Needs {
+                executor: ExecutorKind::Wasm,
+                cpu_millis: 250,
+                memory_bytes: 1024,
+                gpu: None,
+            }),
+        };
+        let bytes = reserve.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "6752657365727665",
+                "a3",
+                "636a6f62",
+                "74",
+                "3030303030303030303030313030303030303032",
+                "67617474656d7074",
+                "01",
+                "656e65656473",
+                "a3",
+                "686578656375746f72",
+                "647761736d",
+                "6a6370755f6d696c6c6973",
+                "18fa",
+                "6c6d656d6f72795f6279746573",
+                "190400"
+            )
+        );
+        assert_eq!(Request::decode(&bytes).expect("decode"), reserve);
+        let claim = Request::Claim {
+            job: JobId::new(1, 2),
+            attempt: 2,
+        };
+        assert_eq!(
+            hex::encode(claim.encode().expect("encode")),
+            "a165436c61696da2636a6f6274303030303030303030303031303030303030303267617474656d707402"
+        );
     }
 
     #[test]

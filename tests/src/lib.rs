@@ -243,3 +243,24 @@ pub fn job(yaml: &str) -> weft_protocol::JobSpec {
         Err(e) => panic!("test job spec does not parse: {e}\n{yaml}"),
     }
 }
+
+/// The busybox test image archive (`scripts/build-test-image.sh`), built
+/// once per test process.
+pub fn test_image() -> anyhow::Result<std::path::PathBuf> {
+    use std::sync::OnceLock;
+    static BUILT: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::env::temp_dir().join(format!("weft-test-image-{}.tar", std::process::id()));
+        let status = std::process::Command::new(root.join("scripts/build-test-image.sh"))
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot run scripts/build-test-image.sh: {e}"))?;
+        if !status.success() {
+            return Err(format!("scripts/build-test-image.sh failed: {status}"));
+        }
+        Ok(out)
+    });
+    built.clone().map_err(|e| anyhow::anyhow!("{e}"))
+}

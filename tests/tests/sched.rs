@@ -405,3 +405,82 @@ async fn a_restarted_coordinator_resumes_tracking_its_job() {
     assert_eq!(s.node.as_deref(), Some(peer(&cluster, 1).as_str()));
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_container_and_leaves_nothing_behind() {
+    // SAFETY: geteuid has no preconditions
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: containers need root (runc)");
+        return;
+    }
+    let cluster = Cluster::start(2, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    let archive = weft_tests::test_image().expect("test image");
+    let tag = TagName::new("images/busybox:test").expect("tag");
+    for (_, n) in cluster.running() {
+        weft_node::image::import(n.store(), &archive, Some(&tag), false).expect("import");
+    }
+    // a sleep length of its own, to tell its process from any other
+    let secs = 3600 + rand::random::<u16>() as u32;
+    let yaml = format!(
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {{name: sleeper}}\nspec:\n  task:\n    container: {{image: images/busybox:test, command: [sleep, \"{secs}\"]}}\n  timeout: 10m\n"
+    );
+    let id = submit(&cluster, 0, &yaml).await.id;
+    let running = wait_state(&cluster, 0, &id, JobState::Running, Duration::from_secs(30)).await;
+    let executor = running.node.clone().expect("executor");
+    let (idx, node) = cluster
+        .running()
+        .find(|(_, n)| n.peer_id() == executor)
+        .expect("executor is a member");
+    let sandbox = node.home().root().join("sandbox");
+    // the container is there while it runs (its id starts weft-<task name>-)
+    let container = format!("weft-{id}-1-");
+    let listed = |root: &std::path::Path| {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(root.join("runc"))
+            .arg("list")
+            .output()
+            .expect("runc list");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    cluster
+        .wait_until(Duration::from_secs(10), "the container runs", |_| {
+            let sandbox = sandbox.clone();
+            let container = container.clone();
+            async move { listed(&sandbox).contains(&container) }
+        })
+        .await
+        .expect("container listed by runc");
+    let after = cluster
+        .node(1 - idx.min(1))
+        .sched()
+        .cancel(id.clone())
+        .await
+        .expect("cancel");
+    assert_eq!(after.state, JobState::Cancelled);
+    let node = cluster.node(idx);
+    cluster
+        .wait_until(Duration::from_secs(10), "the container is gone", |_| {
+            let sandbox = sandbox.clone();
+            let container = container.clone();
+            async move {
+                let bundles_empty = std::fs::read_dir(sandbox.join("bundles"))
+                    .map(|d| d.count() == 0)
+                    .unwrap_or(true);
+                !listed(&sandbox).contains(&container)
+                    && bundles_empty
+                    && node.advert().running_tasks == 0
+            }
+        })
+        .await
+        .expect("container killed and cleaned up");
+    // and no process of it is left
+    let procs = std::process::Command::new("pgrep")
+        .args(["-f", &format!("sleep {secs}")])
+        .output()
+        .expect("pgrep");
+    assert!(procs.stdout.is_empty(), "a container process survived");
+    cluster.stop().await;
+}

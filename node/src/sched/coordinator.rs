@@ -768,7 +768,7 @@ impl Coordinator {
                             Request::Reserve {
                                 job: job.clone(),
                                 attempt,
-                                needs,
+                                needs: Box::new(needs),
                             },
                         )
                         .await
@@ -1075,11 +1075,12 @@ impl Coordinator {
         let mut late = Vec::new();
         for (id, e) in self.jobs.iter_mut() {
             match e.status.state {
-                JobState::Pending => {
-                    if e.outstanding == 0 && e.reserved.is_empty() && e.next_try <= now {
-                        place.push(id.clone());
-                    }
+                JobState::Pending
+                    if e.outstanding == 0 && e.reserved.is_empty() && e.next_try <= now =>
+                {
+                    place.push(id.clone());
                 }
+                JobState::Pending => {}
                 s if !s.is_terminal() => {
                     if let Some(node) = e.claimed_by().map(str::to_string)
                         && node != self.me

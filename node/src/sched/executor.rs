@@ -34,7 +34,7 @@ pub(crate) enum Command {
         coordinator: String,
         job: JobId,
         attempt: u32,
-        needs: Needs,
+        needs: Box<Needs>,
         reply: oneshot::Sender<Response>,
     },
     Release {
@@ -48,7 +48,7 @@ pub(crate) enum Command {
     /// A claim came back from the coordinator.
     Claimed {
         key: Key,
-        assignment: Option<Assignment>,
+        assignment: Option<Box<Assignment>>,
     },
     /// A task ended.
     Done {
@@ -77,7 +77,7 @@ impl ExecutorHandle {
                 coordinator,
                 job,
                 attempt,
-                needs,
+                needs: Box::new(needs),
                 reply: tx,
             })
             .await
@@ -156,8 +156,15 @@ impl Coord {
                     reason,
                     result,
                 } => {
-                    c.update(me.to_string(), job, attempt, state, reason, result)
-                        .await
+                    c.update(
+                        me.to_string(),
+                        job,
+                        attempt,
+                        state,
+                        reason,
+                        result.map(|r| *r),
+                    )
+                    .await
                 }
                 _ => Response::error(ErrorCode::Unsupported, "not a coordinator request"),
             }),
@@ -246,7 +253,7 @@ impl Executor {
                         self.queue.push_back(Reservation {
                             coordinator,
                             key: (job, attempt),
-                            needs,
+                            needs: *needs,
                             at: Instant::now(),
                             claiming: false,
                             gpus: Vec::new(),
@@ -280,7 +287,7 @@ impl Executor {
                     return;
                 };
                 match assignment {
-                    Some(a) => self.start(res, a, loopback),
+                    Some(a) => self.start(res, *a, loopback),
                     None => {
                         self.give_back(&res.needs, &res.gpus);
                         self.pump(loopback);
@@ -400,7 +407,7 @@ impl Executor {
                     )
                     .await;
                 let assignment = match answer {
-                    Ok(Response::Assignment(a)) => Some(*a),
+                    Ok(Response::Assignment(a)) => Some(a),
                     _ => None,
                 };
                 let _ = tx.send(Command::Claimed { key, assignment }).await;
@@ -500,7 +507,7 @@ impl TaskContext {
             attempt: a.attempt,
             state,
             reason,
-            result,
+            result: result.map(Box::new),
         };
         let last = state.is_terminal();
         // a final report is retried for a while: the coordinator may be restarting
