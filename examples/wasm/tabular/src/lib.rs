@@ -236,7 +236,11 @@ impl Model {
         Metrics {
             rows: n,
             correct,
-            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+            accuracy: if n == 0 {
+                0.0
+            } else {
+                correct as f64 / n as f64
+            },
             log_loss: if n == 0 { 0.0 } else { log_loss / n as f64 },
             classes: self.classes.clone(),
             confusion,
