@@ -51,7 +51,7 @@ pub enum ErrorClass {
     /// running it again will not help.
     InvalidTask,
     /// The WASM program trapped (unreachable, out-of-bounds access, stack
-    /// overflow), or the container runtime failed to start the process.
+    /// overflow).
     Trap,
     /// The wall-clock deadline (or the fuel budget) ran out.
     Timeout,
@@ -59,7 +59,8 @@ pub enum ErrorClass {
     MemoryLimit,
     /// The task needs an executor this host lacks (no OCI runtime).
     RuntimeMissing,
-    /// The host failed: a file or process operation outside the task's control.
+    /// The host failed: a file or process operation outside the task's
+    /// control, or the container runtime could not start the container.
     Io,
     /// The caller cancelled the task.
     Cancelled,
@@ -124,11 +125,13 @@ impl SandboxError {
     pub fn class(&self) -> ErrorClass {
         match self {
             SandboxError::InvalidTask(_) => ErrorClass::InvalidTask,
-            SandboxError::Trap(_) | SandboxError::Runtime(_) => ErrorClass::Trap,
+            SandboxError::Trap(_) => ErrorClass::Trap,
             SandboxError::Timeout(_) | SandboxError::OutOfFuel(_) => ErrorClass::Timeout,
             SandboxError::MemoryLimit { .. } => ErrorClass::MemoryLimit,
             SandboxError::RuntimeMissing(_) => ErrorClass::RuntimeMissing,
-            SandboxError::Io { .. } | SandboxError::Engine(_) => ErrorClass::Io,
+            SandboxError::Io { .. } | SandboxError::Runtime(_) | SandboxError::Engine(_) => {
+                ErrorClass::Io
+            }
             SandboxError::Cancelled => ErrorClass::Cancelled,
         }
     }

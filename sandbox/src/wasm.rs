@@ -171,7 +171,7 @@ impl WasmExecutor {
         match job.await {
             Ok(report) => report,
             Err(e) => Report::failed(
-                SandboxError::Trap(format!("the wasm worker thread failed: {e}")),
+                SandboxError::io("the wasm worker thread failed", std::io::Error::other(e)),
                 Vec::new(),
             ),
         }

@@ -56,8 +56,9 @@ pub fn wasm(name: &str) -> WasmModule {
 pub fn test_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("busybox-test-image-{}.tar", std::process::id()));
+        // The script writes a temporary file and renames it, so test
+        // processes building at once do not disturb each other.
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("busybox-test-image.tar");
         PathBuf::from(run_script(
             "build-test-image.sh",
             &[out.to_str().expect("utf-8 path")],

@@ -135,8 +135,8 @@ impl Model {
         }
         let mut std = vec![0.0; d];
         for row in &data.x {
-            for j in 0..d {
-                std[j] += (row[j] - mean[j]).powi(2) / n;
+            for ((s, v), m) in std.iter_mut().zip(row).zip(&mean) {
+                *s += (v - m).powi(2) / n;
             }
         }
         for s in &mut std {
@@ -160,18 +160,23 @@ impl Model {
             for (x, &y) in xs.iter().zip(&data.y) {
                 let p = model.probabilities_std(x);
                 loss -= p[y].max(1e-12).ln() / n;
-                for c in 0..k {
+                for (c, (gwc, gbc)) in gw.iter_mut().zip(gb.iter_mut()).enumerate() {
                     let g = p[c] - if c == y { 1.0 } else { 0.0 };
-                    gb[c] += g / n;
-                    for j in 0..d {
-                        gw[c][j] += g * x[j] / n;
+                    *gbc += g / n;
+                    for (gwj, xj) in gwc.iter_mut().zip(x) {
+                        *gwj += g * xj / n;
                     }
                 }
             }
-            for c in 0..k {
-                model.bias[c] -= lr * gb[c];
-                for j in 0..d {
-                    model.weights[c][j] -= lr * (gw[c][j] + l2 * model.weights[c][j]);
+            for ((wc, bc), (gwc, gbc)) in model
+                .weights
+                .iter_mut()
+                .zip(model.bias.iter_mut())
+                .zip(gw.iter().zip(&gb))
+            {
+                *bc -= lr * gbc;
+                for (w, g) in wc.iter_mut().zip(gwc) {
+                    *w -= lr * (g + l2 * *w);
                 }
             }
         }
@@ -236,7 +241,11 @@ impl Model {
         Metrics {
             rows: n,
             correct,
-            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+            accuracy: if n == 0 {
+                0.0
+            } else {
+                correct as f64 / n as f64
+            },
             log_loss: if n == 0 { 0.0 } else { log_loss / n as f64 },
             classes: self.classes.clone(),
             confusion,

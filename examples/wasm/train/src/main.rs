@@ -33,7 +33,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     let out = Path::new(&out);
     std::fs::write(out.join("model.json"), serde_json::to_vec_pretty(&model)?)?;
-    std::fs::write(out.join("metrics.json"), serde_json::to_vec_pretty(&report)?)?;
+    std::fs::write(
+        out.join("metrics.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
     println!(
         "trained on {} rows for {} epochs: loss {:.4}, train accuracy {:.3}",
         report.rows, report.epochs, report.final_loss, report.train_accuracy

@@ -16,8 +16,14 @@ fn main() {
     let mut a = BTreeMap::new();
     a.insert("read /etc/passwd", attempt(std::fs::read("/etc/passwd")));
     a.insert("list /", attempt(std::fs::read_dir("/").map(|d| d.count())));
-    a.insert("list ..", attempt(std::fs::read_dir("..").map(|d| d.count())));
-    a.insert("read ../etc/passwd", attempt(std::fs::read("../etc/passwd")));
+    a.insert(
+        "list ..",
+        attempt(std::fs::read_dir("..").map(|d| d.count())),
+    );
+    a.insert(
+        "read ../etc/passwd",
+        attempt(std::fs::read("../etc/passwd")),
+    );
     a.insert(
         "read /inputs/../../etc/passwd",
         attempt(std::fs::read("/inputs/../../etc/passwd")),
@@ -30,11 +36,26 @@ fn main() {
         "read /outputs/../../../etc/hostname",
         attempt(std::fs::read("/outputs/../../../etc/hostname")),
     );
-    a.insert("read /proc/self/environ", attempt(std::fs::read("/proc/self/environ")));
-    a.insert("write /inputs/new.txt", attempt(std::fs::write("/inputs/new.txt", b"x")));
-    a.insert("read /inputs/hello.txt", attempt(std::fs::read("/inputs/hello.txt")));
-    a.insert("write /outputs/ok.txt", attempt(std::fs::write("/outputs/ok.txt", b"ok")));
-    a.insert("write /tmp/scratch.txt", attempt(std::fs::write("/tmp/scratch.txt", b"s")));
+    a.insert(
+        "read /proc/self/environ",
+        attempt(std::fs::read("/proc/self/environ")),
+    );
+    a.insert(
+        "write /inputs/new.txt",
+        attempt(std::fs::write("/inputs/new.txt", b"x")),
+    );
+    a.insert(
+        "read /inputs/hello.txt",
+        attempt(std::fs::read("/inputs/hello.txt")),
+    );
+    a.insert(
+        "write /outputs/ok.txt",
+        attempt(std::fs::write("/outputs/ok.txt", b"ok")),
+    );
+    a.insert(
+        "write /tmp/scratch.txt",
+        attempt(std::fs::write("/tmp/scratch.txt", b"s")),
+    );
     a.insert(
         "connect 127.0.0.1:1",
         attempt(std::net::TcpStream::connect("127.0.0.1:1")),
@@ -44,5 +65,6 @@ fn main() {
     let report = serde_json::json!({"attempts": a, "args": args, "env": env});
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();
     println!("{text}");
-    let _ = std::fs::File::create("/outputs/report.json").and_then(|mut f| f.write_all(text.as_bytes()));
+    let _ = std::fs::File::create("/outputs/report.json")
+        .and_then(|mut f| f.write_all(text.as_bytes()));
 }
