@@ -240,7 +240,9 @@ pub(crate) struct Coordinator {
     waiters: HashMap<JobId, Vec<oneshot::Sender<Option<JobStatus>>>>,
     spread: u64,
     rx: mpsc::Receiver<Command>,
-    self_tx: mpsc::WeakSender<Command>,
+    /// For tasks this actor spawns to report back (reservations, locality).
+    self_tx: mpsc::Sender<Command>,
+    loopback: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
 }
 
@@ -272,7 +274,7 @@ impl Coordinator {
         rx: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, SchedError> {
-        let self_tx = mpsc::channel::<Command>(1).0.downgrade();
+        let (self_tx, loopback) = mpsc::channel::<Command>(4096);
         let mut c = Coordinator {
             me: config.me.to_string(),
             store: config.store.clone(),
@@ -293,6 +295,7 @@ impl Coordinator {
             spread: 0,
             rx,
             self_tx,
+            loopback,
             shutdown,
         };
         c.resume()?;
@@ -346,8 +349,6 @@ impl Coordinator {
 
     pub(crate) async fn run(mut self) {
         // the loop's own sender, for tasks that report back
-        let (loopback_tx, mut loopback) = mpsc::channel::<Command>(4096);
-        self.self_tx = loopback_tx.downgrade();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gossip = tokio::time::interval(GOSSIP_EVERY);
@@ -358,7 +359,7 @@ impl Coordinator {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
                 Some(cmd) = self.rx.recv() => self.handle(cmd).await,
-                Some(cmd) = loopback.recv() => self.handle(cmd).await,
+                Some(cmd) = self.loopback.recv() => self.handle(cmd).await,
                 _ = peers_refresh.tick() => self.refresh_peers().await,
                 _ = tick.tick() => self.tick(),
                 _ = gossip.tick() => self.flush_gossip().await,
@@ -366,7 +367,6 @@ impl Coordinator {
         }
         self.flush_gossip().await;
         let _ = self.jobs_tree.flush();
-        drop(loopback_tx);
     }
 
     async fn refresh_peers(&mut self) {
@@ -694,9 +694,7 @@ impl Coordinator {
                         tokio::time::timeout(Duration::from_secs(2), fetcher.held(peers, hashes))
                             .await
                             .unwrap_or_default();
-                    if let Some(tx) = tx.upgrade() {
-                        let _ = tx.send(Command::Held { job, attempt, held }).await;
-                    }
+                    let _ = tx.send(Command::Held { job, attempt, held }).await;
                 });
             }
             return;
@@ -1266,7 +1264,7 @@ fn describe_failure(result: &JobResult) -> String {
 }
 
 async fn report_reserved(
-    tx: mpsc::WeakSender<Command>,
+    tx: mpsc::Sender<Command>,
     job: JobId,
     attempt: u32,
     peer: String,
@@ -1277,17 +1275,15 @@ async fn report_reserved(
         Response::Error { message, .. } => (false, Some(message)),
         other => (false, Some(format!("unexpected answer {other:?}"))),
     };
-    if let Some(tx) = tx.upgrade() {
-        let _ = tx
-            .send(Command::Reserved {
-                job,
-                attempt,
-                peer,
-                ok,
-                why,
-            })
-            .await;
-    }
+    let _ = tx
+        .send(Command::Reserved {
+            job,
+            attempt,
+            peer,
+            ok,
+            why,
+        })
+        .await;
 }
 
 impl CoordinatorHandle {
