@@ -223,44 +223,28 @@ impl SchedHandle {
 
     /// Cancels a job, wherever it was submitted.
     pub async fn cancel(&self, job: JobId) -> Result<JobStatus, SchedError> {
-        match self.coordinator.known(job.clone()).await? {
-            Some((_, true)) => self.coordinator.cancel_here(job).await,
-            Some((heard, false)) => {
-                let coordinator = heard.coordinator.parse::<PeerId>().map_err(|_| {
-                    SchedError::Unavailable(format!("job {job} has no valid coordinator"))
-                })?;
-                match self
-                    .net
-                    .request(coordinator, Request::CancelJob { job: job.clone() })
-                    .await
-                {
-                    Ok(Response::Job(s)) => Ok(*s),
-                    Ok(Response::Error { message, .. }) => Err(SchedError::Unavailable(message)),
-                    Ok(other) => Err(SchedError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))),
-                    Err(e) => Err(SchedError::Unavailable(format!(
-                        "cannot reach job {job}'s coordinator {coordinator}: {e}"
-                    ))),
-                }
-            }
-            None => {
-                let heard = self.ask_around(job.clone()).await?;
-                let coordinator = heard.coordinator.parse::<PeerId>().map_err(|_| {
-                    SchedError::Unavailable(format!("job {job} has no valid coordinator"))
-                })?;
-                match self
-                    .net
-                    .request(coordinator, Request::CancelJob { job: job.clone() })
-                    .await
-                {
-                    Ok(Response::Job(s)) => Ok(*s),
-                    Ok(other) => Err(SchedError::Unavailable(format!(
-                        "unexpected answer {other:?}"
-                    ))),
-                    Err(e) => Err(SchedError::Unavailable(e.to_string())),
-                }
-            }
+        let heard = match self.coordinator.known(job.clone()).await? {
+            Some((_, true)) => return self.coordinator.cancel_here(job).await,
+            Some((heard, false)) => heard,
+            None => self.ask_around(job.clone()).await?,
+        };
+        let coordinator = heard
+            .coordinator
+            .parse::<PeerId>()
+            .map_err(|_| SchedError::Unavailable(format!("job {job} has no valid coordinator")))?;
+        match self
+            .net
+            .request(coordinator, Request::CancelJob { job: job.clone() })
+            .await
+        {
+            Ok(Response::Job(s)) => Ok(*s),
+            Ok(Response::Error { message, .. }) => Err(SchedError::Unavailable(message)),
+            Ok(other) => Err(SchedError::Unavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(SchedError::Unavailable(format!(
+                "cannot reach job {job}'s coordinator {coordinator}: {e}"
+            ))),
         }
     }
 

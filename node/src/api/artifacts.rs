@@ -130,6 +130,18 @@ async fn upload(
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
+/// A path the daemon reads or writes on its own host must be absolute.
+fn daemon_path(p: &std::path::Path) -> ApiResult<()> {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "path {} must be absolute: the daemon resolves it, not the client",
+            p.display()
+        )))
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImportBody {
@@ -145,11 +157,7 @@ struct ImportBody {
 /// (what the CLI uses: one pass over the file, no copy through HTTP).
 async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let req: ImportBody = parse_json(&body)?;
-    if !req.path.is_absolute() {
-        return Err(ApiError::bad_request(
-            "path must be absolute (it is read by the daemon)",
-        ));
-    }
+    daemon_path(&req.path)?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
     let store = state.store.clone();
     let out = blocking(move || {
@@ -180,11 +188,7 @@ struct ImageImportBody {
 /// `POST /api/v1/images/import`: an image archive on the daemon's host.
 async fn import_image(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let req: ImageImportBody = parse_json(&body)?;
-    if !req.path.is_absolute() {
-        return Err(ApiError::bad_request(
-            "path must be absolute (it is read by the daemon)",
-        ));
-    }
+    daemon_path(&req.path)?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
     let store = state.store.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -214,11 +218,7 @@ async fn export(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: ExportBody = parse_json(&body)?;
-    if !req.path.is_absolute() {
-        return Err(ApiError::bad_request(
-            "path must be absolute (it is written by the daemon)",
-        ));
-    }
+    daemon_path(&req.path)?;
     let id = resolve(&state, reference).await?;
     let store = state.store.clone();
     let path = req.path.clone();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use weft_protocol::sched::{Assignment, ExecutorKind, JobId, JobResult, JobState, Needs, Program};
+use weft_protocol::sched::{Assignment, JobId, JobResult, JobState, Needs, Program};
 use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response};
 use weft_sandbox::{ContainerTask, Limits, Sandbox, Task, TaskKind, WasmModule, WasmTask};
 
@@ -306,34 +306,15 @@ impl Executor {
     /// Why this node can never run a task with these needs, if it cannot.
     fn can_ever_run(&self, needs: &Needs) -> Option<String> {
         let advert = self.advert.borrow();
-        match needs.executor {
-            ExecutorKind::Container if advert.executors.container_runtime.is_none() => {
-                return Some("no container runtime on this node".into());
-            }
-            _ => {}
+        if super::placement::capable(&advert, needs, &std::collections::BTreeMap::new()) {
+            None
+        } else {
+            Some(super::placement::explain(
+                [&*advert],
+                needs,
+                &std::collections::BTreeMap::new(),
+            ))
         }
-        if u64::from(needs.cpu_millis) > u64::from(advert.cpu_cores.max(1)) * 1000 {
-            return Some(format!("this node has {} CPUs", advert.cpu_cores));
-        }
-        if needs.memory_bytes > advert.memory_total_bytes {
-            return Some("not enough memory on this node".into());
-        }
-        if let Some(g) = &needs.gpu {
-            let fitting = advert
-                .gpus
-                .iter()
-                .filter(|d| g.memory.is_none_or(|m| d.memory_bytes >= m.bytes()))
-                .filter(|d| {
-                    g.model
-                        .as_ref()
-                        .is_none_or(|m| d.model.to_lowercase().contains(&m.to_lowercase()))
-                })
-                .count();
-            if fitting < g.count as usize {
-                return Some(format!("this node has {fitting} fitting GPUs"));
-            }
-        }
-        None
     }
 
     /// GPUs to give a task that needs `needs`, if enough are free.
@@ -345,12 +326,7 @@ impl Executor {
             .free
             .gpus
             .iter()
-            .filter(|(_, mem, model)| {
-                g.memory.is_none_or(|m| *mem >= m.bytes())
-                    && g.model
-                        .as_ref()
-                        .is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
-            })
+            .filter(|(_, mem, model)| super::placement::gpu_fits(g, *mem, model))
             .take(g.count as usize)
             .map(|(i, _, _)| *i)
             .collect();

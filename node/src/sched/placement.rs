@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use weft_protocol::NodeAdvert;
-use weft_protocol::job::LabelKey;
+use weft_protocol::job::{GpuRequest, LabelKey};
 use weft_protocol::sched::{ExecutorKind, Needs};
 
 use crate::cli::human_bytes;
@@ -28,6 +28,14 @@ pub(crate) struct Candidate {
     pub(crate) gpu_fit: u64,
 }
 
+/// Whether one device (its memory and model name) satisfies a GPU request.
+pub(crate) fn gpu_fits(g: &GpuRequest, memory_bytes: u64, model: &str) -> bool {
+    g.memory.is_none_or(|m| memory_bytes >= m.bytes())
+        && g.model
+            .as_ref()
+            .is_none_or(|m| model.to_lowercase().contains(&m.to_lowercase()))
+}
+
 fn gpus_matching(advert: &NodeAdvert, needs: &Needs) -> Vec<u64> {
     let Some(g) = &needs.gpu else {
         return Vec::new();
@@ -35,12 +43,7 @@ fn gpus_matching(advert: &NodeAdvert, needs: &Needs) -> Vec<u64> {
     advert
         .gpus
         .iter()
-        .filter(|d| g.memory.is_none_or(|m| d.memory_bytes >= m.bytes()))
-        .filter(|d| {
-            g.model
-                .as_ref()
-                .is_none_or(|m| d.model.to_lowercase().contains(&m.to_lowercase()))
-        })
+        .filter(|d| gpu_fits(g, d.memory_bytes, &d.model))
         .map(|d| d.memory_bytes)
         .collect()
 }
@@ -219,7 +222,7 @@ pub(crate) fn explain<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_protocol::job::{ByteSize, GpuRequest};
+    use weft_protocol::job::ByteSize;
     use weft_protocol::{Executors, GpuInfo};
 
     fn node(id: &str, cores: u32, gpus: &[(&str, u64)]) -> NodeAdvert {
