@@ -11,6 +11,7 @@ mod artifacts;
 pub mod client;
 mod metrics;
 pub mod openapi;
+mod transfers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub started: Instant,
     /// The rest of the node, for the endpoints that need more than the store.
     pub node: Option<Arc<dyn NodeView>>,
+    /// The data plane, to fetch what is not here.
+    pub transfer: Option<crate::transfer::TransferHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.
@@ -123,6 +126,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::transfer::TransferError> for ApiError {
+    fn from(e: crate::transfer::TransferError) -> ApiError {
+        use crate::transfer::TransferError as T;
+        let (status, code) = match &e {
+            T::NoProvider { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            T::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            T::Store(s) => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", s.to_string());
+            }
+            _ => (StatusCode::BAD_GATEWAY, "fetch_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> ApiError {
         ApiError::internal(format!("worker failed: {e}"))
@@ -149,6 +167,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
+        .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())
         .fallback(|| async {

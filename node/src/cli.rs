@@ -6,6 +6,7 @@
 //! non-zero exit status.
 
 mod backend;
+mod fetch;
 mod mesh_cmds;
 mod output;
 mod store_cmds;

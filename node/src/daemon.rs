@@ -1,5 +1,5 @@
 //! The composition root: starts a node's subsystems in order (store, mesh,
-//! API) and stops them in reverse, on one cancellation token. It also owns
+//! data plane, API) and stops them in reverse, on one cancellation token. It also owns
 //! the loop that hands the mesh's inbound requests and gossip to the
 //! subsystem that answers them.
 //!
@@ -30,6 +30,7 @@ use crate::home::{Home, HomeError, write_atomic};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
 use crate::store::{Store, StoreError};
+use crate::transfer::{self, Faults, TransferConfig, TransferError, TransferHandle};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,8 @@ pub enum DaemonError {
     Net(#[from] NetError),
     #[error(transparent)]
     Resources(#[from] ResourceError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
     #[error("config: {0}")]
     BadConfig(String),
 }
@@ -101,6 +104,7 @@ pub struct Node {
     api_addr: SocketAddr,
     store: Store,
     net: NetHandle,
+    transfer: TransferHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -209,14 +213,37 @@ impl Node {
             ..AdvertInputs::default()
         };
         let (advert, advert_rx) = watch::channel(resources::local_advert(&machine, inputs));
-        let mut net_config = NetConfig::new(keypair, secret);
+        let mut net_config = NetConfig::new(keypair.clone(), secret);
         net_config.listen = multiaddrs("network.listen", &config.network.listen)?;
         net_config.bootstrap = multiaddrs("network.bootstrap", &config.network.bootstrap)?;
         net_config.mdns = config.network.mdns;
         net_config.advert_interval = Duration::from_millis(config.network.advert_interval_ms);
         net_config.advert_ttl = Duration::from_millis(config.network.advert_ttl_ms);
         let (net, events) = net::spawn(net_config, advert_rx).await?;
-        tasks.spawn(dispatch(events, shutdown.clone()));
+
+        // 3. the data plane, its address in the advert
+        let data_addr = config.data_addr()?;
+        let mut transfer_config = TransferConfig::new(keypair, secret, data_addr);
+        transfer_config.streams_per_peer = config.data.streams_per_peer;
+        transfer_config.replication_interval =
+            Duration::from_millis(config.data.replication_interval_ms.max(100));
+        transfer_config.faults = Faults {
+            flip_bytes: config.data.faults.flip_bytes,
+            max_send_rate: Some(config.data.faults.max_send_rate).filter(|r| *r > 0),
+        };
+        let (transfer, transfer_actor) = transfer::spawn(
+            transfer_config,
+            store.clone(),
+            net.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tasks.spawn(transfer_actor);
+        let data_plane_addr = transfer.local_addr().to_string();
+        advert.send_modify(|a| a.data_plane_addr = Some(data_plane_addr));
+
+        tasks.spawn(dispatch(events, shutdown.clone(), transfer.clone()));
         tasks.spawn(refresh_resources(
             advert.clone(),
             home.store_dir(),
@@ -238,6 +265,7 @@ impl Node {
         })?;
         let view = Arc::new(View {
             net: net.clone(),
+            transfer: transfer.clone(),
             advert: advert.subscribe(),
             api_addr,
             started,
@@ -248,6 +276,7 @@ impl Node {
             token,
             started,
             node: Some(view),
+            transfer: Some(transfer.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -269,6 +298,7 @@ impl Node {
             api_addr,
             store,
             net,
+            transfer,
             advert,
             shutdown,
             tasks,
@@ -279,6 +309,11 @@ impl Node {
     /// The mesh handle.
     pub fn net(&self) -> &NetHandle {
         &self.net
+    }
+
+    /// The data plane: fetches from the mesh, replication.
+    pub fn transfer(&self) -> &TransferHandle {
+        &self.transfer
     }
 
     /// Changes this node's advert (labels, task counts); it is gossiped at once.
@@ -323,10 +358,17 @@ impl Node {
 }
 
 /// Hands what the mesh receives to the subsystem that answers it.
-async fn dispatch(mut events: mpsc::Receiver<NetEvent>, shutdown: CancellationToken) {
+async fn dispatch(
+    mut events: mpsc::Receiver<NetEvent>,
+    shutdown: CancellationToken,
+    transfer: TransferHandle,
+) {
+    // requests answered asynchronously, so one slow answer holds up no other
+    let mut answering = JoinSet::new();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
+            Some(_) = answering.join_next(), if !answering.is_empty() => continue,
             e = events.recv() => match e {
                 Some(e) => e,
                 None => return,
@@ -340,6 +382,14 @@ async fn dispatch(mut events: mpsc::Receiver<NetEvent>, shutdown: CancellationTo
             } => {
                 let response = match request {
                     Request::Ping { nonce } => Response::Pong { nonce },
+                    request @ (Request::Has { .. } | Request::Replicate { .. }) => {
+                        // answered by the data plane without holding up this loop
+                        let transfer = transfer.clone();
+                        answering.spawn(async move {
+                            let _ = reply.send(transfer.answer(peer, request).await);
+                        });
+                        continue;
+                    }
                     other => {
                         tracing::debug!(%peer, request = ?other, "request not served");
                         Response::Error {
@@ -354,7 +404,10 @@ async fn dispatch(mut events: mpsc::Receiver<NetEvent>, shutdown: CancellationTo
                 tracing::debug!(%topic, %source, "gossip not handled");
             }
             NetEvent::PeerUp(peer) => tracing::info!(%peer, "peer up"),
-            NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
+            NetEvent::PeerGone(peer) => {
+                tracing::info!(%peer, "peer gone");
+                transfer.nudge_replication().await;
+            }
         }
     }
 }
@@ -394,6 +447,7 @@ async fn refresh_resources(
 /// What the API reports about the node beyond its store.
 struct View {
     net: NetHandle,
+    transfer: TransferHandle,
     advert: watch::Receiver<NodeAdvert>,
     api_addr: SocketAddr,
     started: Instant,
@@ -450,8 +504,9 @@ impl NodeView for View {
             let peers = self.net.peers().await.unwrap_or_default();
             let connected = peers.iter().filter(|p| p.connected).count();
             format!(
-                "# HELP weft_peers Live peers in the membership table.\n# TYPE weft_peers gauge\nweft_peers {}\n# HELP weft_peers_connected Peers with an authenticated connection.\n# TYPE weft_peers_connected gauge\nweft_peers_connected {connected}\n",
-                peers.len()
+                "# HELP weft_peers Live peers in the membership table.\n# TYPE weft_peers gauge\nweft_peers {}\n# HELP weft_peers_connected Peers with an authenticated connection.\n# TYPE weft_peers_connected gauge\nweft_peers_connected {connected}\n{}",
+                peers.len(),
+                self.transfer.render_metrics().await
             )
         }
         .boxed()

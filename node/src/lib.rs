@@ -10,3 +10,4 @@ pub mod home;
 pub mod net;
 pub mod resources;
 pub mod store;
+pub mod transfer;

@@ -244,11 +244,7 @@ mod tests {
         );
         assert_eq!(Request::decode(&bytes).expect("decode"), has);
         // "closure" may be left out
-        let short = hex::decode(concat!(
-            "a163486173a1666861736865738",
-            "0"
-        ))
-        .expect("hex");
+        let short = hex::decode(concat!("a163486173a1666861736865738", "0")).expect("hex");
         assert_eq!(
             Request::decode(&short).expect("decode"),
             Request::Has {

@@ -413,8 +413,8 @@ mod tests {
                 "f5" // "size_proof": true
             )
         );
-        let len = frame_len(bytes[..4].try_into().expect("prefix"), MAX_REQUEST_BYTES)
-            .expect("len");
+        let len =
+            frame_len(bytes[..4].try_into().expect("prefix"), MAX_REQUEST_BYTES).expect("len");
         assert_eq!(len, bytes.len() - 4);
         assert_eq!(GetRequest::decode(&bytes[4..]).expect("decode"), req);
     }
