@@ -28,8 +28,10 @@
 //! nothing is written into the store that was not verified against its id.
 
 mod actor;
+mod discover;
 mod endpoint;
 mod fetch;
+mod pull;
 mod replicate;
 mod serve;
 #[cfg(test)]
@@ -136,12 +138,12 @@ pub enum TransferError {
     NoProvider { hash: Hash, asked: usize },
     #[error("cannot reach {peer} at {addr}: {reason}")]
     Connect {
-        peer: PeerId,
+        peer: String,
         addr: SocketAddr,
         reason: String,
     },
     #[error("peer {peer} failed the cluster-secret check: {reason}")]
-    Auth { peer: PeerId, reason: String },
+    Auth { peer: String, reason: String },
     #[error("fetching {hash} failed: {reason}")]
     Fetch { hash: Hash, reason: String },
     #[error(transparent)]

@@ -592,3 +592,152 @@ fn remove_quiet(p: &std::path::Path) -> Result<()> {
         Err(e) => Err(StoreError::io(p)(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bao_tree::io::outboard::PreOrderMemOutboard;
+
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 13 % 241) as u8).collect()
+    }
+
+    fn write_groups(p: &PartialBlob, blob: &[u8], groups: std::ops::Range<u64>) {
+        for g in groups {
+            let start = (g * 16384) as usize;
+            let end = (start + 16384).min(blob.len());
+            p.write_leaf(start as u64, &blob[start..end]).expect("leaf");
+        }
+    }
+
+    fn write_outboard(p: &PartialBlob, blob: &[u8]) {
+        let ob = PreOrderMemOutboard::create(blob, BLOCK_SIZE);
+        let (f, _) = p.outboard.as_ref().expect("outboard");
+        f.write_all_at(&ob.data, 0).expect("outboard");
+    }
+
+    #[test]
+    fn a_partial_survives_reopening_and_completes_into_a_whole_blob() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blob = pattern(100_000);
+        let h = Hash::of(&blob);
+        {
+            let store = Store::open(&dir.path().join("s"), "a").expect("open");
+            let (p, verified) = store
+                .open_partial(&h, blob.len() as u64, BlobKind::Raw)
+                .expect("partial");
+            assert!(verified.is_empty());
+            write_outboard(&p, &blob);
+            write_groups(&p, &blob, 0..3);
+            store
+                .save_partial(&p, &GroupRanges::range(0, 3))
+                .expect("save");
+            assert!(!store.has(&h).expect("has"));
+            assert!(
+                store.verify().expect("verify").is_empty(),
+                "partials are not blobs"
+            );
+            assert!(store.list(true).expect("list").is_empty());
+        }
+        let store = Store::open(&dir.path().join("s"), "a").expect("reopen");
+        let (p, verified) = store
+            .open_partial(&h, blob.len() as u64, BlobKind::Raw)
+            .expect("resume");
+        assert_eq!(verified, GroupRanges::range(0, 3));
+        write_groups(&p, &blob, 3..7);
+        assert!(store.complete_partial(&p).expect("complete"));
+        drop(p);
+        assert!(store.has(&h).expect("has"));
+        assert!(store.verify().expect("verify").is_empty());
+        assert!(store.partial_record(&h).expect("record").is_none());
+        assert_eq!(fs::read_dir(store.partial_dir()).expect("dir").count(), 0);
+        let mut back = Vec::new();
+        io::Read::read_to_end(&mut store.open_blob(&h).expect("open"), &mut back).expect("read");
+        assert_eq!(back, blob);
+    }
+
+    #[test]
+    fn a_partial_of_another_size_or_with_lost_files_starts_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s"), "a").expect("open");
+        let blob = pattern(70_000);
+        let h = Hash::of(&blob);
+        let (p, _) = store
+            .open_partial(&h, 70_000, BlobKind::Raw)
+            .expect("partial");
+        store
+            .save_partial(&p, &GroupRanges::range(0, 2))
+            .expect("save");
+        drop(p);
+        let (_, verified) = store
+            .open_partial(&h, 80_000, BlobKind::Raw)
+            .expect("other size");
+        assert!(verified.is_empty());
+        let (p, _) = store
+            .open_partial(&h, 70_000, BlobKind::Raw)
+            .expect("partial");
+        store
+            .save_partial(&p, &GroupRanges::range(0, 2))
+            .expect("save");
+        drop(p);
+        fs::remove_file(store.partial_dir().join(format!("{h}.data"))).expect("rm");
+        let (_, verified) = store
+            .open_partial(&h, 70_000, BlobKind::Raw)
+            .expect("files lost");
+        assert!(verified.is_empty());
+    }
+
+    #[test]
+    fn gc_keeps_fresh_and_claimed_partials_and_removes_abandoned_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s"), "a").expect("open");
+        let [fresh, stale, claimed] = [1u8, 2, 3].map(|i| Hash::of(&[i]));
+        for h in [fresh, stale, claimed] {
+            let (p, _) = store.open_partial(&h, 50_000, BlobKind::Raw).expect("p");
+            store
+                .save_partial(&p, &GroupRanges::range(0, 1))
+                .expect("save");
+        }
+        for h in [stale, claimed] {
+            let mut rec = store.partial_record(&h).expect("rec").expect("some");
+            rec.updated_ms = 0;
+            store.put_partial_record(&h, &rec).expect("put");
+        }
+        let _claim = store.claim_fetch(claimed).expect("claim");
+        assert!(store.claim_fetch(claimed).is_none(), "one claim at a time");
+        fs::write(store.partial_dir().join("debris.data"), b"x").expect("debris");
+        let report = store.gc(&[]).expect("gc");
+        assert_eq!(
+            report.partials_removed, 2,
+            "the stale partial and the debris"
+        );
+        assert!(store.partial_record(&fresh).expect("rec").is_some());
+        assert!(store.partial_record(&claimed).expect("rec").is_some());
+        assert!(store.partial_record(&stale).expect("rec").is_none());
+        assert!(!store.partial_dir().join(format!("{stale}.data")).exists());
+        assert!(store.partial_dir().join(format!("{fresh}.data")).exists());
+    }
+
+    #[test]
+    fn small_blobs_are_stored_together() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s"), "a").expect("open");
+        let existing = pattern(5000);
+        store.add_bytes(&existing, BlobKind::Raw).expect("add");
+        let blobs: Vec<(Vec<u8>, BlobKind)> = vec![
+            (pattern(100), BlobKind::Raw),
+            (pattern(40_000), BlobKind::Raw),
+            (existing.clone(), BlobKind::Raw),
+            (pattern(100), BlobKind::Raw),
+            (Vec::new(), BlobKind::Raw),
+        ];
+        let ids = store.add_fetched_many(&blobs).expect("add many");
+        for ((bytes, _), id) in blobs.iter().zip(&ids) {
+            assert_eq!(*id, Hash::of(bytes));
+            assert!(store.has(id).expect("has"));
+        }
+        assert!(store.verify().expect("verify").is_empty());
+        assert_eq!(fs::read_dir(store.tmp_dir()).expect("tmp").count(), 0);
+    }
+}

@@ -159,7 +159,11 @@ pub(super) async fn connect(
     peer: PeerId,
     addr: SocketAddr,
 ) -> Result<Connection, TransferError> {
-    let fail = |reason: String| TransferError::Connect { peer, addr, reason };
+    let fail = |reason: String| TransferError::Connect {
+        peer: peer.to_string(),
+        addr,
+        reason,
+    };
     let config = client_config(keypair, peer)?;
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
@@ -173,12 +177,18 @@ pub(super) async fn connect(
         Ok(Ok(())) => Ok(conn),
         Ok(Err(reason)) => {
             conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), reason.as_bytes());
-            Err(TransferError::Auth { peer, reason })
+            Err(TransferError::Auth {
+                peer: peer.to_string(),
+                reason,
+            })
         }
         Err(_) => {
             let reason = format!("no proof within {AUTH_TIMEOUT:?}");
             conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), reason.as_bytes());
-            Err(TransferError::Auth { peer, reason })
+            Err(TransferError::Auth {
+                peer: peer.to_string(),
+                reason,
+            })
         }
     }
 }

@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 use weft_protocol::rpc::MAX_HAS_HASHES;
 use weft_protocol::{Hash, Request, Response};
 
-use super::fetch::{Shared, complete_locally, data_addr};
+use super::discover::data_addr;
+use super::fetch::{Shared, complete_locally};
 
 /// How long a peer asked to hold a copy counts as a holder-to-be.
 const PENDING_TTL: Duration = Duration::from_secs(300);

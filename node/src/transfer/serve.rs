@@ -30,7 +30,7 @@ use weft_protocol::{ErrorCode, Hash};
 
 use super::Faults;
 use super::endpoint::{AUTH_TIMEOUT, StreamError, read_frame, server_auth, write_frame};
-use super::fetch::chunk_ranges;
+use super::pull::chunk_ranges;
 use crate::api::Metrics;
 use crate::store::{BLOCK_SIZE, Store};
 
