@@ -625,7 +625,7 @@ impl Fetch {
                             reason: format!("writing here: {e}"),
                         });
                     }
-                    Err(PullError::Transient(why)) => {
+                    Err(PullError::Transient(why)) | Err(PullError::Unreachable(why)) => {
                         debug!(peer = %p.peer, %why, "first request failed");
                         lacking.insert(p.peer);
                     }
@@ -687,25 +687,15 @@ impl Fetch {
             });
             let capacity = (candidates.len() * self.shared.streams_per_peer).max(1) as u64;
             let batch = (pending.group_count() / (capacity * 2)).clamp(MIN_BATCH, MAX_BATCH);
-            'assign: for p in &candidates {
+            for p in &candidates {
                 loop {
                     let st = stats.entry(p.peer).or_default();
-                    if st.active >= self.shared.streams_per_peer || pending.is_empty() {
+                    if st.active >= self.shared.streams_per_peer
+                        || pending.is_empty()
+                        || self.is_banned(&p.peer)
+                    {
                         break;
                     }
-                    if self.is_banned(&p.peer) {
-                        break;
-                    }
-                    let conn = match self.handle.connect(p.peer, p.addr).await {
-                        Ok(c) => c,
-                        Err(TransferError::Stopped) => break 'assign,
-                        Err(e) => {
-                            debug!(peer = %p.peer, error = %e, "cannot reach provider");
-                            lacking.insert(p.peer);
-                            break;
-                        }
-                    };
-                    let st = stats.entry(p.peer).or_default();
                     let ranges = pending.take_first(batch);
                     pending = pending.difference(&ranges);
                     st.active += 1;
@@ -713,13 +703,13 @@ impl Fetch {
                     let id = next_slot;
                     next_slot += 1;
                     let task = streams.spawn(pull(
-                        conn,
+                        self.handle.clone(),
+                        *p,
                         hash,
                         size,
                         ranges.clone(),
                         partial.clone(),
                         id,
-                        p.peer,
                         ev_tx.clone(),
                     ));
                     slots.insert(
@@ -792,6 +782,10 @@ impl Fetch {
                                 }
                             }
                             Err(PullError::NotFound) => {
+                                lacking.insert(peer);
+                            }
+                            Err(PullError::Unreachable(why)) => {
+                                debug!(%peer, %why, "cannot reach provider");
                                 lacking.insert(peer);
                             }
                             Err(PullError::Local(e)) => {

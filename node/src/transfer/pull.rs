@@ -19,6 +19,8 @@ use weft_protocol::transfer::{
 };
 use weft_protocol::{CHUNK_GROUP_BYTES, CHUNK_GROUP_LOG, Hash};
 
+use super::TransferHandle;
+use super::discover::Provider;
 use super::endpoint::{StreamError, read_frame, write_frame};
 use crate::store::{BLOCK_SIZE, PartialBlob};
 
@@ -41,6 +43,9 @@ pub(super) enum PullError {
     /// The provider refused or broke off; ask it again later or others.
     #[error("{0}")]
     Transient(String),
+    /// The provider cannot be reached.
+    #[error("cannot reach the provider: {0}")]
+    Unreachable(String),
     /// Writing here failed; the whole fetch stops.
     #[error("local store: {0}")]
     Local(io::Error),
@@ -228,17 +233,32 @@ pub(super) fn decode_all(
 /// and reports every verified group.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn pull(
-    conn: Connection,
+    handle: TransferHandle,
+    provider: Provider,
     hash: Hash,
     size: u64,
     ranges: GroupRanges,
     partial: Arc<PartialBlob>,
     slot: u64,
-    peer: PeerId,
     events: mpsc::Sender<Event>,
 ) {
     let mut wire = 0u64;
-    let result = pull_inner(&conn, hash, size, ranges, partial, peer, &events, &mut wire).await;
+    let result = match handle.connect(provider.peer, provider.addr).await {
+        Ok(conn) => {
+            pull_inner(
+                &conn,
+                hash,
+                size,
+                ranges,
+                partial,
+                provider.peer,
+                &events,
+                &mut wire,
+            )
+            .await
+        }
+        Err(e) => Err(PullError::Unreachable(e.to_string())),
+    };
     let _ = events.send(Event::Done { slot, wire, result }).await;
 }
 
