@@ -12,6 +12,7 @@ pub mod client;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod transfers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct ApiState {
     pub node: Option<Arc<dyn NodeView>>,
     /// The scheduler, for the job endpoints.
     pub sched: Option<crate::sched::SchedHandle>,
+    /// The data plane, to fetch what is not here.
+    pub transfer: Option<crate::transfer::TransferHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.
@@ -126,6 +129,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::transfer::TransferError> for ApiError {
+    fn from(e: crate::transfer::TransferError) -> ApiError {
+        use crate::transfer::TransferError as T;
+        let (status, code) = match &e {
+            T::NoProvider { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            T::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            T::Store(s) => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", s.to_string());
+            }
+            _ => (StatusCode::BAD_GATEWAY, "fetch_failed"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> ApiError {
         ApiError::internal(format!("worker failed: {e}"))
@@ -153,6 +171,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
+        .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())
         .fallback(|| async {

@@ -6,6 +6,7 @@
 //! non-zero exit status.
 
 mod backend;
+mod fetch;
 mod job_cmds;
 mod mesh_cmds;
 mod output;

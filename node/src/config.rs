@@ -84,13 +84,42 @@ impl Default for NetworkSection {
 pub struct DataSection {
     /// UDP address of the QUIC data plane.
     pub listen: String,
+    /// Request streams open at once to each provider of a blob.
+    pub streams_per_peer: usize,
+    /// How often pins with `replicas` > 1 are checked (they are also checked
+    /// whenever a pin changes or a peer leaves), in milliseconds.
+    pub replication_interval_ms: u64,
+    /// Faults to inject. For tests only: never set these on a real node.
+    #[serde(skip_serializing_if = "DataFaults::is_off")]
+    pub faults: DataFaults,
 }
 
 impl Default for DataSection {
     fn default() -> Self {
         DataSection {
             listen: "0.0.0.0:4002".into(),
+            streams_per_peer: 4,
+            replication_interval_ms: 10_000,
+            faults: DataFaults::default(),
         }
+    }
+}
+
+/// `[data.faults]`: misbehaviour for tests of the data plane. For tests
+/// only: a node with these set serves bad bytes or serves slowly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataFaults {
+    /// Flip a byte in every chunk of blob data this node serves.
+    pub flip_bytes: bool,
+    /// Serve at most this many bytes per second (0: no limit).
+    pub max_send_rate: u64,
+}
+
+impl DataFaults {
+    /// Whether no fault is set.
+    pub fn is_off(&self) -> bool {
+        *self == DataFaults::default()
     }
 }
 

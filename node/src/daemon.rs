@@ -1,5 +1,5 @@
 //! The composition root: starts a node's subsystems in order (store, mesh,
-//! API) and stops them in reverse, on one cancellation token. It also owns
+//! data plane, API) and stops them in reverse, on one cancellation token. It also owns
 //! the loop that hands the mesh's inbound requests and gossip to the
 //! subsystem that answers them.
 //!
@@ -29,9 +29,10 @@ use crate::config::{Config, ConfigError};
 use crate::home::{Home, HomeError, write_atomic};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
-use crate::sched::{self, LocalOnly, SchedConfig, SchedError, SchedHandle};
+use crate::sched::{self, SchedConfig, SchedError, SchedHandle};
 use crate::store::{Store, StoreError};
 use crate::tags::{self, TagEvent, TagsHandle};
+use crate::transfer::{self, Faults, TransferConfig, TransferError, TransferHandle};
 use weft_sandbox::{Sandbox, SandboxConfig, SandboxError};
 
 /// Why a node could not start.
@@ -59,6 +60,8 @@ pub enum DaemonError {
     Net(#[from] NetError),
     #[error(transparent)]
     Resources(#[from] ResourceError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
     #[error("config: {0}")]
     BadConfig(String),
     #[error("sandbox: {0}")]
@@ -109,6 +112,7 @@ pub struct Node {
     store: Store,
     net: NetHandle,
     sched: SchedHandle,
+    transfer: TransferHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -206,7 +210,7 @@ impl Node {
             ..AdvertInputs::default()
         };
         let (advert, advert_rx) = watch::channel(resources::local_advert(&machine, inputs));
-        let mut net_config = NetConfig::new(keypair, secret);
+        let mut net_config = NetConfig::new(keypair.clone(), secret);
         net_config.listen = multiaddrs("network.listen", &config.network.listen)?;
         net_config.bootstrap = multiaddrs("network.bootstrap", &config.network.bootstrap)?;
         net_config.mdns = config.network.mdns;
@@ -214,21 +218,44 @@ impl Node {
         net_config.advert_ttl = Duration::from_millis(config.network.advert_ttl_ms);
         let (net, events) = net::spawn(net_config, advert_rx).await?;
 
-        // 3. tag replication
+        // 3. the data plane, its address in the advert
+        let data_addr = config.data_addr()?;
+        let mut transfer_config = TransferConfig::new(keypair, secret, data_addr);
+        transfer_config.streams_per_peer = config.data.streams_per_peer;
+        transfer_config.replication_interval =
+            Duration::from_millis(config.data.replication_interval_ms.max(100));
+        transfer_config.faults = Faults {
+            flip_bytes: config.data.faults.flip_bytes,
+            max_send_rate: Some(config.data.faults.max_send_rate).filter(|r| *r > 0),
+        };
+        let (transfer, transfer_actor) = transfer::spawn(
+            transfer_config,
+            store.clone(),
+            net.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tasks.spawn(transfer_actor);
+        let data_plane_addr = transfer.local_addr().to_string();
+        advert.send_modify(|a| a.data_plane_addr = Some(data_plane_addr));
+
+        // 4. tag replication
         let (tags, replicator) = tags::replicator(store.clone(), net.clone(), shutdown.clone());
         tasks.spawn(replicator);
 
-        // 4. the scheduler
+        // 5. the scheduler
         let (sched, loops) = sched::start(
             SchedConfig {
                 me: net.local_peer_id(),
                 store: store.clone(),
                 net: net.clone(),
                 sandbox,
-                fetcher: Arc::new(LocalOnly {
-                    store: store.clone(),
-                    me: peer_id.clone(),
-                }),
+                fetcher: Arc::new(sched::MeshFetcher::new(
+                    transfer.clone(),
+                    net.clone(),
+                    store.clone(),
+                )),
                 work_dir: home.work_dir(),
                 advert: advert.clone(),
                 advert_ttl: Duration::from_millis(config.network.advert_ttl_ms),
@@ -245,6 +272,7 @@ impl Node {
                 store: store.clone(),
                 tags,
                 sched: sched.clone(),
+                transfer: transfer.clone(),
             },
             shutdown.clone(),
         ));
@@ -269,6 +297,7 @@ impl Node {
         })?;
         let view = Arc::new(View {
             net: net.clone(),
+            transfer: transfer.clone(),
             advert: advert.subscribe(),
             api_addr,
             started,
@@ -280,6 +309,7 @@ impl Node {
             started,
             node: Some(view),
             sched: Some(sched.clone()),
+            transfer: Some(transfer.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -302,6 +332,7 @@ impl Node {
             store,
             net,
             sched,
+            transfer,
             advert,
             shutdown,
             tasks,
@@ -322,6 +353,11 @@ impl Node {
     /// This node's current advert (as gossiped, less what the mesh fills in).
     pub fn advert(&self) -> NodeAdvert {
         self.advert.borrow().clone()
+    }
+
+    /// The data plane: fetches from the mesh, replication.
+    pub fn transfer(&self) -> &TransferHandle {
+        &self.transfer
     }
 
     /// Changes this node's advert (labels, task counts); it is gossiped at once.
@@ -371,6 +407,7 @@ struct Subsystems {
     store: Store,
     tags: TagsHandle,
     sched: SchedHandle,
+    transfer: TransferHandle,
 }
 
 /// Answers one request from a peer.
@@ -392,6 +429,9 @@ async fn answer(subsystems: Subsystems, peer: libp2p::PeerId, request: Request) 
     match request {
         Request::Ping { nonce } => Response::Pong { nonce },
         Request::TagSync { after } => tags::answer_sync(&subsystems.store, after).await,
+        request @ (Request::Has { .. } | Request::Replicate { .. }) => {
+            subsystems.transfer.answer(peer, request).await
+        }
         other => {
             tracing::debug!(%peer, request = ?other, "request not served");
             Response::error(
@@ -412,6 +452,7 @@ async fn dispatch(
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
+            Some(_) = answering.join_next(), if !answering.is_empty() => continue,
             e = events.recv() => match e {
                 Some(e) => e,
                 None => return,
@@ -451,6 +492,7 @@ async fn dispatch(
             NetEvent::PeerGone(peer) => {
                 tracing::info!(%peer, "peer gone");
                 subsystems.sched.peer_gone(peer);
+                subsystems.transfer.nudge_replication().await;
             }
         }
     }
@@ -491,6 +533,7 @@ async fn refresh_resources(
 /// What the API reports about the node beyond its store.
 struct View {
     net: NetHandle,
+    transfer: TransferHandle,
     advert: watch::Receiver<NodeAdvert>,
     api_addr: SocketAddr,
     started: Instant,
@@ -547,8 +590,9 @@ impl NodeView for View {
             let peers = self.net.peers().await.unwrap_or_default();
             let connected = peers.iter().filter(|p| p.connected).count();
             format!(
-                "# HELP weft_peers Live peers in the membership table.\n# TYPE weft_peers gauge\nweft_peers {}\n# HELP weft_peers_connected Peers with an authenticated connection.\n# TYPE weft_peers_connected gauge\nweft_peers_connected {connected}\n",
-                peers.len()
+                "# HELP weft_peers Live peers in the membership table.\n# TYPE weft_peers gauge\nweft_peers {}\n# HELP weft_peers_connected Peers with an authenticated connection.\n# TYPE weft_peers_connected gauge\nweft_peers_connected {connected}\n{}",
+                peers.len(),
+                self.transfer.render_metrics().await
             )
         }
         .boxed()

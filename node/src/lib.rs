@@ -13,3 +13,4 @@ pub mod resources;
 pub mod sched;
 pub mod store;
 pub mod tags;
+pub mod transfer;

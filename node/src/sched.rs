@@ -111,6 +111,109 @@ impl Fetcher for LocalOnly {
     }
 }
 
+/// The fetcher of a node in a mesh: inputs come over the data plane from
+/// whichever peers hold them; where they are is asked with `Has`.
+pub struct MeshFetcher {
+    transfer: crate::transfer::TransferHandle,
+    net: NetHandle,
+    store: Store,
+}
+
+impl MeshFetcher {
+    pub fn new(
+        transfer: crate::transfer::TransferHandle,
+        net: NetHandle,
+        store: Store,
+    ) -> MeshFetcher {
+        MeshFetcher {
+            transfer,
+            net,
+            store,
+        }
+    }
+}
+
+impl Fetcher for MeshFetcher {
+    fn fetch(&self, hash: Hash) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            let here = tokio::task::spawn_blocking(move || {
+                crate::transfer::complete_locally(&store, &hash)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            if !here {
+                self.transfer.fetch(hash).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+
+    fn held(&self, peers: Vec<String>, hashes: Vec<Hash>) -> BoxFuture<'_, Vec<(String, u64)>> {
+        Box::pin(async move {
+            // what each input weighs: its content size when this node knows
+            // the manifest, else a token so holding it still counts
+            let store = self.store.clone();
+            let hs = hashes.clone();
+            let weights: Vec<(Hash, u64)> = tokio::task::spawn_blocking(move || {
+                hs.iter()
+                    .map(|h| (*h, store.content_size(h).unwrap_or(1).max(1)))
+                    .collect()
+            })
+            .await
+            .unwrap_or_default();
+            let weight = |h: &Hash| weights.iter().find(|(x, _)| x == h).map_or(1, |(_, w)| *w);
+            let me = self.net.local_peer_id().to_string();
+            let asks = peers.into_iter().map(|peer| {
+                let hashes = hashes.clone();
+                let store = self.store.clone();
+                let net = self.net.clone();
+                let me = me.clone();
+                async move {
+                    let held: Vec<Hash> = if peer == me {
+                        tokio::task::spawn_blocking(move || {
+                            hashes
+                                .into_iter()
+                                .filter(|h| {
+                                    crate::transfer::complete_locally(&store, h).unwrap_or(false)
+                                })
+                                .collect()
+                        })
+                        .await
+                        .unwrap_or_default()
+                    } else {
+                        let Ok(pid) = peer.parse::<PeerId>() else {
+                            return (peer, Vec::new());
+                        };
+                        match net
+                            .request(
+                                pid,
+                                Request::Has {
+                                    hashes,
+                                    closure: true,
+                                },
+                            )
+                            .await
+                        {
+                            Ok(Response::Have { blobs }) => {
+                                blobs.into_iter().map(|b| b.hash).collect()
+                            }
+                            _ => Vec::new(),
+                        }
+                    };
+                    (peer, held)
+                }
+            });
+            futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .map(|(peer, held)| (peer, held.iter().map(&weight).sum()))
+                .collect()
+        })
+    }
+}
+
 /// What the scheduler needs from the rest of the node.
 pub struct SchedConfig {
     pub me: PeerId,

@@ -8,7 +8,8 @@
 //! Writes go temp file, fsync, rename, fsync directory, then index, so a
 //! process killed at any point leaves either no index entry or one for a
 //! whole, valid blob. Leftover temp files are removed on open; blob files
-//! without an index entry are removed by GC.
+//! without an index entry are removed by GC. Blobs being fetched live apart,
+//! in `partial/`, with their own records (see `partial`).
 //!
 //! The store is a cheap `Clone` handle over shared state; sled is safe to use
 //! from many threads. Its methods block, so async callers run them on the
@@ -17,9 +18,10 @@
 mod export;
 mod import;
 mod maintenance;
+mod partial;
 pub mod records;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,7 @@ use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagUpdate, TagVersion, Tree
 pub use export::ExportOptions;
 pub use import::{AddOptions, AddOutcome, Progress};
 pub use maintenance::{GcReport, VerifyProblem};
+pub use partial::{FetchClaim, PARTIAL_TTL, PartialBlob};
 use records::{
     BlobKind, BlobRecord, PinRecord, Record, RecordError, TagRecord, hash_key, key_hash,
 };
@@ -125,6 +128,10 @@ struct Inner {
     blobs: sled::Tree,
     pins: sled::Tree,
     tags: sled::Tree,
+    /// Blobs being fetched (see `partial`).
+    partials: sled::Tree,
+    /// Blobs a fetch is working on now; GC leaves their partials alone.
+    fetching: Mutex<HashSet<Hash>>,
     /// Imports hold it shared; GC holds it exclusively, so a sweep never
     /// sees the children of a tree whose manifest is not written yet.
     gc_lock: RwLock<()>,
@@ -177,7 +184,7 @@ impl Store {
     /// Opens (creating if needed) the store in `dir`; `origin` is this node's
     /// id, written into the tag versions it makes.
     pub fn open(dir: &Path, origin: &str) -> Result<Store> {
-        for sub in ["blobs", "tmp"] {
+        for sub in ["blobs", "tmp", "partial"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io(&p))?;
         }
@@ -204,6 +211,8 @@ impl Store {
                 blobs: db.open_tree("blobs")?,
                 pins: db.open_tree("pins")?,
                 tags: db.open_tree("tags")?,
+                partials: db.open_tree("partials")?,
+                fetching: Mutex::new(HashSet::new()),
                 db,
                 gc_lock: RwLock::new(()),
                 origin: origin.to_string(),

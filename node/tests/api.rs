@@ -11,6 +11,7 @@ async fn start(dir: &std::path::Path, f: impl FnOnce(&mut Config)) -> Result<Nod
     config.api.listen = "127.0.0.1:0".into();
     config.network.mdns = false;
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    config.data.listen = "127.0.0.1:0".into();
     config.network.cluster_secret = Some(weft_node::config::new_secret());
     f(&mut config);
     Node::start(Home::at(dir), config).await

@@ -14,13 +14,14 @@ pub mod job;
 pub mod rpc;
 pub mod sched;
 pub mod tag;
+pub mod transfer;
 pub mod tree;
 
 pub use advert::{Executors, GpuInfo, NodeAdvert};
 pub use codec::{CodecError, decode, encode};
 pub use hash::{Hash, HashParseError, HashPrefix};
 pub use job::{JobSpec, JobSpecError};
-pub use rpc::{ErrorCode, Request, Response, Topic};
+pub use rpc::{ErrorCode, HaveBlob, Request, Response, Topic};
 pub use tag::{ArtifactRef, Hlc, TagName, TagUpdate, TagVersion};
 pub use tree::{EntryKind, Tree, TreeEntry, TreeError};
 

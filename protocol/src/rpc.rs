@@ -20,6 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Hash;
 use crate::advert::NodeAdvert;
 use crate::codec::{self, CodecError, MAX_MESSAGE_BYTES};
 use crate::sched::{Assignment, JobId, JobResult, JobState, JobStatus, Needs};
@@ -30,6 +31,9 @@ pub const RPC_PROTOCOL: &str = "/weft/rpc/1";
 
 /// Request/response protocol proving the cluster secret (see [`crate::auth`]).
 pub const AUTH_PROTOCOL: &str = "/weft/auth/1";
+
+/// Most ids in one [`Request::Has`].
+pub const MAX_HAS_HASHES: usize = 4096;
 
 /// Kademlia protocol id, so weft nodes form their own DHT.
 pub const KAD_PROTOCOL: &str = "/weft/kad/1";
@@ -128,6 +132,21 @@ pub enum Request {
     /// Sent to a job's coordinator for its full, current status. Answered
     /// with [`Response::Job`] or a `not_found` error.
     GetJob { job: JobId },
+    /// Sent by a node looking for copies of blobs (a fetch) or counting them
+    /// (replication), with at most [`MAX_HAS_HASHES`] ids. Answered by the
+    /// peer's transfer subsystem with [`Response::Have`] listing those it
+    /// holds whole. With `closure`, a tree counts only when every blob below
+    /// it is held too.
+    Has {
+        hashes: Vec<Hash>,
+        #[serde(default)]
+        closure: bool,
+    },
+    /// Sent by a node keeping a pin with `replicas` > 1 to a peer it chose
+    /// to hold one more copy. The peer fetches the artifact (with everything
+    /// below it) in the background, pins it with the same `replicas`, and
+    /// answers [`Response::Replicating`] at once.
+    Replicate { hash: Hash, replicas: u32 },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -153,8 +172,23 @@ pub enum Response {
     Ack,
     /// Answers [`Request::CancelJob`] and [`Request::GetJob`].
     Job(Box<JobStatus>),
+    /// Answers [`Request::Has`]: the asked-for blobs the responder holds.
+    Have { blobs: Vec<HaveBlob> },
+    /// Answers [`Request::Replicate`]: the responder holds the artifact or
+    /// has started fetching it.
+    Replicating { hash: Hash },
     /// Answers any request the responder cannot or will not serve.
     Error { code: ErrorCode, message: String },
+}
+
+/// One blob a peer holds whole, in [`Response::Have`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaveBlob {
+    pub hash: Hash,
+    /// Its size in bytes (as the holder says; a fetch proves it).
+    pub size: u64,
+    /// It is a tree manifest.
+    pub tree: bool,
 }
 
 /// Why a request failed, for the requester to act on.
@@ -330,6 +364,87 @@ mod tests {
         assert_eq!(
             hex::encode(claim.encode().expect("encode")),
             "a165436c61696da2636a6f6274303030303030303030303031303030303030303267617474656d707402"
+        );
+    }
+
+    #[test]
+    fn golden_transfer_messages() {
+        // {"Has": {"hashes": [h], "closure": false}}
+        let has = Request::Has {
+            hashes: vec![Hash::EMPTY],
+            closure: false,
+        };
+        let bytes = has.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "63486173",
+                "a2",
+                "66686173686573",
+                "81",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "67636c6f73757265",
+                "f4"
+            )
+        );
+        assert_eq!(Request::decode(&bytes).expect("decode"), has);
+        // "closure" may be left out
+        let short = hex::decode(concat!("a163486173a1666861736865738", "0")).expect("hex");
+        assert_eq!(
+            Request::decode(&short).expect("decode"),
+            Request::Has {
+                hashes: vec![],
+                closure: false
+            }
+        );
+        // {"Replicate": {"hash": h, "replicas": 3}}
+        let rep = Request::Replicate {
+            hash: Hash::EMPTY,
+            replicas: 3,
+        };
+        let bytes = rep.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "695265706c6963617465",
+                "a2",
+                "6468617368",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "687265706c6963617303"
+            )
+        );
+        assert_eq!(Request::decode(&bytes).expect("decode"), rep);
+        // {"Have": {"blobs": [{"hash": h, "size": 5, "tree": true}]}}
+        let have = Response::Have {
+            blobs: vec![HaveBlob {
+                hash: Hash::EMPTY,
+                size: 5,
+                tree: true,
+            }],
+        };
+        let bytes = have.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "6448617665",
+                "a1",
+                "65626c6f6273",
+                "81",
+                "a3",
+                "6468617368",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "6473697a6505",
+                "6474726565f5"
+            )
+        );
+        assert_eq!(Response::decode(&bytes).expect("decode"), have);
+        let r = Response::Replicating { hash: Hash::EMPTY };
+        assert_eq!(
+            Response::decode(&r.encode().expect("encode")).expect("decode"),
+            r
         );
     }
 

@@ -127,6 +127,7 @@ async fn upload(
     })
     .await?;
     state.metrics.added(out.size);
+    announce(&state, out.id).await;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
@@ -140,6 +141,25 @@ fn daemon_path(p: &std::path::Path) -> ApiResult<()> {
             p.display()
         )))
     }
+}
+
+/// Tells the mesh this node holds `id`.
+async fn announce(state: &ApiState, id: Hash) {
+    if let Some(t) = &state.transfer {
+        t.announce(id).await;
+    }
+}
+
+/// Makes `id` whole here, fetching from the mesh what is missing.
+async fn fetch_missing(state: &ApiState, id: Hash) -> ApiResult<()> {
+    let Some(t) = &state.transfer else {
+        return Ok(());
+    };
+    let store = state.store.clone();
+    if !blocking(move || crate::transfer::complete_locally(&store, &id)).await? {
+        t.fetch(id).await?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -173,6 +193,7 @@ async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respons
     })
     .await?;
     state.metrics.added(out.size);
+    announce(&state, out.id).await;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
@@ -211,7 +232,7 @@ struct ExportBody {
 }
 
 /// `POST /api/v1/artifacts/{ref}/export`: the daemon writes the artifact to
-/// a path on its host.
+/// a path on its host, fetching first from the mesh what it lacks.
 async fn export(
     State(state): State<ApiState>,
     Path(reference): Path<String>,
@@ -220,6 +241,7 @@ async fn export(
     let req: ExportBody = parse_json(&body)?;
     daemon_path(&req.path)?;
     let id = resolve(&state, reference).await?;
+    fetch_missing(&state, id).await?;
     let store = state.store.clone();
     let path = req.path.clone();
     blocking(move || {
@@ -462,6 +484,7 @@ async fn pin(
         parse_json(&body)?
     };
     let id = resolve(&state, reference).await?;
+    fetch_missing(&state, id).await?;
     let store = state.store.clone();
     let replicas = req.replicas.unwrap_or(1);
     blocking(move || {
@@ -471,6 +494,9 @@ async fn pin(
         store.pin(&id, replicas)
     })
     .await?;
+    if let Some(t) = &state.transfer {
+        t.nudge_replication().await;
+    }
     Ok(axum::Json(serde_json::json!({ "id": id, "replicas": replicas })).into_response())
 }
 
@@ -491,8 +517,13 @@ async fn unpin(
 }
 
 async fn gc(State(state): State<ApiState>) -> ApiResult<Response> {
+    // what fetches in progress are bringing here stays
+    let keep = match &state.transfer {
+        Some(t) => t.active_roots().await,
+        None => Vec::new(),
+    };
     let store = state.store.clone();
-    Ok(axum::Json(blocking(move || store.gc(&[])).await?).into_response())
+    Ok(axum::Json(blocking(move || store.gc(&keep)).await?).into_response())
 }
 
 async fn verify(State(state): State<ApiState>) -> ApiResult<Response> {

@@ -110,6 +110,11 @@ impl ApiClient {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// `POST path` with no body → the raw response, for streaming.
+    pub async fn post_stream(&self, path: &str) -> Result<reqwest::Response, ClientError> {
+        self.send(self.request(reqwest::Method::POST, path)).await
+    }
+
     /// `METHOD path` with a JSON body → JSON.
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,

@@ -94,6 +94,20 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Some(JSON),
         JSON
     ),
+    ep!(
+        "post",
+        "/api/v1/artifacts/{reference}/fetch",
+        "Fetch an artifact from the mesh; NDJSON progress, then the report",
+        None,
+        "application/x-ndjson"
+    ),
+    ep!(
+        "get",
+        "/api/v1/transfers",
+        "Fetches in progress, transfer counters, replication of pins",
+        None,
+        JSON
+    ),
     ep!("get", "/api/v1/tags", "Live tags", None, JSON),
     ep!(
         "get",

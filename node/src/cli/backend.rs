@@ -105,6 +105,11 @@ impl Backend {
         match self {
             Backend::Local(store) => {
                 let id = store.resolve_str(reference)?;
+                if !crate::transfer::complete_locally(store, &id)? {
+                    anyhow::bail!(
+                        "{id} is not wholly in the local store; with a daemon running (`weft daemon`), `weft get` fetches it from the mesh"
+                    );
+                }
                 let bar = Bar::bytes("writing");
                 let r = store.export(&id, dest, ExportOptions { force, link: false }, &bar);
                 bar.finish();
@@ -112,6 +117,7 @@ impl Backend {
                 Ok(id)
             }
             Backend::Remote(c) => {
+                super::fetch::from_mesh(c, reference).await?;
                 #[derive(serde::Deserialize)]
                 struct Exported {
                     id: Hash,

@@ -31,6 +31,10 @@ pub struct GcReport {
     pub freed_bytes: u64,
     /// Files in `blobs/` with no index entry (left by a crash), removed.
     pub orphan_files: u64,
+    /// Abandoned partial blobs (fetches not resumed for a day) and stray
+    /// files in `partial/`, removed.
+    #[serde(default)]
+    pub partials_removed: u64,
 }
 
 impl Store {
@@ -144,11 +148,14 @@ impl Store {
         }
         self.flush()?;
         report.orphan_files = self.remove_orphans()?;
+        report.partials_removed = self.gc_partials()?;
+        self.flush()?;
         tracing::info!(
             kept = report.kept,
             removed = report.removed,
             freed = report.freed_bytes,
             orphans = report.orphan_files,
+            partials = report.partials_removed,
             "gc done"
         );
         Ok(report)

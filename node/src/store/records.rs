@@ -7,6 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use weft_protocol::codec::{self, MAX_RECORD_BYTES};
+use weft_protocol::transfer::GroupRanges;
 use weft_protocol::{Hash, TagVersion};
 
 /// What a blob's bytes are.
@@ -49,6 +50,25 @@ pub struct TagRecord {
     pub history: Vec<TagVersion>,
 }
 
+/// A blob being fetched (key: the 32 hash bytes; sled tree `partials`).
+/// Its bytes live in `partial/<id>.data` and `partial/<id>.obao`, never in
+/// `blobs/`, and it has no blob record until it is whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialRecord {
+    pub v: u8,
+    /// The blob's size, proven by its last chunk group before the record
+    /// was first written.
+    pub size: u64,
+    pub kind: BlobKind,
+    /// Chunk groups whose bytes, and the parent hashes above them, were
+    /// verified against the id, written and synced.
+    pub verified: GroupRanges,
+    pub created_ms: u64,
+    /// Last time `verified` was written; GC removes partials left alone for
+    /// long.
+    pub updated_ms: u64,
+}
+
 /// Oldest versions of a tag beyond this many are dropped from its history.
 pub const MAX_TAG_HISTORY: usize = 1000;
 
@@ -77,6 +97,7 @@ impl TagRecord {
 pub const BLOB_V: u8 = 1;
 pub const PIN_V: u8 = 1;
 pub const TAG_V: u8 = 1;
+pub const PARTIAL_V: u8 = 1;
 
 #[derive(Deserialize)]
 struct Probe {
@@ -139,6 +160,11 @@ impl Record for PinRecord {
 impl Record for TagRecord {
     const WHAT: &'static str = "tag";
     const VERSION: u8 = TAG_V;
+}
+
+impl Record for PartialRecord {
+    const WHAT: &'static str = "partial";
+    const VERSION: u8 = PARTIAL_V;
 }
 
 /// Key for a blob or pin record.
@@ -246,6 +272,39 @@ mod tests {
             )
         );
         assert_eq!(TagRecord::from_bytes(&r.to_bytes()).expect("decode"), r);
+    }
+
+    #[test]
+    fn golden_partial_record() {
+        let r = PartialRecord {
+            v: 1,
+            size: 40_000,
+            kind: BlobKind::Tree,
+            verified: GroupRanges::from_ranges([(0, 1), (2, 3)]),
+            created_ms: 1,
+            updated_ms: 2,
+        };
+        let bytes = r.to_bytes();
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a6", // map(6)
+                "6176",
+                "01", // "v": 1
+                "6473697a65",
+                "199c40", // "size": 40000
+                "646b696e64",
+                "6474726565", // "kind": "tree"
+                "68766572696669656482",
+                "820001",
+                "820203", // "verified": [[0, 1], [2, 3]]
+                "6a637265617465645f6d73",
+                "01", // "created_ms": 1
+                "6a757064617465645f6d73",
+                "02" // "updated_ms": 2
+            )
+        );
+        assert_eq!(PartialRecord::from_bytes(&bytes).expect("decode"), r);
     }
 
     #[test]
