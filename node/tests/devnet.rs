@@ -83,3 +83,104 @@ fn devnet_up_add_peers_down() {
     // no daemon: the CLI works on the home directly
     assert_eq!(ok(&["--home", &node1, "cat", id.trim()]), "hello devnet");
 }
+
+/// The examples' train and evaluate jobs across a 3-node devnet: data added
+/// on node 1, jobs submitted on nodes 3 and 2, the model fetched on node 2.
+#[test]
+fn train_and_evaluate_across_a_devnet() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(root.join("scripts/build-examples.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("build examples");
+    assert!(status.success());
+    let out = root.join("examples/wasm/out");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    ok(&["devnet", "up", "--nodes", "3", "--dir", d]);
+    let home = |i: usize| format!("{d}/node{i}");
+    let iris = root.join("examples/data/iris");
+    ok(&[
+        "--home",
+        &home(1),
+        "add",
+        iris.to_str().expect("utf8"),
+        "--tag",
+        "datasets/iris:v1",
+    ]);
+    for (m, tag) in [
+        ("train", "examples/train:v1"),
+        ("evaluate", "examples/evaluate:v1"),
+    ] {
+        let wasm = out.join(format!("{m}.wasm"));
+        ok(&[
+            "--home",
+            &home(1),
+            "add",
+            wasm.to_str().expect("utf8"),
+            "--tag",
+            tag,
+        ]);
+    }
+    let jobs = root.join("examples/jobs");
+    let run = |node: usize, file: &str| -> serde_json::Value {
+        let spec = jobs.join(file);
+        serde_json::from_str(&ok(&[
+            "--home",
+            &home(node),
+            "run",
+            "-f",
+            spec.to_str().expect("utf8"),
+            "--wait",
+            "--json",
+        ]))
+        .expect("status json")
+    };
+    // tags replicate within a few seconds; the submitting node resolves them
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok(&["--home", &home(3), "tag", "ls"]).contains("examples/evaluate:v1") {
+        assert!(Instant::now() < deadline, "tags did not reach node 3");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let train = run(3, "train.yaml");
+    assert_eq!(train["state"], "succeeded", "{train:#}");
+    let eval = run(2, "evaluate.yaml");
+    assert_eq!(eval["state"], "succeeded", "{eval:#}");
+    let model = dir.path().join("model");
+    ok(&[
+        "--home",
+        &home(2),
+        "get",
+        "models/example:v1",
+        "-o",
+        model.to_str().expect("utf8"),
+    ]);
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("metrics.json")).expect("metrics"))
+            .expect("json");
+    assert!(
+        metrics["train_accuracy"].as_f64().expect("accuracy") > 0.9,
+        "{metrics}"
+    );
+    let res = dir.path().join("eval");
+    ok(&[
+        "--home",
+        &home(2),
+        "get",
+        "results/example-eval:v1",
+        "-o",
+        res.to_str().expect("utf8"),
+    ]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(res.join("metrics.json")).expect("metrics"))
+            .expect("json");
+    assert!(m["accuracy"].as_f64().expect("accuracy") >= 0.85, "{m}");
+    // the job is visible from the node that did not coordinate it
+    let listed = ok(&["--home", &home(1), "job", "ls"]);
+    assert!(
+        listed.contains("train-iris") && listed.contains("evaluate-iris"),
+        "{listed}"
+    );
+    ok(&["devnet", "down", "--dir", d]);
+    assert!(daemons_under(dir.path()).is_empty());
+}

@@ -484,3 +484,77 @@ async fn cancel_stops_a_running_container_and_leaves_nothing_behind() {
     assert!(procs.stdout.is_empty(), "a container process survived");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_where_its_input_lives_when_that_node_is_free() {
+    let cluster = Cluster::start(4, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    // the program is only on node 0; the input only on node 3
+    let wasm = example_wasm("wordcount").expect("wordcount");
+    let module = cluster
+        .node(0)
+        .store()
+        .add_bytes(&wasm, BlobKind::Raw)
+        .expect("module")
+        .0;
+    cluster
+        .node(0)
+        .store()
+        .set_tag(
+            &TagName::new("test/wordcount:v1").expect("tag"),
+            Some(module),
+        )
+        .expect("tag");
+    let docs = tempfile::tempdir().expect("tempdir");
+    for i in 0..20 {
+        std::fs::write(
+            docs.path().join(format!("doc{i}.txt")),
+            format!("only on node three {i}\n").repeat(2000),
+        )
+        .expect("write");
+    }
+    let input = cluster
+        .node(3)
+        .store()
+        .add_path(docs.path(), &Default::default(), &())
+        .expect("add")
+        .id;
+    cluster
+        .node(3)
+        .store()
+        .set_tag(
+            &TagName::new("datasets/local:v1").expect("tag"),
+            Some(input),
+        )
+        .expect("tag");
+    cluster
+        .wait_until(
+            Duration::from_secs(5),
+            "the tags replicated",
+            |c| async move {
+                c.node(0)
+                    .store()
+                    .tag(&TagName::new("datasets/local:v1").expect("tag"))
+                    .ok()
+                    .flatten()
+                    == Some(input)
+            },
+        )
+        .await
+        .expect("tags");
+    for round in 0..3 {
+        let yaml = format!(
+            "apiVersion: weft/v1\nkind: Job\nmetadata: {{name: near-data-{round}}}\nspec:\n  task:\n    wasm: {{module: test/wordcount:v1, args: [\"--input\", \"/inputs/docs\", \"--out\", \"/outputs/counts.json\"]}}\n  inputs: [{{from: datasets/local:v1, path: /inputs/docs}}]\n  outputs: [{{path: /outputs}}]\n  cache: false\n"
+        );
+        let id = submit(&cluster, round % 3, &yaml).await.id;
+        let s = wait_done(&cluster, round % 3, &id, Duration::from_secs(30)).await;
+        assert_eq!(s.state, JobState::Succeeded, "{s:#?}");
+        assert_eq!(
+            s.node.as_deref(),
+            Some(peer(&cluster, 3).as_str()),
+            "round {round}: ran away from its data"
+        );
+    }
+    cluster.stop().await;
+}
