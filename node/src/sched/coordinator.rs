@@ -627,7 +627,7 @@ impl Coordinator {
         } else {
             self.try_place(&id);
         }
-        tracing::info!(job = %id, name = %status.name, cached = terminal, "job submitted");
+        tracing::debug!(job = %id, name = %status.name, cached = terminal, "job submitted");
         Ok(self
             .jobs
             .get(&id)
@@ -1137,7 +1137,7 @@ impl Coordinator {
     fn finished(&mut self, id: &JobId) {
         self.touch(id);
         if let Some(e) = self.jobs.get(id) {
-            tracing::info!(job = %id, state = %e.status.state, attempt = e.status.attempt, node = e.status.node.as_deref().unwrap_or("-"), "job finished");
+            tracing::debug!(job = %id, state = %e.status.state, attempt = e.status.attempt, node = e.status.node.as_deref().unwrap_or("-"), "job finished");
         }
         self.done.insert(id.clone(), ());
         self.evict_done();

@@ -53,6 +53,8 @@ pub(crate) enum Command {
     /// A task ended.
     Done {
         key: Key,
+        /// The task's folder, clean and reusable, if it was left empty.
+        dir: Option<PathBuf>,
     },
 }
 
@@ -128,6 +130,10 @@ pub(crate) struct Executor {
     sandbox: Sandbox,
     fetcher: Arc<dyn Fetcher>,
     work_dir: PathBuf,
+    /// Task folders (with empty inputs/, outputs/, tmp/) ready for reuse:
+    /// making and removing folders costs more than the smallest tasks.
+    spare_dirs: Vec<PathBuf>,
+    next_dir: u64,
     coordinator: CoordinatorHandle,
     advert: watch::Sender<NodeAdvert>,
     free: Capacity,
@@ -190,6 +196,8 @@ impl Executor {
             sandbox: config.sandbox.clone(),
             fetcher: config.fetcher.clone(),
             work_dir: config.work_dir.clone(),
+            spare_dirs: Vec::new(),
+            next_dir: 0,
             coordinator,
             advert: config.advert.clone(),
             free: Capacity {
@@ -209,6 +217,13 @@ impl Executor {
     }
 
     pub(crate) async fn run(mut self) {
+        // task folders left by a process that stopped mid-task
+        let tasks = self.work_dir.join("tasks");
+        if let Err(e) = tokio::fs::remove_dir_all(&tasks).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %tasks.display(), error = %e, "cannot clear old task folders");
+        }
         let (loopback_tx, mut loopback) = mpsc::channel::<Command>(4096);
         let mut counts = tokio::time::interval(Duration::from_millis(500));
         counts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -294,7 +309,12 @@ impl Executor {
                     }
                 }
             }
-            Command::Done { key } => {
+            Command::Done { key, dir } => {
+                if let Some(d) = dir
+                    && self.spare_dirs.len() < 64
+                {
+                    self.spare_dirs.push(d);
+                }
                 if let Some(r) = self.running.remove(&key) {
                     self.give_back(&r.needs, &r.gpus);
                 }
@@ -410,7 +430,7 @@ impl Executor {
         let tx = loopback.clone();
         let key = res.key;
         let Some(coord) = self.coord(&res.coordinator) else {
-            let _ = tx.try_send(Command::Done { key });
+            let _ = tx.try_send(Command::Done { key, dir: None });
             return;
         };
         let ctx = TaskContext {
@@ -421,9 +441,13 @@ impl Executor {
             work_dir: self.work_dir.clone(),
             coord,
         };
+        let dir = self.spare_dirs.pop().unwrap_or_else(|| {
+            self.next_dir += 1;
+            self.work_dir.join("tasks").join(self.next_dir.to_string())
+        });
         tokio::spawn(async move {
-            ctx.run(assignment, gpus, cancel).await;
-            let _ = tx.send(Command::Done { key }).await;
+            let dir = ctx.run(assignment, gpus, cancel, dir).await;
+            let _ = tx.send(Command::Done { key, dir }).await;
         });
     }
 
@@ -461,6 +485,78 @@ struct TaskContext {
     coord: Coord,
 }
 
+/// A task's updates to its coordinator, sent in order by [`report`].
+struct Reports {
+    tx: mpsc::UnboundedSender<Request>,
+    job: JobId,
+    attempt: u32,
+    /// Set by the reporter when the coordinator no longer wants the attempt.
+    stale: CancellationToken,
+}
+
+impl Reports {
+    /// Queues an update; `Err(Stale)` once the coordinator said it no
+    /// longer wants this attempt.
+    fn send(
+        &self,
+        state: JobState,
+        reason: Option<String>,
+        result: Option<JobResult>,
+    ) -> Result<(), Stop> {
+        if self.stale.is_cancelled() {
+            return Err(Stop::Stale);
+        }
+        let _ = self.tx.send(Request::TaskUpdate {
+            job: self.job.clone(),
+            attempt: self.attempt,
+            state,
+            reason,
+            result: result.map(Box::new),
+        });
+        Ok(())
+    }
+}
+
+/// Delivers a task's updates in order. A final report is retried for a
+/// while (the coordinator may be restarting); a `not_found` answer marks the
+/// attempt stale and stops the task.
+async fn report(
+    coord: Coord,
+    me: String,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    cancel: CancellationToken,
+    stale: CancellationToken,
+) {
+    while let Some(request) = rx.recv().await {
+        let last = matches!(&request, Request::TaskUpdate { state, .. } if state.is_terminal());
+        let tries = if last { 40 } else { 1 };
+        for n in 0..tries {
+            match coord.ask(&me, request.clone()).await {
+                Ok(Response::Ack) => break,
+                Ok(Response::Error {
+                    code: ErrorCode::NotFound,
+                    ..
+                }) => {
+                    stale.cancel();
+                    cancel.cancel();
+                    return;
+                }
+                Ok(other) => {
+                    tracing::debug!(answer = ?other, "unexpected answer to an update");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "update not delivered");
+                    if n + 1 < tries {
+                        tokio::time::sleep(Duration::from_millis(250 * (n as u64 + 1).min(8)))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Outcome of one step of running a task, before the result.
 enum Stop {
     /// The node could not run it (retryable elsewhere).
@@ -470,51 +566,33 @@ enum Stop {
 }
 
 impl TaskContext {
-    /// Tells the coordinator; `Err(Stale)` when it no longer wants this attempt.
-    async fn update(
-        &self,
-        a: &Assignment,
-        state: JobState,
-        reason: Option<String>,
-        result: Option<JobResult>,
-    ) -> Result<(), Stop> {
-        let request = Request::TaskUpdate {
+    #[tracing::instrument(skip_all, fields(job = %a.job, attempt = a.attempt))]
+    /// Runs the task in `dir`; returns `dir` if it is clean for reuse.
+    async fn run(
+        self,
+        a: Assignment,
+        gpus: Vec<u32>,
+        cancel: CancellationToken,
+        dir: PathBuf,
+    ) -> Option<PathBuf> {
+        // updates go out in order on their own task, so the task never waits
+        // on the coordinator and its slot frees as soon as it is done
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stale = CancellationToken::new();
+        tokio::spawn(report(
+            self.coord.clone(),
+            self.me.clone(),
+            rx,
+            cancel.clone(),
+            stale.clone(),
+        ));
+        let reports = Reports {
+            tx,
             job: a.job.clone(),
             attempt: a.attempt,
-            state,
-            reason,
-            result: result.map(Box::new),
+            stale,
         };
-        let last = state.is_terminal();
-        // a final report is retried for a while: the coordinator may be restarting
-        let tries = if last { 40 } else { 1 };
-        for n in 0..tries {
-            match self.coord.ask(&self.me, request.clone()).await {
-                Ok(Response::Ack) => return Ok(()),
-                Ok(Response::Error {
-                    code: ErrorCode::NotFound,
-                    ..
-                }) => return Err(Stop::Stale),
-                Ok(other) => {
-                    tracing::debug!(job = %a.job, answer = ?other, "unexpected answer to an update");
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!(job = %a.job, error = %e, "update not delivered");
-                    if n + 1 < tries {
-                        tokio::time::sleep(Duration::from_millis(250 * (n as u64 + 1).min(8)))
-                            .await;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    #[tracing::instrument(skip_all, fields(job = %a.job, attempt = a.attempt))]
-    async fn run(self, a: Assignment, gpus: Vec<u32>, cancel: CancellationToken) {
-        let dir = self.work_dir.join(format!("{}-{}", a.job, a.attempt));
-        let (state, reason, result) = match self.execute(&a, &dir, gpus, &cancel).await {
+        let (state, reason, result) = match self.execute(&a, &dir, gpus, &cancel, &reports).await {
             Ok(result) => {
                 let state = if result.succeeded() {
                     JobState::Succeeded
@@ -538,12 +616,29 @@ impl TaskContext {
                 (JobState::Failed, Some(why), Some(result))
             }
         };
+        let _ = reports.send(state, reason, result);
+        let clean = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || {
+                ["inputs", "outputs", "tmp", "logs"].iter().all(|sub| {
+                    match std::fs::read_dir(dir.join(sub)) {
+                        Ok(mut d) => d.next().is_none(),
+                        Err(e) => e.kind() == std::io::ErrorKind::NotFound && *sub == "logs",
+                    }
+                })
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if clean {
+            return Some(dir);
+        }
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove task folder");
         }
-        let _ = self.update(&a, state, reason, result).await;
+        None
     }
 
     async fn blocking<T: Send + 'static>(
@@ -563,14 +658,17 @@ impl TaskContext {
         dir: &Path,
         gpus: Vec<u32>,
         cancel: &CancellationToken,
+        reports: &Reports,
     ) -> Result<JobResult, Stop> {
         let inputs = dir.join("inputs");
         let outputs = dir.join("outputs");
         let scratch = dir.join("tmp");
-        for d in [&inputs, &outputs, &scratch] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .map_err(|e| Stop::Executor(format!("{}: {e}", d.display())))?;
+        if !scratch.is_dir() {
+            for d in [&inputs, &outputs, &scratch] {
+                tokio::fs::create_dir_all(d)
+                    .await
+                    .map_err(|e| Stop::Executor(format!("{}: {e}", d.display())))?;
+            }
         }
         // inputs and the program, fetched when not here
         let program_id = match &a.program {
@@ -578,7 +676,7 @@ impl TaskContext {
             Program::Container { image, .. } => *image,
         };
         if !a.inputs.is_empty() {
-            self.update(a, JobState::Fetching, None, None).await?;
+            reports.send(JobState::Fetching, None, None)?;
         }
         for id in a
             .inputs
@@ -650,7 +748,7 @@ impl TaskContext {
                 })
             }
         };
-        self.update(a, JobState::Running, None, None).await?;
+        reports.send(JobState::Running, None, None)?;
         let task = Task {
             name: format!("{}-{}", a.job, a.attempt),
             kind,
@@ -687,7 +785,7 @@ impl TaskContext {
         }
         let printed = !outcome.stdout.bytes.is_empty() || !outcome.stderr.bytes.is_empty();
         if !a.outputs.is_empty() || printed {
-            self.update(a, JobState::Uploading, None, None).await?;
+            reports.send(JobState::Uploading, None, None)?;
         }
         if printed {
             let logs = dir.join("logs");
