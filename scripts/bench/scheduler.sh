@@ -58,12 +58,24 @@ def spec(i):
     return ("apiVersion: weft/v1\nkind: Job\nmetadata: {name: noop-%d}\nspec:\n"
             "  task:\n    wasm: {module: bench/noop:v1, args: [\"%d\"]}\n  timeout: 1m\n" % (i, i))
 
+def cpu_seconds():
+    """User plus system CPU time of the four daemons so far."""
+    total = 0
+    for x in nodes:
+        try:
+            fields = open(f"/proc/{x['pid']}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
 def run_round(label, offset, rate):
     """Submits n jobs (as fast as possible, or `rate` per second) and waits
     for all; returns (jobs/s, latencies, placements, per-node counts)."""
     ids = [None] * n
     lock = threading.Lock()
     next_i = [0]
+    cpu0 = cpu_seconds()
     start = time.time()
     def worker():
         while True:
@@ -111,6 +123,7 @@ def run_round(label, offset, rate):
     print(f"  throughput:         {jps:.0f} jobs/s (first accepted to last done)")
     print(f"  submit-to-done:     p50 {pct(lat, 50)} ms, p99 {pct(lat, 99)} ms, max {lat[-1]} ms")
     print(f"  placement:          p50 {pct(place, 50)} ms, p99 {pct(place, 99)} ms")
+    print(f"  daemons' CPU:       {(cpu_seconds() - cpu0) * 1000 / n:.2f} ms per job (all four nodes, user + system)")
     return jps, lat, place
 
 def pct(xs, p):
