@@ -50,6 +50,7 @@ if [ ! -x "$nginx" ]; then
 fi
 
 work=$(mktemp -d -p "$root/target" bench-transfer.XXXXXX)
+chmod 755 "$work" # nginx's worker reads the file as another user
 sender_pid=
 cleanup() {
   set +e
@@ -168,7 +169,7 @@ EOF
 nginx_t=()
 for i in $(seq $runs); do
   rm -f "$work/curl.out"
-  t0=$(now); curl -s -o "$work/curl.out" "http://127.0.0.1:$port/data"; t1=$(now)
+  t0=$(now); curl -sf -o "$work/curl.out" "http://127.0.0.1:$port/data"; t1=$(now)
   nginx_t+=("$(elapsed "$t0" "$t1")")
   same "$work/curl.out"
 done

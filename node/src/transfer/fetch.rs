@@ -747,12 +747,12 @@ impl Fetch {
             tokio::select! {
                 _ = self.cancel.cancelled() => break Err(TransferError::Stopped),
                 Some(ev) = ev_rx.recv() => match ev {
-                    Event::Verified { peer, group, bytes } => {
-                        let g = GroupRanges::range(group, group + 1);
+                    Event::Verified { peer, start, end, bytes } => {
+                        let g = GroupRanges::range(start, end);
                         verified = verified.union(&g);
                         pending = pending.difference(&g);
                         for slot in slots.values_mut().filter(|s| s.provider.peer == peer) {
-                            if slot.remaining.contains(group) {
+                            if slot.remaining.contains(start) {
                                 slot.remaining = slot.remaining.difference(&g);
                                 slot.last_progress = Instant::now();
                             }
