@@ -537,6 +537,15 @@ pub async fn spawn(
             "streams_per_peer and blob_concurrency must be above zero".into(),
         ));
     }
+    // aws-lc seeds its random generator on first use, which takes tens of
+    // milliseconds: do it now rather than in the first fetch
+    tokio::task::spawn_blocking(|| {
+        let mut seed = [0u8; 16];
+        let _ = rustls::crypto::aws_lc_rs::default_provider()
+            .secure_random
+            .fill(&mut seed);
+    })
+    .await?;
     let endpoint::Bound {
         endpoint,
         loopback_server,

@@ -293,7 +293,7 @@ impl Fetch {
     /// Looks for providers of `hash` again and adds the new ones.
     async fn rediscover(&self, hash: Hash) -> Result<usize, TransferError> {
         let banned = self.state().banned.clone();
-        let (found, asked) = discover(&self.shared, hash, &banned).await?;
+        let (found, asked) = discover(&self.shared, &self.handle, hash, &banned).await?;
         let mut s = self.state();
         s.asked = s.asked.max(asked);
         let mut added = 0;
@@ -340,7 +340,8 @@ impl Fetch {
         let store = self.shared.store.clone();
         let local = tokio::task::spawn_blocking(move || complete_locally(&store, &root)).await??;
         if !local {
-            let (found, asked) = discover(&self.shared, root, &HashSet::new()).await?;
+            let (found, asked) =
+                discover(&self.shared, &self.handle, root, &HashSet::new()).await?;
             let mut s = self.state();
             s.providers = found;
             s.asked = asked;
