@@ -203,6 +203,7 @@ pub(super) fn remote_peer_id(conn: &Connection) -> Result<PeerId, String> {
 
 /// Dials `peer` at `addr` and runs the client side of the cluster-secret
 /// exchange. The returned connection is ready for requests.
+#[tracing::instrument(skip_all, fields(%peer, %addr))]
 pub(super) async fn connect(
     endpoint: &quinn::Endpoint,
     keypair: &Keypair,

@@ -308,6 +308,13 @@ impl Fetch {
         Ok(added)
     }
 
+    /// The root is a file of `size` bytes: that is the fetch's total.
+    fn learned_size(&self, hash: Hash, kind: BlobKind, size: u64) {
+        if hash == self.root && kind == BlobKind::Raw {
+            self.state().bytes_total = size;
+        }
+    }
+
     fn count_verified(&self, peer: PeerId, bytes: u64) {
         let mut s = self.state();
         s.bytes_fetched += bytes;
@@ -491,6 +498,7 @@ impl Fetch {
         let result = match partial {
             Some(rec) => {
                 let kind = hint.unwrap_or(rec.kind);
+                self.learned_size(hash, kind, rec.size);
                 let s = store.clone();
                 let (p, verified) =
                     tokio::task::spawn_blocking(move || s.open_partial(&hash, rec.size, kind))
@@ -581,6 +589,7 @@ impl Fetch {
                         self.count_wire(p.peer, wire, &self.shared.metrics);
                         let kind =
                             hint.unwrap_or(if tree { BlobKind::Tree } else { BlobKind::Raw });
+                        self.learned_size(hash, kind, size);
                         let store = self.shared.store.clone();
                         let (partial, verified, leaf_bytes) =
                             tokio::task::spawn_blocking(move || {

@@ -88,7 +88,9 @@ pub(super) fn chunk_ranges(ranges: &GroupRanges) -> ChunkRanges {
 /// plus parent nodes.
 fn encoded_bound(ranges: &GroupRanges) -> usize {
     let g = ranges.group_count();
-    let bound = g * (CHUNK_GROUP_BYTES + 128) + 64 * 64 * (ranges.range_count() as u64 + 1);
+    let bound = g
+        .saturating_mul(CHUNK_GROUP_BYTES + 128)
+        .saturating_add(64 * 64 * (ranges.range_count() as u64 + 1));
     usize::try_from(bound).unwrap_or(usize::MAX)
 }
 
@@ -236,6 +238,7 @@ pub(super) fn decode_all(
 /// verifies what arrives on a blocking thread, writes it into the partial
 /// and reports every verified group.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(peer = %provider.peer, slot))]
 pub(super) async fn pull(
     handle: TransferHandle,
     provider: Provider,
