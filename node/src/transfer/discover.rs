@@ -135,7 +135,12 @@ pub(super) async fn discover(
                     }
                 }
             }
-            _ = async { grace.as_mut().expect("this branch runs only once the grace period is set").await }, if grace.is_some() => break,
+            _ = async {
+                match grace.as_mut() {
+                    Some(g) => g.await,
+                    None => std::future::pending().await,
+                }
+            } => break,
         }
     }
     Ok((providers, asked.len()))
