@@ -36,6 +36,7 @@ mod replicate;
 mod serve;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -292,8 +293,25 @@ pub struct TransferStatus {
     pub fetches_failed: u64,
     pub bytes_fetched: u64,
     pub providers_banned: u64,
-    pub connections: usize,
+    /// Data-plane connections this node opened and keeps.
+    pub connections: Vec<ConnectionInfo>,
     pub replication: ReplicationStatus,
+}
+
+/// One data-plane connection this node opened, as quinn sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub peer: String,
+    pub addr: String,
+    pub rtt_us: u64,
+    /// Largest UDP payload path MTU discovery has found.
+    pub mtu: u16,
+    pub congestion_window: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub received_datagrams: u64,
+    /// Receive system calls (fewer than datagrams when the kernel batches).
+    pub receive_ios: u64,
 }
 
 /// Requests to the actor, each with its reply.
@@ -471,7 +489,7 @@ fn render_metrics(s: &TransferStatus) -> String {
         "weft_transfer_connections",
         "gauge",
         "Data-plane connections this node opened and keeps.",
-        s.connections as u64,
+        s.connections.len() as u64,
     );
     let r = &s.replication;
     metric(
@@ -519,7 +537,19 @@ pub async fn spawn(
             "streams_per_peer and blob_concurrency must be above zero".into(),
         ));
     }
-    let endpoint = endpoint::bind(&config.keypair, config.listen)?;
+    // aws-lc seeds its random generator on first use, which takes tens of
+    // milliseconds: do it now rather than in the first fetch
+    tokio::task::spawn_blocking(|| {
+        let mut seed = [0u8; 16];
+        let _ = rustls::crypto::aws_lc_rs::default_provider()
+            .secure_random
+            .fill(&mut seed);
+    })
+    .await?;
+    let endpoint::Bound {
+        endpoint,
+        loopback_server,
+    } = endpoint::bind(&config.keypair, config.listen)?;
     let local_addr = endpoint.local_addr().map_err(|e| TransferError::Bind {
         addr: config.listen,
         reason: e.to_string(),
@@ -533,6 +563,7 @@ pub async fn spawn(
     let actor = actor::Actor::new(
         config,
         endpoint,
+        loopback_server,
         store,
         net,
         metrics,

@@ -515,6 +515,15 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(0u8..=255, 0..200)) {
+            let _ = GetRequest::decode(&bytes);
+            let _ = GetResponse::decode(&bytes);
+            if bytes.len() >= FRAME_PREFIX {
+                let _ = frame_len([bytes[0], bytes[1], bytes[2], bytes[3]], MAX_REQUEST_BYTES);
+            }
+        }
+
+        #[test]
         fn set_operations_match_a_bitmap(
             a in proptest::collection::vec((0u64..64, 0u64..8), 0..8),
             b in proptest::collection::vec((0u64..64, 0u64..8), 0..8),

@@ -7,10 +7,13 @@
 #
 #   scripts/bench/transfer.sh [SIZE]     SIZE in bytes or with K/M/G (default 1G)
 #
-# Every figure is end to end to a file: `weft get ID -o FILE` (fetch into the
-# node's store, verified and synced, then written out), `sendme receive`
-# (fetch into its store, then exported), `curl -o FILE`. The fetch alone (into
-# the store) is printed too. Each is the median of 3 runs.
+# What is timed: weft's node-to-node fetch (`POST /api/v1/artifacts/ID/fetch`
+# on the receiving node: every 16 KiB verified, written into its store and
+# synced), `sendme receive` (its fetch into its store, then the export to a
+# file; sendme does not time the two apart), and `curl -o FILE` from nginx
+# (one write, not synced). `weft get ID -o FILE` (the fetch, then a copy out of
+# the store) is printed too. Fan-out: 4 nodes fetch at once; their time over
+# one node's fetch. Each figure is the median of 3 runs.
 #
 # Needs: cargo (weft is built in release; sendme is installed once with
 # `cargo install sendme --root target/tools`, about 8 minutes on 2 cores),
@@ -50,6 +53,7 @@ if [ ! -x "$nginx" ]; then
 fi
 
 work=$(mktemp -d -p "$root/target" bench-transfer.XXXXXX)
+chmod 755 "$work" # nginx's worker reads the file as another user
 sender_pid=
 cleanup() {
   set +e
@@ -98,18 +102,21 @@ for i in $(seq $runs); do
 done
 sync
 
-# fan-out: nodes 3-6 at once
+# fan-out: nodes 3-6 fetch at once
 fan_t=()
 for i in $(seq $runs); do
   t0=$(now)
   pids=()
   for n in 3 4 5 6; do
-    "$weft" --home "$(home $n)" get "$id" -o "$work/fan$n" & pids+=($!)
+    curl -s -N -X POST "$(api $n)/api/v1/artifacts/$id/fetch" | tail -n 1 >"$work/fan$n.json" & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(now)
   fan_t+=("$(elapsed "$t0" "$t1")")
-  for n in 3 4 5 6; do same "$work/fan$n"; rm -f "$work/fan$n"; "$weft" --home "$(home $n)" gc >/dev/null; done
+  for n in 3 4 5 6; do
+    grep -q '"done"' "$work/fan$n.json" || { echo "error: fetch on node $n failed: $(cat "$work/fan$n.json")" >&2; exit 1; }
+    "$weft" --home "$(home $n)" gc >/dev/null
+  done
 done
 "$weft" devnet down --dir "$work/devnet" >/dev/null
 sync
@@ -168,7 +175,7 @@ EOF
 nginx_t=()
 for i in $(seq $runs); do
   rm -f "$work/curl.out"
-  t0=$(now); curl -s -o "$work/curl.out" "http://127.0.0.1:$port/data"; t1=$(now)
+  t0=$(now); curl -sf -o "$work/curl.out" "http://127.0.0.1:$port/data"; t1=$(now)
   nginx_t+=("$(elapsed "$t0" "$t1")")
   same "$work/curl.out"
 done
@@ -177,17 +184,17 @@ rm -f "$work/curl.out"
 # ---- results -----------------------------------------------------------------------
 f=$(median "${fetch_only[@]}"); w=$(median "${weft_t[@]}"); s=$(median "${sendme_t[@]}")
 n=$(median "${nginx_t[@]}"); fo=$(median "${fan_t[@]}")
-weft_mib=$(mib_s "$w"); sendme_mib=$(mib_s "$s"); nginx_mib=$(mib_s "$n")
-vs_sendme=$(python3 -c "print(f'{$s / $w:.2f}')")
-vs_nginx=$(python3 -c "print(f'{$n / $w:.2f}')")
-fanout=$(python3 -c "print(f'{$fo / $w:.2f}')")
-echo "size:                      $bytes bytes (median of $runs runs)"
-echo "weft fetch (into store):   ${f}s  $(mib_s "$f") MiB/s   (runs: ${fetch_only[*]})"
-echo "weft get -o FILE:          ${w}s  $weft_mib MiB/s   (runs: ${weft_t[*]})"
-echo "sendme receive:            ${s}s  $sendme_mib MiB/s   (runs: ${sendme_t[*]})"
-echo "nginx + curl -o FILE:      ${n}s  $nginx_mib MiB/s   (runs: ${nginx_t[*]})"
-echo "4 nodes weft get at once:  ${fo}s   (runs: ${fan_t[*]})"
-echo "weft vs sendme (speed):    $vs_sendme"
-echo "weft vs nginx (speed):     $vs_nginx"
-echo "fan-out time ratio (4/1):  $fanout"
+weft_mib=$(mib_s "$f"); sendme_mib=$(mib_s "$s"); nginx_mib=$(mib_s "$n")
+vs_sendme=$(python3 -c "print(f'{$s / $f:.2f}')")
+vs_nginx=$(python3 -c "print(f'{$n / $f:.2f}')")
+fanout=$(python3 -c "print(f'{$fo / $f:.2f}')")
+echo "size:                       $bytes bytes (median of $runs runs)"
+echo "weft fetch (node to node):  ${f}s  $weft_mib MiB/s   (runs: ${fetch_only[*]})"
+echo "weft get -o FILE:           ${w}s  $(mib_s "$w") MiB/s   (runs: ${weft_t[*]})"
+echo "sendme receive:             ${s}s  $sendme_mib MiB/s   (runs: ${sendme_t[*]})"
+echo "nginx + curl -o FILE:       ${n}s  $nginx_mib MiB/s   (runs: ${nginx_t[*]})"
+echo "4 nodes fetching at once:   ${fo}s   (runs: ${fan_t[*]})"
+echo "weft vs sendme (speed):     $vs_sendme   (weft get: $(python3 -c "print(f'{$s / $w:.2f}')"))"
+echo "weft vs nginx (speed):      $vs_nginx   (weft get: $(python3 -c "print(f'{$n / $w:.2f}')"))"
+echo "fan-out time ratio (4/1):   $fanout"
 echo "result: size_bytes=$bytes weft_mib_s=$weft_mib sendme_mib_s=$sendme_mib nginx_mib_s=$nginx_mib vs_sendme=$vs_sendme vs_nginx=$vs_nginx fanout4=$fanout"

@@ -24,8 +24,8 @@ use super::fetch::{Fetch, Shared, complete_locally};
 use super::replicate::{self, ReplicationStatus};
 use super::serve::{self, ServeCtx};
 use super::{
-    Command, FetchProgress, FetchReport, FetchTicket, TransferConfig, TransferError,
-    TransferHandle, TransferStatus, endpoint,
+    Command, ConnectionInfo, FetchProgress, FetchReport, FetchTicket, TransferConfig,
+    TransferError, TransferHandle, TransferStatus, endpoint,
 };
 use crate::api::Metrics;
 use crate::net::NetHandle;
@@ -77,6 +77,7 @@ impl Actor {
     pub(super) fn new(
         config: TransferConfig,
         endpoint: quinn::Endpoint,
+        loopback_server: Arc<quinn::ServerConfig>,
         store: Store,
         net: NetHandle,
         metrics: Arc<Metrics>,
@@ -100,6 +101,7 @@ impl Actor {
             local,
             config.cluster_secret,
             config.faults,
+            loopback_server,
         ));
         let (replication_tx, replication) = watch::channel(ReplicationStatus::default());
         Actor {
@@ -253,9 +255,23 @@ impl Actor {
             providers_banned: self.providers_banned,
             connections: self
                 .connections
-                .values()
-                .filter(|c| c.close_reason().is_none())
-                .count(),
+                .iter()
+                .filter(|(_, c)| c.close_reason().is_none())
+                .map(|(peer, c)| {
+                    let st = c.stats();
+                    ConnectionInfo {
+                        peer: peer.to_string(),
+                        addr: c.remote_address().to_string(),
+                        rtt_us: st.path.rtt.as_micros() as u64,
+                        mtu: st.path.current_mtu,
+                        congestion_window: st.path.cwnd,
+                        sent_packets: st.path.sent_packets,
+                        lost_packets: st.path.lost_packets,
+                        received_datagrams: st.udp_rx.datagrams,
+                        receive_ios: st.udp_rx.ios,
+                    }
+                })
+                .collect(),
             replication: self.replication.borrow().clone(),
         }
     }

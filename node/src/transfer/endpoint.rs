@@ -1,5 +1,5 @@
 //! The quinn endpoint: TLS bound to the node key (libp2p's certificate
-//! form, ALPN `weft/blobs/1`), the transport tuning for throughput, the
+//! form, ALPN `weft/blobs/1`, see `tls`), the transport tuning for throughput, the
 //! cluster-secret exchange on each connection's first stream, and framed
 //! reads and writes.
 
@@ -13,9 +13,9 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, MtuDiscoveryConfig, RecvStream, SendStream, TransportConfig, VarInt};
 use weft_protocol::CodecError;
 use weft_protocol::auth::{AuthProof, AuthRequest, MAX_AUTH_BYTES, SECRET_LEN};
-use weft_protocol::transfer::{ALPN, CLOSE_AUTH_FAILED, FRAME_PREFIX, frame, frame_len};
+use weft_protocol::transfer::{CLOSE_AUTH_FAILED, FRAME_PREFIX, frame, frame_len};
 
-use super::TransferError;
+use super::{TransferError, tls};
 
 /// The TLS server name clients send; certificates are checked by peer id,
 /// not by name.
@@ -27,10 +27,17 @@ pub(super) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Socket buffers asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 8 << 20;
 
-/// Largest UDP payload path MTU discovery tries. Loopback and jumbo-frame
-/// networks carry big packets, which cost far less per byte; elsewhere the
-/// probes are lost and quinn stays at what works.
+/// Largest UDP payload path MTU discovery tries: jumbo frames carry big
+/// packets, which cost far less per byte; elsewhere the probes are lost and
+/// quinn stays at what works.
 const MTU_UPPER_BOUND: u16 = 8952;
+
+/// UDP payload size used over loopback, whose MTU is 64 KiB.
+const LOOPBACK_MTU: u16 = 16 * 1024;
+
+/// Largest UDP payload searched for over loopback (its MTU is 64 KiB; quinn
+/// starts connections below 16 KiB, so bigger ones are reached by discovery).
+const LOOPBACK_MTU_MAX: u16 = 65_000;
 
 /// Why one stream's exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,36 +74,70 @@ impl From<quinn::ReadToEndError> for StreamError {
     }
 }
 
-/// Transport settings for bulk transfer: wide windows so a sender is never
+/// Transport settings for bulk transfer: wide windows so a sender is not
 /// starved by flow control, room for many request streams, keep-alives so
-/// a vanished peer is noticed.
-fn transport() -> Arc<TransportConfig> {
+/// a vanished peer is noticed. Over loopback the path MTU is known (64 KiB),
+/// so big packets are used from the start and never given up; elsewhere path
+/// MTU discovery looks for jumbo frames.
+fn transport(loopback: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(512));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    t.stream_receive_window(VarInt::from_u32(16 << 20));
-    t.receive_window(VarInt::from_u32(64 << 20));
-    t.send_window(64 << 20);
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     // 10 s is a valid idle timeout: far below the varint limit
     t.max_idle_timeout(Duration::from_secs(10).try_into().ok());
-    let mut mtu = MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    t.mtu_discovery_config(Some(mtu));
+    if loopback {
+        // Round trips take microseconds: small windows still allow tens of
+        // GB/s, and keep the sender from overrunning the receiver's socket
+        // buffer when the receiver is busy hashing (lost packets cost more
+        // than they save here).
+        t.stream_receive_window(VarInt::from_u32(2 << 20));
+        t.receive_window(VarInt::from_u32(4 << 20));
+        t.send_window(8 << 20);
+        t.initial_mtu(LOOPBACK_MTU);
+        t.min_mtu(LOOPBACK_MTU);
+        let mut mtu = MtuDiscoveryConfig::default();
+        mtu.upper_bound(LOOPBACK_MTU_MAX);
+        mtu.black_hole_cooldown(Duration::from_secs(1));
+        t.mtu_discovery_config(Some(mtu));
+        // segmentation offload of packets this big over loopback loses all
+        // but the first segment of each batch (seen on Linux 6.x)
+        t.enable_segmentation_offload(false);
+        // the default initial window is sized for 1200-byte packets; it must
+        // hold at least one packet of this size (RFC 9002 asks for ten)
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(10 * u64::from(LOOPBACK_MTU));
+        t.congestion_controller_factory(Arc::new(cubic));
+    } else {
+        t.stream_receive_window(VarInt::from_u32(8 << 20));
+        t.receive_window(VarInt::from_u32(16 << 20));
+        t.send_window(32 << 20);
+        let mut mtu = MtuDiscoveryConfig::default();
+        mtu.upper_bound(MTU_UPPER_BOUND);
+        mtu.black_hole_cooldown(Duration::from_secs(10));
+        t.mtu_discovery_config(Some(mtu));
+    }
     Arc::new(t)
 }
 
-/// Binds the endpoint on `listen`, serving with the node's certificate.
-pub(super) fn bind(
-    keypair: &Keypair,
-    listen: SocketAddr,
-) -> Result<quinn::Endpoint, TransferError> {
-    let mut tls =
-        libp2p_tls::make_server_config(keypair).map_err(|e| TransferError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+/// A bound endpoint, and the server config it uses for loopback clients.
+pub(super) struct Bound {
+    pub(super) endpoint: quinn::Endpoint,
+    pub(super) loopback_server: Arc<quinn::ServerConfig>,
+}
+
+fn server_config(keypair: &Keypair, loopback: bool) -> Result<quinn::ServerConfig, TransferError> {
+    let tls = tls::server(keypair)?;
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport());
+    server.transport_config(transport(loopback));
+    Ok(server)
+}
+
+/// Binds the endpoint on `listen`, serving with the node's certificate.
+pub(super) fn bind(keypair: &Keypair, listen: SocketAddr) -> Result<Bound, TransferError> {
+    let server = server_config(keypair, false)?;
+    let loopback_server = Arc::new(server_config(keypair, true)?);
     let bind_err = |e: std::io::Error| TransferError::Bind {
         addr: listen,
         reason: e.to_string(),
@@ -114,23 +155,33 @@ pub(super) fn bind(
         send = sock.send_buffer_size().unwrap_or(0),
         "UDP socket buffers"
     );
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(LOOPBACK_MTU_MAX.max(MTU_UPPER_BOUND))
+        .map_err(|e| TransferError::Config(e.to_string()))?;
+    let endpoint = quinn::Endpoint::new(
+        endpoint_config,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(bind_err)
+    .map_err(bind_err)?;
+    Ok(Bound {
+        endpoint,
+        loopback_server,
+    })
 }
 
 /// A client config that accepts only `peer`'s certificate.
-fn client_config(keypair: &Keypair, peer: PeerId) -> Result<quinn::ClientConfig, TransferError> {
-    let mut tls = libp2p_tls::make_client_config(keypair, Some(peer))
-        .map_err(|e| TransferError::Tls(e.to_string()))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+fn client_config(
+    keypair: &Keypair,
+    peer: PeerId,
+    loopback: bool,
+) -> Result<quinn::ClientConfig, TransferError> {
+    let tls = tls::client(keypair, peer)?;
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport());
+    config.transport_config(transport(loopback));
     Ok(config)
 }
 
@@ -152,6 +203,7 @@ pub(super) fn remote_peer_id(conn: &Connection) -> Result<PeerId, String> {
 
 /// Dials `peer` at `addr` and runs the client side of the cluster-secret
 /// exchange. The returned connection is ready for requests.
+#[tracing::instrument(skip_all, fields(%peer, %addr))]
 pub(super) async fn connect(
     endpoint: &quinn::Endpoint,
     keypair: &Keypair,
@@ -164,7 +216,7 @@ pub(super) async fn connect(
         addr,
         reason,
     };
-    let config = client_config(keypair, peer)?;
+    let config = client_config(keypair, peer, addr.ip().is_loopback())?;
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .map_err(|e| fail(e.to_string()))?;

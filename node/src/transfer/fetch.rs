@@ -293,7 +293,7 @@ impl Fetch {
     /// Looks for providers of `hash` again and adds the new ones.
     async fn rediscover(&self, hash: Hash) -> Result<usize, TransferError> {
         let banned = self.state().banned.clone();
-        let (found, asked) = discover(&self.shared, hash, &banned).await?;
+        let (found, asked) = discover(&self.shared, &self.handle, hash, &banned).await?;
         let mut s = self.state();
         s.asked = s.asked.max(asked);
         let mut added = 0;
@@ -306,6 +306,13 @@ impl Fetch {
             }
         }
         Ok(added)
+    }
+
+    /// The root is a file of `size` bytes: that is the fetch's total.
+    fn learned_size(&self, hash: Hash, kind: BlobKind, size: u64) {
+        if hash == self.root && kind == BlobKind::Raw {
+            self.state().bytes_total = size;
+        }
     }
 
     fn count_verified(&self, peer: PeerId, bytes: u64) {
@@ -340,7 +347,8 @@ impl Fetch {
         let store = self.shared.store.clone();
         let local = tokio::task::spawn_blocking(move || complete_locally(&store, &root)).await??;
         if !local {
-            let (found, asked) = discover(&self.shared, root, &HashSet::new()).await?;
+            let (found, asked) =
+                discover(&self.shared, &self.handle, root, &HashSet::new()).await?;
             let mut s = self.state();
             s.providers = found;
             s.asked = asked;
@@ -490,6 +498,7 @@ impl Fetch {
         let result = match partial {
             Some(rec) => {
                 let kind = hint.unwrap_or(rec.kind);
+                self.learned_size(hash, kind, rec.size);
                 let s = store.clone();
                 let (p, verified) =
                     tokio::task::spawn_blocking(move || s.open_partial(&hash, rec.size, kind))
@@ -580,6 +589,7 @@ impl Fetch {
                         self.count_wire(p.peer, wire, &self.shared.metrics);
                         let kind =
                             hint.unwrap_or(if tree { BlobKind::Tree } else { BlobKind::Raw });
+                        self.learned_size(hash, kind, size);
                         let store = self.shared.store.clone();
                         let (partial, verified, leaf_bytes) =
                             tokio::task::spawn_blocking(move || {
@@ -747,12 +757,12 @@ impl Fetch {
             tokio::select! {
                 _ = self.cancel.cancelled() => break Err(TransferError::Stopped),
                 Some(ev) = ev_rx.recv() => match ev {
-                    Event::Verified { peer, group, bytes } => {
-                        let g = GroupRanges::range(group, group + 1);
+                    Event::Verified { peer, start, end, bytes } => {
+                        let g = GroupRanges::range(start, end);
                         verified = verified.union(&g);
                         pending = pending.difference(&g);
                         for slot in slots.values_mut().filter(|s| s.provider.peer == peer) {
-                            if slot.remaining.contains(group) {
+                            if slot.remaining.contains(start) {
                                 slot.remaining = slot.remaining.difference(&g);
                                 slot.last_progress = Instant::now();
                             }

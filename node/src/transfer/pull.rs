@@ -88,7 +88,9 @@ pub(super) fn chunk_ranges(ranges: &GroupRanges) -> ChunkRanges {
 /// plus parent nodes.
 fn encoded_bound(ranges: &GroupRanges) -> usize {
     let g = ranges.group_count();
-    let bound = g * (CHUNK_GROUP_BYTES + 128) + 64 * 64 * (ranges.range_count() as u64 + 1);
+    let bound = g
+        .saturating_mul(CHUNK_GROUP_BYTES + 128)
+        .saturating_add(64 * 64 * (ranges.range_count() as u64 + 1));
     usize::try_from(bound).unwrap_or(usize::MAX)
 }
 
@@ -110,12 +112,16 @@ pub(super) enum First {
     },
 }
 
+/// Verified groups reported to the coordinator at once (256 KiB).
+const REPORT_GROUPS: u64 = 16;
+
 /// Events from a large blob's streams to its coordinator.
 pub(super) enum Event {
-    /// Group `group` (of `bytes` bytes) is verified and written.
+    /// Groups `start..end` (`bytes` bytes) are verified and written.
     Verified {
         peer: PeerId,
-        group: u64,
+        start: u64,
+        end: u64,
         bytes: u64,
     },
     /// A stream ended.
@@ -232,6 +238,7 @@ pub(super) fn decode_all(
 /// verifies what arrives on a blocking thread, writes it into the partial
 /// and reports every verified group.
 #[allow(clippy::too_many_arguments)]
+#[tracing::instrument(skip_all, fields(peer = %provider.peer, slot))]
 pub(super) async fn pull(
     handle: TransferHandle,
     provider: Provider,
@@ -396,25 +403,57 @@ pub(super) fn decode_into(
         rx,
         cur: Bytes::new(),
     };
+    // consecutive verified groups are reported together
+    let mut run: Option<(u64, u64, u64)> = None;
+    let report = |run: &mut Option<(u64, u64, u64)>| {
+        if let Some((start, end, bytes)) = run.take() {
+            let _ = events.blocking_send(Event::Verified {
+                peer,
+                start,
+                end,
+                bytes,
+            });
+        }
+    };
     for item in DecodeResponseIter::new(hash.into(), partial.tree(), &mut reader, &chunks) {
-        match item.map_err(decode_error)? {
+        let item = match item {
+            Ok(item) => item,
+            Err(e) => {
+                report(&mut run);
+                return Err(decode_error(e));
+            }
+        };
+        match item {
             BaoContentItem::Parent(Parent { node, pair }) => {
-                partial
-                    .write_parent(node, &pair)
-                    .map_err(PullError::Local)?;
+                if let Err(e) = partial.write_parent(node, &pair) {
+                    report(&mut run);
+                    return Err(PullError::Local(e));
+                }
             }
             BaoContentItem::Leaf(Leaf { offset, data }) => {
-                partial
-                    .write_leaf(offset, &data)
-                    .map_err(PullError::Local)?;
-                let _ = events.blocking_send(Event::Verified {
-                    peer,
-                    group: offset >> (10 + CHUNK_GROUP_LOG),
-                    bytes: data.len() as u64,
-                });
+                if let Err(e) = partial.write_leaf(offset, &data) {
+                    report(&mut run);
+                    return Err(PullError::Local(e));
+                }
+                let group = offset >> (10 + CHUNK_GROUP_LOG);
+                let len = data.len() as u64;
+                match &mut run {
+                    Some((_, end, bytes)) if *end == group => {
+                        *end += 1;
+                        *bytes += len;
+                    }
+                    _ => {
+                        report(&mut run);
+                        run = Some((group, group + 1, len));
+                    }
+                }
+                if run.is_some_and(|(s, e, _)| e - s >= REPORT_GROUPS) {
+                    report(&mut run);
+                }
             }
         }
     }
+    report(&mut run);
     let mut probe = [0u8; 1];
     if reader.read(&mut probe).map_err(PullError::Local)? > 0 {
         return Err(PullError::Violation("bytes after the encoding".into()));

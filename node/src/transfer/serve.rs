@@ -53,6 +53,8 @@ pub(super) struct ServeCtx {
     pub(super) local: PeerId,
     pub(super) secret: [u8; SECRET_LEN],
     pub(super) faults: Faults,
+    /// Transport settings for clients on loopback.
+    loopback_server: Arc<quinn::ServerConfig>,
     encoders: Semaphore,
     /// When the next byte may leave, under `faults.max_send_rate`.
     pacer: Mutex<Instant>,
@@ -65,6 +67,7 @@ impl ServeCtx {
         local: PeerId,
         secret: [u8; SECRET_LEN],
         faults: Faults,
+        loopback_server: Arc<quinn::ServerConfig>,
     ) -> Self {
         ServeCtx {
             store,
@@ -72,6 +75,7 @@ impl ServeCtx {
             local,
             secret,
             faults,
+            loopback_server,
             encoders: Semaphore::new(MAX_ENCODERS),
             pacer: Mutex::new(Instant::now()),
         }
@@ -96,7 +100,19 @@ impl ServeCtx {
 /// Serves one incoming connection until it closes.
 #[instrument(skip_all, fields(remote = %incoming.remote_address()))]
 pub(super) async fn connection(incoming: quinn::Incoming, ctx: Arc<ServeCtx>) {
-    let conn = match tokio::time::timeout(AUTH_TIMEOUT, incoming).await {
+    let connecting = if incoming.remote_address().ip().is_loopback() {
+        incoming.accept_with(ctx.loopback_server.clone())
+    } else {
+        incoming.accept()
+    };
+    let connecting = match connecting {
+        Ok(c) => c,
+        Err(e) => {
+            debug!(error = %e, "cannot accept connection");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(AUTH_TIMEOUT, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
@@ -131,7 +147,20 @@ pub(super) async fn connection(incoming: quinn::Incoming, ctx: Arc<ServeCtx>) {
                     requests.spawn(request(ctx.clone(), peer, send, recv));
                 }
                 Err(e) => {
-                    debug!(%peer, reason = %e, "data-plane connection closed");
+                    let st = conn.stats();
+                    debug!(
+                        %peer,
+                        reason = %e,
+                        mtu = st.path.current_mtu,
+                        sent_packets = st.path.sent_packets,
+                        lost_packets = st.path.lost_packets,
+                        probes = st.path.sent_plpmtud_probes,
+                        lost_probes = st.path.lost_plpmtud_probes,
+                        black_holes = st.path.black_holes_detected,
+                        tx_ios = st.udp_tx.ios,
+                        tx_datagrams = st.udp_tx.datagrams,
+                        "data-plane connection closed"
+                    );
                     break;
                 }
             },

@@ -47,7 +47,8 @@ async fn server(secret: [u8; 32], faults: Faults, blobs: &[Vec<u8>]) -> Server {
     }
     let key = Keypair::generate_ed25519();
     let peer = key.public().to_peer_id();
-    let ep = endpoint::bind(&key, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let bound = endpoint::bind(&key, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let ep = bound.endpoint;
     let addr = ep.local_addr().expect("addr");
     let ctx = Arc::new(ServeCtx::new(
         store.clone(),
@@ -55,6 +56,7 @@ async fn server(secret: [u8; 32], faults: Faults, blobs: &[Vec<u8>]) -> Server {
         peer,
         secret,
         faults,
+        bound.loopback_server,
     ));
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
@@ -73,7 +75,9 @@ async fn server(secret: [u8; 32], faults: Faults, blobs: &[Vec<u8>]) -> Server {
 
 fn client() -> (Keypair, quinn::Endpoint) {
     let key = Keypair::generate_ed25519();
-    let ep = endpoint::bind(&key, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let ep = endpoint::bind(&key, "127.0.0.1:0".parse().expect("addr"))
+        .expect("bind")
+        .endpoint;
     (key, ep)
 }
 
@@ -285,8 +289,8 @@ async fn flipped_bytes_are_caught_and_never_written() {
     let (result, partial) = decoder.await.expect("join");
     assert!(matches!(result, Err(PullError::Corrupt(_))), "{result:?}");
     let mut verified = Vec::new();
-    while let Ok(Event::Verified { group, .. }) = ev_rx.try_recv() {
-        verified.push(group);
+    while let Ok(Event::Verified { start, end, .. }) = ev_rx.try_recv() {
+        verified.extend(start..end);
     }
     // the flip sits in the middle of the first 256 KiB chunk: group 6
     assert_eq!(verified, (0..6).collect::<Vec<u64>>());
