@@ -78,17 +78,39 @@ same() { cmp -s "$data" "$1" || { echo "error: $1 differs from the source" >&2; 
 echo "starting a devnet of 6 nodes..." >&2
 "$weft" devnet up --nodes 6 --dir "$work/devnet" >/dev/null
 home() { echo "$work/devnet/node$1"; }
+# CPU seconds (user + system) the daemons of the given nodes have used so far
+cpu_s() {
+  python3 - "$@" <<PY
+import os, sys
+homes = {os.path.realpath("$work/devnet/node" + n) for n in sys.argv[1:]}
+tick = os.sysconf("SC_CLK_TCK"); total = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        stat = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    args = [a.decode(errors="replace") for a in args]
+    if "daemon" in args and any(os.path.realpath(a) in homes for a in args if a):
+        total += int(stat[11]) + int(stat[12])
+print(f"{total / tick:.2f}")
+PY
+}
+cpu_delta() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 api() { cat "$(home "$1")/api"; }
 id=$("$weft" --home "$(home 1)" add --no-pin "$data")
 # the source holds it; give Kademlia a moment to hear about it
 sleep 1
 
-fetch_only=() weft_t=()
+fetch_only=() weft_t=() fetch_cpu_src=() fetch_cpu_dst=()
 for i in $(seq $runs); do
   # fetch alone, into node 2's store (NDJSON progress; the last line is the result)
+  c_src0=$(cpu_s 1); c_dst0=$(cpu_s 2)
   t0=$(now)
   last=$(curl -s -N -X POST "$(api 2)/api/v1/artifacts/$id/fetch" | tail -n 1)
   t1=$(now)
+  fetch_cpu_src+=("$(cpu_delta "$c_src0" "$(cpu_s 1)")")
+  fetch_cpu_dst+=("$(cpu_delta "$c_dst0" "$(cpu_s 2)")")
   case $last in *'"done"'*) ;; *) echo "error: fetch failed: $last" >&2; exit 1 ;; esac
   fetch_only+=("$(elapsed "$t0" "$t1")")
   "$weft" --home "$(home 2)" gc >/dev/null
@@ -103,8 +125,9 @@ done
 sync
 
 # fan-out: nodes 3-6 fetch at once
-fan_t=()
+fan_t=() fan_cpu_src=() fan_cpu_dst=()
 for i in $(seq $runs); do
+  c_src0=$(cpu_s 1); c_dst0=$(cpu_s 3 4 5 6)
   t0=$(now)
   pids=()
   for n in 3 4 5 6; do
@@ -113,6 +136,8 @@ for i in $(seq $runs); do
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(now)
   fan_t+=("$(elapsed "$t0" "$t1")")
+  fan_cpu_src+=("$(cpu_delta "$c_src0" "$(cpu_s 1)")")
+  fan_cpu_dst+=("$(cpu_delta "$c_dst0" "$(cpu_s 3 4 5 6)")")
   for n in 3 4 5 6; do
     grep -q '"done"' "$work/fan$n.json" || { echo "error: fetch on node $n failed: $(cat "$work/fan$n.json")" >&2; exit 1; }
     "$weft" --home "$(home $n)" gc >/dev/null
@@ -197,4 +222,11 @@ echo "4 nodes fetching at once:   ${fo}s   (runs: ${fan_t[*]})"
 echo "weft vs sendme (speed):     $vs_sendme   (weft get: $(python3 -c "print(f'{$s / $w:.2f}')"))"
 echo "weft vs nginx (speed):      $vs_nginx   (weft get: $(python3 -c "print(f'{$n / $w:.2f}')"))"
 echo "fan-out time ratio (4/1):   $fanout"
+# where the time goes: CPU seconds of the sending and the receiving daemons
+cores=$(nproc)
+fs=$(median "${fetch_cpu_src[@]}"); fd=$(median "${fetch_cpu_dst[@]}")
+gs=$(median "${fan_cpu_src[@]}"); gd=$(median "${fan_cpu_dst[@]}")
+echo "cpu, one fetch:             sender ${fs}s + receiver ${fd}s over ${f}s ($(python3 -c "print(f'{($fs + $fd) / $f:.2f}')") of $cores cores busy)"
+echo "cpu, 4 at once:             sender ${gs}s + receivers ${gd}s over ${fo}s ($(python3 -c "print(f'{($gs + $gd) / $fo:.2f}')") of $cores cores busy)"
+echo "fan-out floor on $cores cores:     $(python3 -c "print(f'{($gs + $gd) / $cores / $f:.2f}')")   (the 4 fetches' CPU seconds / $cores cores / one fetch's time)"
 echo "result: size_bytes=$bytes weft_mib_s=$weft_mib sendme_mib_s=$sendme_mib nginx_mib_s=$nginx_mib vs_sendme=$vs_sendme vs_nginx=$vs_nginx fanout4=$fanout"
