@@ -38,6 +38,13 @@ use weft_protocol::{Hash, NodeAdvert, Request, Response};
 use crate::net::NetHandle;
 use crate::store::{Store, StoreError};
 
+/// How long a peer has to say which inputs it holds, when a job is placed.
+pub(crate) const HELD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often a peer is asked which inputs it holds before it counts as
+/// holding none.
+const HELD_ATTEMPTS: usize = 3;
+
 pub use coordinator::CoordinatorHandle;
 pub use executor::ExecutorHandle;
 
@@ -186,21 +193,32 @@ impl Fetcher for MeshFetcher {
                         let Ok(pid) = peer.parse::<PeerId>() else {
                             return (peer, Vec::new());
                         };
-                        match net
-                            .request(
-                                pid,
-                                Request::Has {
-                                    hashes,
+                        // each peer answers on its own clock: a slow one
+                        // counts as holding nothing, the others still count;
+                        // a request lost while a connection is set up is
+                        // asked again
+                        let ask = async {
+                            for attempt in 0..HELD_ATTEMPTS {
+                                let req = Request::Has {
+                                    hashes: hashes.clone(),
                                     closure: true,
-                                },
-                            )
-                            .await
-                        {
-                            Ok(Response::Have { blobs }) => {
-                                blobs.into_iter().map(|b| b.hash).collect()
+                                };
+                                match net.request(pid, req).await {
+                                    Ok(Response::Have { blobs }) => {
+                                        return blobs.into_iter().map(|b| b.hash).collect();
+                                    }
+                                    Ok(_) => return Vec::new(),
+                                    Err(e) => {
+                                        tracing::debug!(%peer, error = %e, attempt, "Has failed");
+                                        tokio::time::sleep(Duration::from_millis(100)).await;
+                                    }
+                                }
                             }
-                            _ => Vec::new(),
-                        }
+                            Vec::new()
+                        };
+                        tokio::time::timeout(HELD_TIMEOUT, ask)
+                            .await
+                            .unwrap_or_default()
                     };
                     (peer, held)
                 }

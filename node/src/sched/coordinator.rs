@@ -691,7 +691,7 @@ impl Coordinator {
                 let (job, attempt) = (id.clone(), e.status.attempt);
                 tokio::spawn(async move {
                     let held =
-                        tokio::time::timeout(Duration::from_secs(2), fetcher.held(peers, hashes))
+                        tokio::time::timeout(super::HELD_TIMEOUT * 2, fetcher.held(peers, hashes))
                             .await
                             .unwrap_or_default();
                     let _ = tx.send(Command::Held { job, attempt, held }).await;
