@@ -207,7 +207,10 @@ impl Fetcher for MeshFetcher {
                                     Ok(Response::Have { blobs }) => {
                                         return blobs.into_iter().map(|b| b.hash).collect();
                                     }
-                                    Ok(_) => return Vec::new(),
+                                    Ok(other) => {
+                                        tracing::debug!(%peer, answer = ?other, "unexpected answer to Has");
+                                        return Vec::new();
+                                    }
                                     Err(e) => {
                                         tracing::debug!(%peer, error = %e, attempt, "Has failed");
                                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -218,7 +221,10 @@ impl Fetcher for MeshFetcher {
                         };
                         tokio::time::timeout(HELD_TIMEOUT, ask)
                             .await
-                            .unwrap_or_default()
+                            .unwrap_or_else(|_| {
+                                tracing::debug!(%peer, "no answer to Has in time");
+                                Vec::new()
+                            })
                     };
                     (peer, held)
                 }

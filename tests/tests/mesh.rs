@@ -146,3 +146,33 @@ async fn garbage_on_every_listener_leaves_the_node_up() {
     );
     cluster.stop().await;
 }
+
+/// Nodes that dial each other at the same moment keep one of the two
+/// connections; the proofs sent on the other must not be lost, or each side
+/// holds the other's requests until its auth deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pair_answers_at_once_after_the_mesh_forms() {
+    for round in 0..3 {
+        let cluster = Cluster::start(5, ClusterOptions::default())
+            .await
+            .expect("cluster");
+        for (i, a) in cluster.running() {
+            for (j, b) in cluster.running() {
+                if i == j {
+                    continue;
+                }
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    a.net()
+                        .request(b.net().local_peer_id(), Request::Ping { nonce: 9 }),
+                )
+                .await;
+                assert!(
+                    matches!(answer, Ok(Ok(weft_protocol::Response::Pong { nonce: 9 }))),
+                    "round {round}: node {i} asking node {j}: {answer:?}"
+                );
+            }
+        }
+        cluster.stop().await;
+    }
+}

@@ -37,6 +37,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests held per peer while it authenticates; more close the connection.
 const MAX_HELD_REQUESTS: usize = 16;
 
+/// How often this node's proof is sent on a peer's connections before it
+/// waits for the peer's auth deadline to settle things.
+const MAX_PROOF_SENDS: u8 = 4;
+
 /// How long a peer that failed authentication is refused.
 const BAN: Duration = Duration::from_secs(10);
 
@@ -77,6 +81,8 @@ struct Conn {
     dialed_addr: Option<Multiaddr>,
     /// Its listen addresses, from identify.
     listen_addrs: Vec<Multiaddr>,
+    /// How many times this node's own proof was sent to it.
+    proofs_sent: u8,
 }
 
 impl Conn {
@@ -621,15 +627,24 @@ impl Actor {
                     },
                     dialed_addr: dialed,
                     listen_addrs: Vec::new(),
+                    proofs_sent: 0,
                 });
-                let proof = AuthProof::new(&self.secret, &self.local.to_bytes(), &peer.to_bytes());
-                self.swarm
-                    .behaviour_mut()
-                    .auth
-                    .send_request(&peer, AuthRequest { proof });
+                self.send_proof(peer);
                 debug!(peer = %peer, "connected; exchanging cluster proofs");
             }
         }
+    }
+
+    /// Sends this node's cluster proof to `peer`.
+    fn send_proof(&mut self, peer: PeerId) {
+        if let Some(conn) = self.conns.get_mut(&peer) {
+            conn.proofs_sent = conn.proofs_sent.saturating_add(1);
+        }
+        let proof = AuthProof::new(&self.secret, &self.local.to_bytes(), &peer.to_bytes());
+        self.swarm
+            .behaviour_mut()
+            .auth
+            .send_request(&peer, AuthRequest { proof });
     }
 
     fn on_disconnected(&mut self, peer: PeerId) {
@@ -692,6 +707,18 @@ impl Actor {
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 debug!(peer = %peer, %error, "cluster proof not delivered");
+                // Two nodes dialing each other at once keep one of the two
+                // connections; a proof sent on the one that closed is sent
+                // again on the one that stays, or the peer would hold this
+                // node's requests until its auth deadline.
+                let again = self
+                    .conns
+                    .get(&peer)
+                    .is_some_and(|c| c.proofs_sent < MAX_PROOF_SENDS)
+                    && self.swarm.is_connected(&peer);
+                if again {
+                    self.send_proof(peer);
+                }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 debug!(peer = %peer, %error, "cluster proof not received");

@@ -719,6 +719,13 @@ impl Coordinator {
         self.spread = self.spread.wrapping_add(1);
         let tried = e.tried.clone();
         let probes = placement::probe_set(&ranked, &|p| tried.contains(p), self.spread);
+        tracing::debug!(
+            job = %id,
+            held = ?held,
+            ranked = ?ranked.iter().map(|c| (&c.peer, c.local_bytes, c.load)).collect::<Vec<_>>(),
+            ?probes,
+            "placing"
+        );
         if probes.is_empty() {
             // everyone capable refused this round: start over shortly
             e.tried.clear();
