@@ -234,6 +234,16 @@ async fn a_task_asleep_in_a_host_call_ends_at_its_deadline() {
     let state = tempfile::tempdir().expect("tmp");
     let sb = sandbox_in(state.path(), false);
     let d = dirs();
+    // compiled once beforehand: the deadline counts from the start of the
+    // task, and what is timed here is how soon it is enforced
+    let warm = sb
+        .run(
+            wasm_task("sleepy", wasm("sleepy"), &["0"], &d),
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(warm.exit_code, Some(0), "{warm:?}");
+    let d = dirs();
     let mut task = wasm_task("sleepy", wasm("sleepy"), &["3600"], &d);
     task.limits.timeout = Duration::from_millis(500);
     let started = Instant::now();
@@ -407,7 +417,15 @@ async fn cancelling_stops_a_running_task_promptly() {
         asked.elapsed()
     );
 
-    // Cancelling during a host sleep works too.
+    // Cancelling during a host sleep works too (compiled beforehand, so the
+    // cancel lands in the sleep).
+    let warm = sb
+        .run(
+            wasm_task("sleepy", wasm("sleepy"), &["0"], &dirs()),
+            CancellationToken::new(),
+        )
+        .await;
+    assert_eq!(warm.exit_code, Some(0), "{warm:?}");
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
         let sb = sb.clone();
