@@ -219,6 +219,13 @@ async fn an_infinite_loop_ends_at_its_deadline() {
     let sb = sandbox_in(state.path(), false);
     let d = dirs();
     let module = wat(r#"(module (func (export "_start") (loop (br 0))))"#);
+    // compiled (and cached) by a first, short run: what is timed below is
+    // how soon the deadline is enforced, not how long a compile takes
+    let warm_dirs = dirs();
+    let mut warm = wasm_task("spin", module.clone(), &[], &warm_dirs);
+    warm.limits.timeout = Duration::from_millis(50);
+    let warm = sb.run(warm, CancellationToken::new()).await;
+    assert_eq!(warm.class(), Some(ErrorClass::Timeout), "{warm:?}");
     let mut task = wasm_task("spin", module, &[], &d);
     task.limits.timeout = Duration::from_millis(500);
     let started = Instant::now();
@@ -399,6 +406,12 @@ async fn cancelling_stops_a_running_task_promptly() {
     let sb = sandbox_in(state.path(), false);
     let d = dirs();
     let module = wat(r#"(module (func (export "_start") (loop (br 0))))"#);
+    // compiled beforehand, so the cancel lands in the running task
+    let warm_dirs = dirs();
+    let mut warm = wasm_task("spin", module.clone(), &[], &warm_dirs);
+    warm.limits.timeout = Duration::from_millis(50);
+    let warm = sb.run(warm, CancellationToken::new()).await;
+    assert_eq!(warm.class(), Some(ErrorClass::Timeout), "{warm:?}");
     let cancel = CancellationToken::new();
     let run = tokio::spawn({
         let sb = sb.clone();
