@@ -617,14 +617,16 @@ impl TaskContext {
             }
         };
         let _ = reports.send(state, reason, result);
+        // reusable when nothing of this task is left: every entry an empty folder
         let clean = tokio::task::spawn_blocking({
             let dir = dir.clone();
             move || {
-                ["inputs", "outputs", "tmp", "logs"].iter().all(|sub| {
-                    match std::fs::read_dir(dir.join(sub)) {
-                        Ok(mut d) => d.next().is_none(),
-                        Err(e) => e.kind() == std::io::ErrorKind::NotFound && *sub == "logs",
-                    }
+                std::fs::read_dir(&dir).is_ok_and(|entries| {
+                    entries.into_iter().all(|e| {
+                        e.is_ok_and(|e| {
+                            std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none())
+                        })
+                    })
                 })
             }
         })
