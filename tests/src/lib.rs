@@ -4,6 +4,8 @@
 //! Scenario tests in `tests/tests/` start a [`Cluster`], act on its nodes
 //! through their handles or their REST APIs, and stop it.
 
+pub mod rogue;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
