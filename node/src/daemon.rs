@@ -220,7 +220,7 @@ impl Node {
 
         // 3. the data plane, its address in the advert
         let data_addr = config.data_addr()?;
-        let mut transfer_config = TransferConfig::new(keypair, secret, data_addr);
+        let mut transfer_config = TransferConfig::new(keypair.clone(), secret, data_addr);
         transfer_config.streams_per_peer = config.data.streams_per_peer;
         transfer_config.replication_interval =
             Duration::from_millis(config.data.replication_interval_ms.max(100));
@@ -248,6 +248,7 @@ impl Node {
         let (sched, loops) = sched::start(
             SchedConfig {
                 me: net.local_peer_id(),
+                keypair: keypair.clone(),
                 store: store.clone(),
                 net: net.clone(),
                 sandbox,

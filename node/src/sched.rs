@@ -45,7 +45,9 @@ pub(crate) const HELD_TIMEOUT: Duration = Duration::from_secs(2);
 /// holding none.
 const HELD_ATTEMPTS: usize = 3;
 
-pub use coordinator::CoordinatorHandle;
+pub use coordinator::{
+    CoordinatorHandle, Faults, TABLE_BYTES, TABLE_BYTES_PER_COORDINATOR, TABLE_ENTRY_OVERHEAD,
+};
 pub use executor::ExecutorHandle;
 
 /// Why a scheduler call failed.
@@ -241,6 +243,8 @@ impl Fetcher for MeshFetcher {
 /// What the scheduler needs from the rest of the node.
 pub struct SchedConfig {
     pub me: PeerId,
+    /// This node's key: an executor signs its successful results with it.
+    pub keypair: libp2p::identity::Keypair,
     pub store: Store,
     pub net: NetHandle,
     pub sandbox: weft_sandbox::Sandbox,
@@ -260,6 +264,7 @@ pub struct SchedHandle {
     pub executor: ExecutorHandle,
     net: NetHandle,
     fetcher: Arc<dyn Fetcher>,
+    faults: Arc<Faults>,
 }
 
 /// Starts both actors; returns the handle and the loops to spawn.
@@ -271,15 +276,22 @@ pub fn start(
     let (exec_tx, exec_rx) = mpsc::channel(4096);
     let coordinator = CoordinatorHandle { tx: coord_tx };
     let executor = ExecutorHandle { tx: exec_tx };
-    let coord_loop =
-        coordinator::Coordinator::new(&config, executor.clone(), coord_rx, shutdown.clone())?;
-    let exec_loop = executor::Executor::new(&config, coordinator.clone(), exec_rx, shutdown);
+    let faults = Arc::new(Faults::default());
+    let coord_loop = coordinator::Coordinator::new(
+        &config,
+        executor.clone(),
+        coord_rx,
+        faults.clone(),
+        shutdown.clone(),
+    )?;
+    let exec_loop = executor::Executor::new(&config, coordinator.clone(), exec_rx, shutdown)?;
     Ok((
         SchedHandle {
             coordinator,
             executor,
             net: config.net.clone(),
             fetcher: config.fetcher.clone(),
+            faults,
         },
         vec![Box::pin(coord_loop.run()), Box::pin(exec_loop.run())],
     ))
@@ -341,6 +353,18 @@ impl SchedHandle {
     /// Waits until the job is over or `timeout` passes; returns its status.
     pub async fn wait(&self, job: JobId, timeout: Duration) -> Result<JobStatus, SchedError> {
         self.coordinator.wait(job, timeout).await
+    }
+
+    /// Faults tests inject (inert unless set).
+    #[doc(hidden)]
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The job whose signed result is this node's cache record of `key`.
+    #[doc(hidden)]
+    pub async fn cache_record(&self, key: Hash) -> Result<Option<JobId>, SchedError> {
+        self.coordinator.cache_record(key).await
     }
 
     /// Jobs this node coordinates or has heard of, newest first.

@@ -24,9 +24,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::sched::JobId;
 
 /// Largest encoded advert.
 pub const MAX_ADVERT_BYTES: usize = 64 * 1024;
+
+/// Most attempts an advert lists in [`NodeAdvert::running`]; an executor
+/// holding more lists the oldest this many (2,048 entries of ~30 bytes stay
+/// well inside [`MAX_ADVERT_BYTES`]).
+pub const MAX_ADVERT_RUNNING: usize = 2048;
 
 /// What a node offers the mesh, as of [`NodeAdvert::timestamp_ms`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -64,6 +70,13 @@ pub struct NodeAdvert {
     pub labels: BTreeMap<String, String>,
     pub running_tasks: u32,
     pub queued_tasks: u32,
+    /// The `(job, attempt)` pairs this node holds as an executor: claimed,
+    /// running, or finished with a final report its coordinator has not yet
+    /// acknowledged; at most [`MAX_ADVERT_RUNNING`]. Coordinators reconcile
+    /// their placed attempts against it. `None` from a node that does not
+    /// report them (an older version): nothing is concluded from its absence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<Vec<(JobId, u32)>>,
 }
 
 /// One GPU a node can hand to tasks.
@@ -148,6 +161,7 @@ mod tests {
             labels: [("zone".to_string(), "lab-a".to_string())].into(),
             running_tasks: 1,
             queued_tasks: 2,
+            running: Some(vec![(JobId::new(1, 2), 3)]),
         }
     }
 
@@ -155,7 +169,7 @@ mod tests {
     fn golden_bytes() {
         let bytes = sample().encode().expect("encode");
         let golden = concat!(
-            "b1", // map(17)
+            "b2", // map(18)
             "67706565725f6964",
             "68313244334b6f6f57", // peer_id: "12D3KooW"
             "6776657273696f6e",
@@ -210,6 +224,12 @@ mod tests {
             "01",
             "6c7175657565645f7461736b73",
             "02",
+            "6772756e6e696e67", // running
+            "81",
+            "82",
+            "74",
+            "3030303030303030303030313030303030303032", // job id
+            "03",                                       // attempt
         );
         assert_eq!(hex::encode(&bytes), golden);
         assert_eq!(NodeAdvert::decode(&bytes).expect("decode"), sample());
@@ -223,6 +243,16 @@ mod tests {
         assert_eq!(advert.peer_id, "x");
         assert_eq!(advert.cpu_cores, 0);
         assert!(advert.gpus.is_empty());
+        assert_eq!(advert.running, None, "an older node lists no attempts");
+    }
+
+    #[test]
+    fn an_advert_without_running_attempts_encodes_as_before() {
+        let mut a = sample();
+        a.running = None;
+        let bytes = hex::encode(a.encode().expect("encode"));
+        assert!(bytes.starts_with("b1"), "17 fields, as older nodes send");
+        assert!(!bytes.contains("6772756e6e696e67"));
     }
 
     #[test]

@@ -13,7 +13,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::codec::{self, CodecError, MAX_MESSAGE_BYTES};
 use crate::hash::Hash;
@@ -191,7 +192,84 @@ pub struct JobResult {
     pub peak_memory: Option<u64>,
     /// Limits not applied and the like.
     pub notes: Vec<String>,
+    /// On a successful result, its executor's signature over
+    /// [`signed_result`]: what makes the result a cache record other nodes
+    /// accept. Absent (and not encoded) on any other result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ResultSignature>,
 }
+
+/// An executor's Ed25519 signature (its libp2p node key) over
+/// [`signed_result`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResultSignature(pub [u8; 64]);
+
+impl fmt::Debug for ResultSignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ResultSignature({}…)", hex::encode(&self.0[..4]))
+    }
+}
+
+impl Serialize for ResultSignature {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ResultSignature {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SigVisitor;
+
+        impl Visitor<'_> for SigVisitor {
+            type Value = ResultSignature;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 bytes")
+            }
+
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<ResultSignature, E> {
+                let arr: [u8; 64] = v
+                    .try_into()
+                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(ResultSignature(arr))
+            }
+        }
+
+        deserializer.deserialize_bytes(SigVisitor)
+    }
+}
+
+/// What an executor signs for a successful attempt: a domain tag, then the
+/// CBOR array `[cache_key, job, attempt, coordinator, executor, outputs,
+/// logs]`. Only successes are signed (the domain says so), so a signature
+/// cannot be moved onto a failed attempt's result, another job's cache key,
+/// another coordinator or other outputs.
+pub fn signed_result(
+    cache_key: &Hash,
+    job: &JobId,
+    attempt: u32,
+    coordinator: &str,
+    executor: &str,
+    result: &JobResult,
+) -> Vec<u8> {
+    let body = (
+        cache_key,
+        job,
+        attempt,
+        coordinator,
+        executor,
+        &result.outputs,
+        &result.logs,
+    );
+    let mut out = RESULT_SIGNATURE_DOMAIN.to_vec();
+    // a tuple of ids, short strings and a list bounded by the spec's
+    // outputs: encoding into a Vec cannot fail
+    out.extend(codec::encode(&body, usize::MAX).unwrap_or_default());
+    out
+}
+
+/// The domain tag that starts every [`signed_result`] payload.
+pub const RESULT_SIGNATURE_DOMAIN: &[u8] = b"weft/succeeded-result/1\0";
 
 impl JobResult {
     /// Exited 0 without an error.
@@ -373,5 +451,82 @@ mod tests {
             )
         );
         assert_eq!(JobGossip::decode(&bytes).expect("decode"), g);
+    }
+
+    /// What an executor signs. A change here invalidates every signed
+    /// result: it needs a new domain tag.
+    #[test]
+    fn golden_signed_result() {
+        let result = JobResult {
+            exit_code: Some(0),
+            outputs: vec![("/outputs/m".into(), Hash::EMPTY)],
+            // not signed: only outputs and logs are
+            wall_ms: 12,
+            ..JobResult::default()
+        };
+        let payload = signed_result(&Hash::EMPTY, &JobId::new(1, 2), 3, "c", "e", &result);
+        // checked against an independent CBOR encoder (Python's cbor2)
+        assert_eq!(
+            hex::encode(&payload),
+            concat!(
+                "776566742f7375636365656465642d726573756c742f3100", // domain
+                "87",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "743030303030303030303030313030303030303032",
+                "03",
+                "6163",
+                "6165",
+                "81",
+                "82",
+                "6a2f6f7574707574732f6d",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "f6"
+            )
+        );
+        // every signed field changes it
+        let other_outputs = JobResult {
+            outputs: vec![("/outputs/n".into(), Hash::EMPTY)],
+            ..result.clone()
+        };
+        for other in [
+            signed_result(&Hash::of(b"x"), &JobId::new(1, 2), 3, "c", "e", &result),
+            signed_result(&Hash::EMPTY, &JobId::new(1, 3), 3, "c", "e", &result),
+            signed_result(&Hash::EMPTY, &JobId::new(1, 2), 4, "c", "e", &result),
+            signed_result(&Hash::EMPTY, &JobId::new(1, 2), 3, "d", "e", &result),
+            signed_result(&Hash::EMPTY, &JobId::new(1, 2), 3, "c", "f", &result),
+            signed_result(&Hash::EMPTY, &JobId::new(1, 2), 3, "c", "e", &other_outputs),
+        ] {
+            assert_ne!(other, payload);
+        }
+    }
+
+    /// A signed result on the wire: the signature is a 64-byte string, and
+    /// a result without one encodes as before.
+    #[test]
+    fn golden_result_signature() {
+        let mut result = JobResult {
+            exit_code: Some(0),
+            ..JobResult::default()
+        };
+        let unsigned = codec::encode(&result, MAX_MESSAGE_BYTES).expect("encode");
+        assert_eq!(&hex::encode(&unsigned)[..2], "a8", "8 fields, as before");
+        result.signature = Some(ResultSignature([7; 64]));
+        let bytes = codec::encode(&result, MAX_MESSAGE_BYTES).expect("encode");
+        let hex = hex::encode(&bytes);
+        assert_eq!(&hex[..2], "a9");
+        assert!(hex.ends_with(&format!(
+            "697369676e6174757265{}{}",
+            "5840",
+            "07".repeat(64)
+        )));
+        let back: JobResult = codec::decode(&bytes, MAX_MESSAGE_BYTES).expect("decode");
+        assert_eq!(back, result);
+        // a signature of another length is refused
+        let short = hex.replace(
+            &format!("5840{}", "07".repeat(64)),
+            &format!("5820{}", "07".repeat(32)),
+        );
+        let short = hex::decode(short).expect("hex");
+        assert!(codec::decode::<JobResult>(&short, MAX_MESSAGE_BYTES).is_err());
     }
 }

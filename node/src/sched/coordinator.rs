@@ -22,8 +22,14 @@ use crate::net::{NetHandle, PeerInfo};
 use crate::store::Store;
 use crate::store::records::Record;
 
-/// Jobs of other coordinators kept in the table.
-const TABLE_CAP: usize = 10_000;
+/// Bytes of other coordinators' statuses kept in the table (encoded size
+/// plus [`TABLE_ENTRY_OVERHEAD`] each); the oldest heard are evicted first.
+pub const TABLE_BYTES: usize = 32 << 20;
+/// Bytes of one coordinator's statuses kept in the table, so one member
+/// cannot push every other coordinator's jobs out.
+pub const TABLE_BYTES_PER_COORDINATOR: usize = 8 << 20;
+/// What an entry costs beyond its encoded status (maps, indexes).
+pub const TABLE_ENTRY_OVERHEAD: usize = 160;
 /// Finished jobs of this node kept in memory (all stay in sled).
 const DONE_CAP: usize = 10_000;
 /// Default CPU for a task that asks for none.
@@ -33,8 +39,17 @@ const DEFAULT_WASM_MEMORY: u64 = 256 << 20;
 const DEFAULT_CONTAINER_MEMORY: u64 = 512 << 20;
 /// Default deadline for a task that sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Extra time past a deadline before the coordinator gives up on an executor.
-const DEADLINE_GRACE: Duration = Duration::from_secs(30);
+/// Extra time past a deadline before the coordinator gives up on an
+/// executor (whose own deadline should have ended the task first): a
+/// quarter of the timeout, from 2 s to 30 s.
+fn deadline_grace_ms(timeout_ms: u64) -> u64 {
+    (timeout_ms / 4).clamp(2_000, 30_000)
+}
+/// How many of an executor's adverts, published after the grace, may miss
+/// a placed attempt before it counts as lost.
+const UNLISTED_ADVERTS: u64 = 2;
+/// How long a cache hit's outputs may take to be found (here or at a peer).
+const CACHE_CHECK_TIMEOUT: Duration = Duration::from_secs(4);
 /// How often gossip batches go out.
 const GOSSIP_EVERY: Duration = Duration::from_millis(50);
 /// Statuses per gossip message.
@@ -55,6 +70,10 @@ pub(crate) enum Command {
     },
     List {
         reply: oneshot::Sender<Vec<JobStatus>>,
+    },
+    CacheRecord {
+        key: Hash,
+        reply: oneshot::Sender<Option<JobId>>,
     },
     Cancel {
         job: JobId,
@@ -95,6 +114,35 @@ pub(crate) enum Command {
         attempt: u32,
         held: Vec<(String, u64)>,
     },
+    /// Whether a cache hit's outputs still exist somewhere.
+    CacheChecked {
+        job: JobId,
+        hit: CacheRecord,
+        found: bool,
+    },
+    /// The job tree was flushed: these terminal reports may be acknowledged.
+    Flushed,
+}
+
+/// Faults tests can inject; inert unless set.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Claim replies to drop: the claim is granted, the claimant is told it
+    /// failed (as when the reply is lost on the way).
+    pub drop_claim_replies: std::sync::atomic::AtomicU32,
+}
+
+impl Faults {
+    fn take(counter: &std::sync::atomic::AtomicU32) -> bool {
+        counter
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    }
 }
 
 /// Handle to the coordinator.
@@ -131,6 +179,10 @@ impl CoordinatorHandle {
             Ok(Some((s, true))) => Some(s),
             _ => None,
         }
+    }
+
+    pub(crate) async fn cache_record(&self, key: Hash) -> Result<Option<JobId>, SchedError> {
+        self.ask(|reply| Command::CacheRecord { key, reply }).await
     }
 
     pub(crate) async fn list(&self) -> Result<Vec<JobStatus>, SchedError> {
@@ -205,11 +257,47 @@ struct Entry {
     asking_held: bool,
     next_try: Instant,
     deadline: Option<Instant>,
+    /// The same deadline in Unix ms, as persisted.
+    deadline_ms: Option<u64>,
     /// When the executor was last seen missing from the membership table.
     executor_missing_since: Option<Instant>,
+    /// When the current attempt was claimed (this run of the process).
+    claimed_at: Option<Instant>,
+    /// The executor's first advert, after the grace, that did not list the
+    /// attempt: `(started_ms, seq)`.
+    unlisted: Option<(u64, u64)>,
+    /// A cache hit's outputs are being looked for.
+    checking_cache: bool,
 }
 
 impl Entry {
+    fn new(status: JobStatus, submission: Submission, assignment: Assignment) -> Entry {
+        Entry {
+            status,
+            submission,
+            assignment,
+            tried: HashSet::new(),
+            outstanding: 0,
+            reserved: HashSet::new(),
+            held: None,
+            asking_held: false,
+            next_try: Instant::now(),
+            deadline: None,
+            deadline_ms: None,
+            executor_missing_since: None,
+            claimed_at: None,
+            unlisted: None,
+            checking_cache: false,
+        }
+    }
+
+    /// Whether `peer` was the executor of `attempt` (it claimed it).
+    fn executed(&self, peer: &str, attempt: u32) -> bool {
+        self.status.history.iter().any(|t| {
+            t.attempt == attempt && t.state == JobState::Placed && t.node.as_deref() == Some(peer)
+        })
+    }
+
     fn claimed_by(&self) -> Option<&str> {
         match self.status.state {
             JobState::Placed | JobState::Fetching | JobState::Running | JobState::Uploading => {
@@ -233,7 +321,11 @@ pub(crate) struct Coordinator {
     jobs: HashMap<JobId, Entry>,
     /// Finished jobs of this node, oldest first, for eviction.
     done: BTreeMap<JobId, ()>,
-    table: BTreeMap<JobId, JobStatus>,
+    table: Table,
+    faults: Arc<Faults>,
+    /// Replies to final reports, sent once the job tree is flushed.
+    unflushed: Vec<(oneshot::Sender<Response>, Response)>,
+    flushing: bool,
     peers: Vec<PeerInfo>,
     peers_at: Option<Instant>,
     dirty: Vec<JobId>,
@@ -272,6 +364,7 @@ impl Coordinator {
         config: &SchedConfig,
         executor: ExecutorHandle,
         rx: mpsc::Receiver<Command>,
+        faults: Arc<Faults>,
         shutdown: CancellationToken,
     ) -> Result<Coordinator, SchedError> {
         let (self_tx, loopback) = mpsc::channel::<Command>(4096);
@@ -287,7 +380,10 @@ impl Coordinator {
             ttl: config.advert_ttl,
             jobs: HashMap::new(),
             done: BTreeMap::new(),
-            table: BTreeMap::new(),
+            table: Table::new(TABLE_BYTES, TABLE_BYTES_PER_COORDINATOR),
+            faults,
+            unflushed: Vec::new(),
+            flushing: false,
             peers: Vec::new(),
             peers_at: None,
             dirty: Vec::new(),
@@ -319,23 +415,20 @@ impl Coordinator {
             }
             let id = rec.status.id.clone();
             let terminal = rec.status.state.is_terminal();
-            self.jobs.insert(
-                id,
-                Entry {
-                    status: rec.status,
-                    submission: rec.submission,
-                    assignment: rec.assignment,
-                    tried: HashSet::new(),
-                    outstanding: 0,
-                    reserved: HashSet::new(),
-                    held: None,
-                    asking_held: false,
-                    next_try: Instant::now(),
-                    deadline: None,
-                    // an executor that does not show up within a TTL is lost
-                    executor_missing_since: Some(Instant::now()),
-                },
-            );
+            // the deadline holds across the restart: one already past ends
+            // the attempt on the first tick
+            let deadline_ms = rec.deadline_ms(deadline_grace_ms);
+            let mut entry = Entry::new(rec.status, rec.submission, rec.assignment);
+            if entry.claimed_by().is_some() {
+                entry.deadline_ms = deadline_ms;
+                entry.deadline = deadline_ms
+                    .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
+                // the claim is as old as the restart, for reconciliation
+                entry.claimed_at = Some(Instant::now());
+            }
+            // an executor that does not show up within a TTL is lost
+            entry.executor_missing_since = Some(Instant::now());
+            self.jobs.insert(id, entry);
             if !terminal {
                 resumed += 1;
             }
@@ -364,9 +457,40 @@ impl Coordinator {
                 _ = tick.tick() => self.tick(),
                 _ = gossip.tick() => self.flush_gossip().await,
             }
+            self.start_flush();
         }
         self.flush_gossip().await;
-        let _ = self.jobs_tree.flush();
+        if self.jobs_tree.flush().is_ok() {
+            for (r, response) in self.unflushed.drain(..) {
+                reply(r, response);
+            }
+        }
+    }
+
+    /// Makes the job tree durable, then acknowledges the final reports
+    /// waiting on it: one flush for all that came in meanwhile.
+    fn start_flush(&mut self) {
+        if self.flushing || self.unflushed.is_empty() {
+            return;
+        }
+        self.flushing = true;
+        let waiting = std::mem::take(&mut self.unflushed);
+        let tree = self.jobs_tree.clone();
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            match tree.flush_async().await {
+                Ok(_) => {
+                    for (r, response) in waiting {
+                        reply(r, response);
+                    }
+                }
+                Err(error) => {
+                    // unacknowledged: the executor sends its report again
+                    tracing::error!(%error, "cannot flush the job records; final reports not acknowledged");
+                }
+            }
+            let _ = tx.send(Command::Flushed).await;
+        });
     }
 
     async fn refresh_peers(&mut self) {
@@ -429,7 +553,14 @@ impl Coordinator {
                 reply: r,
             } => {
                 let response = self.claim(&peer, &job, attempt);
-                reply(r, response);
+                if matches!(response, Response::Assignment(_))
+                    && Faults::take(&self.faults.drop_claim_replies)
+                {
+                    tracing::warn!(job = %job, %peer, "fault: claim reply dropped");
+                    drop(r);
+                } else {
+                    reply(r, response);
+                }
             }
             Command::Update {
                 peer,
@@ -440,8 +571,13 @@ impl Coordinator {
                 result,
                 reply: r,
             } => {
-                let response = self.update(&peer, &job, attempt, state, reason, result);
-                reply(r, response);
+                let (response, durable) = self.update(&peer, &job, attempt, state, reason, result);
+                if durable {
+                    // a terminal state is acknowledged once it is on disk
+                    self.unflushed.push((r, response));
+                } else {
+                    reply(r, response);
+                }
             }
             Command::Gossip { source, data } => self.merge_gossip(source, &data),
             Command::PeerUp => {
@@ -475,6 +611,11 @@ impl Coordinator {
                 ok,
                 why,
             } => self.reserved(&job, attempt, peer, ok, why),
+            Command::Flushed => self.flushing = false,
+            Command::CacheRecord { key, reply: r } => {
+                reply(r, self.cached(&key).map(|rec| rec.job));
+            }
+            Command::CacheChecked { job, hit, found } => self.cache_checked(&job, hit, found),
             Command::Held { job, attempt, held } => {
                 if let Some(e) = self.jobs.get_mut(&job)
                     && e.status.attempt == attempt
@@ -587,43 +728,28 @@ impl Coordinator {
             updated_ms: now,
             revision: 1,
         };
-        // memoized: the same task on the same inputs succeeded before
-        if s.cache
-            && let Some(hit) = self.cached(&key)
-        {
-            let mut result = hit.result;
-            result.cached = true;
-            self.apply_output_tags(&assignment, &result);
-            status.state = JobState::Succeeded;
-            status.attempt = 0;
-            status.reason = Some(format!("cached: same task and inputs as job {}", hit.job));
-            status.result = Some(result);
-            status.history.push(Transition {
-                state: JobState::Succeeded,
-                at_ms: now,
-                attempt: 0,
-                node: None,
-                reason: status.reason.clone(),
-            });
+        // memoized: the same task on the same inputs succeeded before;
+        // used at once when it has no outputs, else once they are found
+        let hit = if s.cache { self.cached(&key) } else { None };
+        let mut check = None;
+        if let Some(hit) = hit {
+            if hit.result.outputs.is_empty() {
+                answer_from_cache(&mut status, &hit, now);
+                self.apply_output_tags(&assignment, &hit.result);
+            } else {
+                status.reason = Some("checking that the cached outputs still exist".into());
+                check = Some(hit);
+            }
         }
-        let entry = Entry {
-            status: status.clone(),
-            submission,
-            assignment,
-            tried: HashSet::new(),
-            outstanding: 0,
-            reserved: HashSet::new(),
-            held: None,
-            asking_held: false,
-            next_try: Instant::now(),
-            deadline: None,
-            executor_missing_since: None,
-        };
+        let mut entry = Entry::new(status.clone(), submission, assignment);
+        entry.checking_cache = check.is_some();
         let terminal = entry.status.state.is_terminal();
         self.jobs.insert(id.clone(), entry);
         self.persist(&id);
         if terminal {
             self.finished(&id);
+        } else if let Some(hit) = check {
+            self.check_cache(&id, hit);
         } else {
             self.try_place(&id);
         }
@@ -635,9 +761,96 @@ impl Coordinator {
             .unwrap_or(status))
     }
 
+    /// The cache record of `key`; an unsigned (version 1) or unreadable
+    /// one is dropped.
     fn cached(&self, key: &Hash) -> Option<CacheRecord> {
         let bytes = self.cache_tree.get(key.as_bytes()).ok()??;
-        CacheRecord::from_bytes(&bytes).ok()
+        match CacheRecord::load(&bytes) {
+            Ok(Some(rec)) => Some(rec),
+            Ok(None) => {
+                tracing::debug!(%key, "unsigned cache record (version 1) dropped");
+                let _ = self.cache_tree.remove(key.as_bytes());
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%key, %error, "unreadable cache record dropped");
+                let _ = self.cache_tree.remove(key.as_bytes());
+                None
+            }
+        }
+    }
+
+    /// Looks for a cache hit's outputs: here first, then at every live
+    /// peer (`Has`, closure complete), within [`CACHE_CHECK_TIMEOUT`].
+    fn check_cache(&self, id: &JobId, hit: CacheRecord) {
+        let fetcher = self.fetcher.clone();
+        let me = self.me.clone();
+        let peers: Vec<String> = self.peers.iter().map(|p| p.peer_id.to_string()).collect();
+        let tx = self.self_tx.clone();
+        let job = id.clone();
+        let outputs: Vec<Hash> = hit.result.outputs.iter().map(|(_, h)| *h).collect();
+        tokio::spawn(async move {
+            let find = async {
+                for h in outputs {
+                    let here = fetcher.held(vec![me.clone()], vec![h]).await;
+                    if here.iter().any(|(_, bytes)| *bytes > 0) {
+                        continue;
+                    }
+                    let there = fetcher.held(peers.clone(), vec![h]).await;
+                    if !there.iter().any(|(_, bytes)| *bytes > 0) {
+                        tracing::info!(job = %job, output = %h, "a cached output exists nowhere: the job runs");
+                        return false;
+                    }
+                }
+                true
+            };
+            let found = tokio::time::timeout(CACHE_CHECK_TIMEOUT, find)
+                .await
+                .unwrap_or(false);
+            let _ = tx.send(Command::CacheChecked { job, hit, found }).await;
+        });
+    }
+
+    /// A cache hit was checked: answer from it, or drop it and run the job.
+    fn cache_checked(&mut self, id: &JobId, hit: CacheRecord, found: bool) {
+        let Some(e) = self.jobs.get_mut(id) else {
+            return;
+        };
+        if !e.checking_cache {
+            return;
+        }
+        e.checking_cache = false;
+        if e.status.state != JobState::Pending {
+            return;
+        }
+        if found {
+            let assignment = e.assignment.clone();
+            answer_from_cache(&mut e.status, &hit, now_ms());
+            self.apply_output_tags(&assignment, &hit.result);
+            self.finished(id);
+            return;
+        }
+        // stale: forget it (unless replaced meanwhile) and run the job
+        if self
+            .cached(&hit.key)
+            .is_some_and(|r| r.job == hit.job && r.attempt == hit.attempt)
+        {
+            let _ = self.cache_tree.remove(hit.key.as_bytes());
+        }
+        let Some(e) = self.jobs.get_mut(id) else {
+            return;
+        };
+        e.status.reason = Some("placing (the cached outputs no longer exist)".into());
+        e.next_try = Instant::now();
+        self.touch(id);
+        self.try_place(id);
+    }
+
+    /// Keeps a result as the cache record of its key, replacing an older one.
+    fn record_cache(&self, rec: &CacheRecord) {
+        if let Err(error) = self.cache_tree.insert(rec.key.as_bytes(), rec.to_bytes()) {
+            tracing::warn!(%error, "cannot record a cached result");
+        }
     }
 
     /// Points the spec's output tags at a reused result's outputs.
@@ -665,7 +878,11 @@ impl Coordinator {
         let Some(e) = self.jobs.get_mut(id) else {
             return;
         };
-        if e.status.state != JobState::Pending || e.outstanding > 0 || !e.reserved.is_empty() {
+        if e.status.state != JobState::Pending
+            || e.outstanding > 0
+            || !e.reserved.is_empty()
+            || e.checking_cache
+        {
             return;
         }
         let adverts: Vec<&NodeAdvert> = if e.submission.local {
@@ -842,9 +1059,13 @@ impl Coordinator {
             node: Some(peer.to_string()),
             reason: None,
         });
-        e.deadline =
-            Some(Instant::now() + Duration::from_millis(e.assignment.timeout_ms) + DEADLINE_GRACE);
+        let timeout = e.assignment.timeout_ms;
+        let window = timeout.saturating_add(deadline_grace_ms(timeout));
+        e.deadline = Some(Instant::now() + Duration::from_millis(window));
+        e.deadline_ms = Some(now.saturating_add(window));
         e.executor_missing_since = None;
+        e.claimed_at = Some(Instant::now());
+        e.unlisted = None;
         e.reserved.remove(peer);
         let others: Vec<String> = e.reserved.drain().collect();
         let mut assignment = e.assignment.clone();
@@ -855,6 +1076,8 @@ impl Coordinator {
         Response::Assignment(Box::new(assignment))
     }
 
+    /// An executor's report on an attempt. Returns the answer and whether
+    /// it must wait until the job record is on disk (a final report).
     fn update(
         &mut self,
         peer: &str,
@@ -863,25 +1086,52 @@ impl Coordinator {
         state: JobState,
         reason: Option<String>,
         result: Option<JobResult>,
-    ) -> Response {
+    ) -> (Response, bool) {
         let Some(e) = self.jobs.get_mut(id) else {
-            return err(ErrorCode::NotFound, "no such job");
+            return (err(ErrorCode::NotFound, "no such job"), false);
         };
+        let current = e.status.attempt == attempt && e.claimed_by() == Some(peer);
+        // only the node that claimed an attempt reports on it
+        if !current && !e.executed(peer, attempt) {
+            tracing::warn!(
+                job = %id,
+                %peer,
+                attempt,
+                state = %state,
+                "report refused: the peer is not the executor of this attempt"
+            );
+            return (
+                err(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "{peer} is not the executor of attempt {attempt} of job {id}: only the node that claimed an attempt reports on it"
+                    ),
+                ),
+                false,
+            );
+        }
         if e.status.state.is_terminal() {
-            // the result is recorded once; later reports change nothing
-            return if e.status.attempt == attempt {
-                Response::Ack
+            // the result is recorded once; a repeated final report from the
+            // executor of the last attempt (its ack was lost) is acked again
+            return if e.status.attempt == attempt
+                && e.status.node.as_deref() == Some(peer)
+                && state.is_terminal()
+            {
+                (Response::Ack, true)
             } else {
-                err(ErrorCode::NotFound, "the job is over")
+                (err(ErrorCode::NotFound, "the job is over"), false)
             };
         }
-        let current = e.status.attempt == attempt && e.claimed_by() == Some(peer);
         if !current {
-            // a slow earlier attempt that succeeded still counts, once
+            // a slow earlier attempt of this executor that succeeded still
+            // counts, once
             let success =
                 state == JobState::Succeeded && result.as_ref().is_some_and(|r| r.succeeded());
             if !success {
-                return err(ErrorCode::NotFound, "this attempt is no longer current");
+                return (
+                    err(ErrorCode::NotFound, "this attempt is no longer current"),
+                    false,
+                );
             }
             if let Some(running) = e.claimed_by().map(str::to_string) {
                 let current_attempt = e.status.attempt;
@@ -889,7 +1139,7 @@ impl Coordinator {
             }
         }
         let Some(e) = self.jobs.get_mut(id) else {
-            return err(ErrorCode::NotFound, "no such job");
+            return (err(ErrorCode::NotFound, "no such job"), false);
         };
         let now = now_ms();
         if !state.is_terminal() {
@@ -903,9 +1153,9 @@ impl Coordinator {
                 reason,
             });
             self.touch(id);
-            return Response::Ack;
+            return (Response::Ack, false);
         }
-        let result = result.unwrap_or_default();
+        let mut result = result.unwrap_or_default();
         let succeeded = state == JobState::Succeeded && result.succeeded();
         if !succeeded
             && state != JobState::Cancelled
@@ -914,11 +1164,11 @@ impl Coordinator {
         {
             let why = reason.unwrap_or_else(|| "the executor could not run it".into());
             self.retry(id, format!("attempt {attempt} on {peer} failed: {why}"));
-            return Response::Ack;
+            return (Response::Ack, true);
         }
         let e = match self.jobs.get_mut(id) {
             Some(e) => e,
-            None => return Response::Ack,
+            None => return (Response::Ack, false),
         };
         e.status.state = if succeeded {
             JobState::Succeeded
@@ -941,23 +1191,40 @@ impl Coordinator {
             node: Some(peer.to_string()),
             reason: e.status.reason.clone(),
         });
-        if succeeded && e.submission.spec.spec.cache {
-            let rec = CacheRecord {
-                v: 1,
-                job: id.clone(),
-                result: result.clone(),
-                at_ms: now,
-            };
-            if let Err(error) = self
-                .cache_tree
-                .insert(e.status.cache_key.as_bytes(), rec.to_bytes())
-            {
-                tracing::warn!(%error, "cannot record a cached result");
+        result.cached = false;
+        let mut record = None;
+        if succeeded {
+            // the executor's signature makes the result a cache record here
+            // and, once gossiped, on every node
+            match CacheRecord::signed(
+                e.status.cache_key,
+                id.clone(),
+                attempt,
+                self.me.clone(),
+                peer.to_string(),
+                result.clone(),
+                now,
+            ) {
+                Ok(rec) => record = Some(rec),
+                Err(error) => {
+                    tracing::warn!(job = %id, %peer, %error, "result not signed by its executor: not cached");
+                    result.signature = None;
+                }
             }
+        } else {
+            result.signature = None;
         }
+        if let Some(rec) = record
+            && e.submission.spec.spec.cache
+        {
+            self.record_cache(&rec);
+        }
+        let Some(e) = self.jobs.get_mut(id) else {
+            return (Response::Ack, false);
+        };
         e.status.result = Some(result);
         self.finished(id);
-        Response::Ack
+        (Response::Ack, true)
     }
 
     /// The attempt's executor is gone: place the job again or give up.
@@ -967,6 +1234,12 @@ impl Coordinator {
             return;
         }
         tracing::warn!(job = %id, attempt = e.status.attempt, reason = %why, "attempt lost");
+        if let Some(node) = e.claimed_by().map(str::to_string) {
+            // in case it still runs there: its result would no longer count
+            let attempt = e.status.attempt;
+            self.cancel_task(&node, id, attempt);
+        }
+        let Some(e) = self.jobs.get(id) else { return };
         if e.status.attempt <= e.submission.spec.spec.retries {
             self.retry(id, why);
         } else {
@@ -1003,7 +1276,10 @@ impl Coordinator {
         e.held = None;
         e.outstanding = 0;
         e.deadline = None;
+        e.deadline_ms = None;
         e.executor_missing_since = None;
+        e.claimed_at = None;
+        e.unlisted = None;
         e.next_try = Instant::now() + backoff(old);
         self.release(stale, id, old);
         self.touch(id);
@@ -1074,14 +1350,23 @@ impl Coordinator {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        let live: HashSet<String> = self.peers.iter().map(|p| p.peer_id.to_string()).collect();
+        let live: HashMap<String, &NodeAdvert> = self
+            .peers
+            .iter()
+            .map(|p| (p.peer_id.to_string(), &p.advert))
+            .collect();
+        // an attempt placed this long ago must be in its executor's adverts
+        let grace = self.ttl.max(Duration::from_secs(1));
         let mut place = Vec::new();
         let mut lost = Vec::new();
         let mut late = Vec::new();
         for (id, e) in self.jobs.iter_mut() {
             match e.status.state {
                 JobState::Pending
-                    if e.outstanding == 0 && e.reserved.is_empty() && e.next_try <= now =>
+                    if e.outstanding == 0
+                        && e.reserved.is_empty()
+                        && !e.checking_cache
+                        && e.next_try <= now =>
                 {
                     place.push(id.clone());
                 }
@@ -1090,8 +1375,16 @@ impl Coordinator {
                     if let Some(node) = e.claimed_by().map(str::to_string)
                         && node != self.me
                     {
-                        if live.contains(&node) {
+                        if let Some(advert) = live.get(&node) {
                             e.executor_missing_since = None;
+                            if e.claimed_at.is_some_and(|t| now.duration_since(t) > grace)
+                                && reconcile(e, id, advert)
+                            {
+                                lost.push((
+                                    id.clone(),
+                                    format!("{node} (its adverts no longer list the attempt)"),
+                                ));
+                            }
                         } else {
                             let since = *e.executor_missing_since.get_or_insert(now);
                             if now.duration_since(since) > self.ttl {
@@ -1161,10 +1454,11 @@ impl Coordinator {
     fn persist(&self, id: &JobId) {
         let Some(e) = self.jobs.get(id) else { return };
         let rec = JobRecord {
-            v: 1,
+            v: <JobRecord as Record>::VERSION,
             status: e.status.clone(),
             submission: e.submission.clone(),
             assignment: e.assignment.clone(),
+            deadline_ms: e.deadline_ms,
         };
         if let Err(error) = self
             .jobs_tree
@@ -1218,39 +1512,110 @@ impl Coordinator {
                 return;
             }
         };
+        let source = source.to_string();
         for status in msg.statuses {
-            if status.coordinator == self.me || status.coordinator != source.to_string() {
+            if status.coordinator == self.me || status.coordinator != source {
                 // only a job's coordinator speaks for it
+                tracing::debug!(%source, job = %status.id, coordinator = %status.coordinator, "job status from a node that does not coordinate it dropped");
                 continue;
-            }
-            if status.state == JobState::Succeeded
-                && let Some(result) = &status.result
-                && !result.cached
-                && self.cached(&status.cache_key).is_none()
-            {
-                let rec = CacheRecord {
-                    v: 1,
-                    job: status.id.clone(),
-                    result: result.clone(),
-                    at_ms: status.updated_ms,
-                };
-                let _ = self
-                    .cache_tree
-                    .insert(status.cache_key.as_bytes(), rec.to_bytes());
             }
             let newer = self
                 .table
                 .get(&status.id)
                 .is_none_or(|old| old.revision < status.revision);
-            if newer {
-                self.notify(&status);
-                self.table.insert(status.id.clone(), status);
+            if !newer {
+                continue;
             }
-        }
-        while self.table.len() > TABLE_CAP {
-            self.table.pop_first();
+            self.learn_cache_record(&status);
+            self.notify(&status);
+            self.table.insert(status);
         }
     }
+
+    /// Keeps the result of a succeeded job heard from its coordinator as a
+    /// cache record when its executor's signature verifies; a newer record
+    /// replaces an older one.
+    fn learn_cache_record(&self, status: &JobStatus) {
+        let Some(result) = &status.result else {
+            return;
+        };
+        if status.state != JobState::Succeeded || result.cached || !result.succeeded() {
+            return;
+        }
+        let Some(executor) = status.node.clone() else {
+            return;
+        };
+        if let Some(old) = self.cached(&status.cache_key)
+            && (old.job == status.id || old.at_ms >= status.updated_ms)
+        {
+            return;
+        }
+        match CacheRecord::signed(
+            status.cache_key,
+            status.id.clone(),
+            status.attempt,
+            status.coordinator.clone(),
+            executor,
+            result.clone(),
+            status.updated_ms,
+        ) {
+            Ok(mut rec) => {
+                // ordered against other records by the coordinator's clock,
+                // never ahead of this node's
+                rec.at_ms = rec.at_ms.min(now_ms());
+                self.record_cache(&rec);
+            }
+            Err(error) => {
+                tracing::warn!(
+                    job = %status.id,
+                    coordinator = %status.coordinator,
+                    %error,
+                    "cache record refused"
+                );
+            }
+        }
+    }
+}
+
+/// Checks a placed attempt against its executor's advert; true when
+/// [`UNLISTED_ADVERTS`] adverts in a row (or the first of a restarted
+/// executor) do not list it. An executor that does not list its attempts
+/// (an older version) is never judged by them.
+fn reconcile(e: &mut Entry, id: &JobId, advert: &NodeAdvert) -> bool {
+    let Some(running) = &advert.running else {
+        return false;
+    };
+    let attempt = e.status.attempt;
+    if running.iter().any(|(j, a)| j == id && *a == attempt) {
+        e.unlisted = None;
+        return false;
+    }
+    let at = (advert.started_ms, advert.seq);
+    match e.unlisted {
+        None => {
+            e.unlisted = Some(at);
+            false
+        }
+        Some((started, seq)) => at.0 != started || at.1.saturating_sub(seq) + 1 >= UNLISTED_ADVERTS,
+    }
+}
+
+/// Makes `status` a cache hit of `hit`.
+fn answer_from_cache(status: &mut JobStatus, hit: &CacheRecord, now: u64) {
+    let mut result = hit.result.clone();
+    result.cached = true;
+    result.signature = None;
+    status.state = JobState::Succeeded;
+    status.attempt = 0;
+    status.reason = Some(format!("cached: same task and inputs as job {}", hit.job));
+    status.result = Some(result);
+    status.history.push(Transition {
+        state: JobState::Succeeded,
+        at_ms: now,
+        attempt: 0,
+        node: None,
+        reason: status.reason.clone(),
+    });
 }
 
 /// Whether a failed attempt may be tried again elsewhere: failures of the
@@ -1315,6 +1680,115 @@ impl CoordinatorHandle {
                 Some((s, _)) => Ok(s),
                 None => Err(SchedError::NotFound(job)),
             },
+        }
+    }
+}
+
+/// One status heard from another coordinator.
+struct Heard {
+    status: JobStatus,
+    /// What it counts for against the table's bounds.
+    bytes: usize,
+    /// Order of receipt (the local clock of receipt, as a counter).
+    seq: u64,
+}
+
+/// The statuses of other coordinators' jobs: bounded in bytes, overall and
+/// per coordinator, evicting the oldest received first (never by id, which
+/// the sender chooses).
+#[derive(Default)]
+struct Table {
+    jobs: HashMap<JobId, Heard>,
+    /// Receipt order → job, oldest first.
+    ages: BTreeMap<u64, JobId>,
+    /// Per coordinator: its bytes and its jobs by receipt order.
+    by_coordinator: HashMap<String, (usize, BTreeMap<u64, JobId>)>,
+    bytes: usize,
+    next_seq: u64,
+    max_bytes: usize,
+    max_per_coordinator: usize,
+}
+
+impl Table {
+    fn new(max_bytes: usize, max_per_coordinator: usize) -> Table {
+        Table {
+            max_bytes,
+            max_per_coordinator,
+            ..Table::default()
+        }
+    }
+
+    fn get(&self, id: &JobId) -> Option<&JobStatus> {
+        self.jobs.get(id).map(|h| &h.status)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &JobStatus> {
+        self.jobs.values().map(|h| &h.status)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// What a status counts for.
+    fn size_of(status: &JobStatus) -> usize {
+        weft_protocol::encode(status, usize::MAX).map_or(usize::MAX / 4, |b| b.len())
+            + TABLE_ENTRY_OVERHEAD
+    }
+
+    fn remove(&mut self, id: &JobId) -> Option<JobStatus> {
+        let h = self.jobs.remove(id)?;
+        self.ages.remove(&h.seq);
+        self.bytes -= h.bytes;
+        if let Some((bytes, ages)) = self.by_coordinator.get_mut(&h.status.coordinator) {
+            *bytes -= h.bytes;
+            ages.remove(&h.seq);
+            if ages.is_empty() {
+                self.by_coordinator.remove(&h.status.coordinator);
+            }
+        }
+        Some(h.status)
+    }
+
+    /// Keeps `status` (replacing an older copy), then evicts the oldest
+    /// entries of its coordinator and then of all until both bounds hold.
+    fn insert(&mut self, status: JobStatus) {
+        self.remove(&status.id);
+        let bytes = Self::size_of(&status);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let coordinator = status.coordinator.clone();
+        let id = status.id.clone();
+        self.ages.insert(seq, id.clone());
+        let (cbytes, cages) = self.by_coordinator.entry(coordinator.clone()).or_default();
+        *cbytes += bytes;
+        cages.insert(seq, id.clone());
+        self.bytes += bytes;
+        self.jobs.insert(id, Heard { status, bytes, seq });
+        let mut evicted = 0usize;
+        while let Some((cbytes, cages)) = self.by_coordinator.get(&coordinator)
+            && *cbytes > self.max_per_coordinator
+            && let Some((_, oldest)) = cages.first_key_value()
+        {
+            let oldest = oldest.clone();
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        while self.bytes > self.max_bytes
+            && let Some((_, oldest)) = self.ages.first_key_value()
+        {
+            let oldest = oldest.clone();
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        if evicted > 0 {
+            tracing::debug!(
+                evicted,
+                kept = self.jobs.len(),
+                bytes = self.bytes,
+                "job table full: oldest statuses evicted"
+            );
         }
     }
 }

@@ -7,12 +7,13 @@
 //! runs more than it has, and two GPU tasks on a one-GPU node run one after
 //! the other.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+use libp2p::identity::Keypair;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use weft_protocol::sched::{Assignment, JobId, JobResult, JobState, Needs, Program};
@@ -20,12 +21,21 @@ use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response};
 use weft_sandbox::{ContainerTask, Limits, Sandbox, Task, TaskKind, WasmModule, WasmTask};
 
 use super::coordinator::CoordinatorHandle;
-use super::{Fetcher, SchedConfig, reply};
+use super::records::{ReportRecord, sign_result};
+use super::{Fetcher, SchedConfig, SchedError, now_ms, reply};
 use crate::net::NetHandle;
+use crate::store::records::Record;
 use crate::store::{AddOptions, ExportOptions, Store};
 
 /// An unclaimed reservation older than this is dropped.
 const RESERVATION_TTL: Duration = Duration::from_secs(120);
+/// How long a final report is sent again (with backoff) before it is given
+/// up in this run of the process; it stays on disk for the next run.
+const REPORT_RETRY_FOR: Duration = Duration::from_secs(600);
+/// The longest pause between two tries of a final report.
+const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A final report never acknowledged is dropped from disk after this long.
+const REPORT_KEEP_MS: u64 = 24 * 3600 * 1000;
 
 type Key = (JobId, u32);
 
@@ -123,8 +133,16 @@ struct Capacity {
     gpus: Vec<(u32, u64, String)>,
 }
 
+/// Attempts whose final report is not acknowledged yet (they stay in the
+/// advert's running list until it is).
+type Pending = Arc<Mutex<BTreeSet<Key>>>;
+
 pub(crate) struct Executor {
     me: String,
+    keypair: Keypair,
+    /// Final reports not yet acknowledged, kept across restarts.
+    reports: sled::Tree,
+    pending: Pending,
     store: Store,
     net: NetHandle,
     sandbox: Sandbox,
@@ -187,10 +205,13 @@ impl Executor {
         coordinator: CoordinatorHandle,
         rx: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
-    ) -> Executor {
+    ) -> Result<Executor, SchedError> {
         let advert = config.advert.borrow().clone();
-        Executor {
+        Ok(Executor {
             me: config.me.to_string(),
+            keypair: config.keypair.clone(),
+            reports: config.store.db_tree("sched_reports")?,
+            pending: Arc::new(Mutex::new(BTreeSet::new())),
             store: config.store.clone(),
             net: config.net.clone(),
             sandbox: config.sandbox.clone(),
@@ -213,6 +234,52 @@ impl Executor {
             running: HashMap::new(),
             rx,
             shutdown,
+        })
+    }
+
+    /// A reporter for tasks of `coordinator`.
+    fn reporter(&self, coordinator: &str, coord: Coord) -> Reporter {
+        Reporter {
+            coord,
+            me: self.me.clone(),
+            coordinator: coordinator.to_string(),
+            reports: self.reports.clone(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Sends again the final reports a previous run of the process left
+    /// unacknowledged.
+    fn resend_reports(&self) {
+        let mut resent = 0;
+        for kv in self.reports.iter() {
+            let Ok((k, v)) = kv else { continue };
+            let rec = match ReportRecord::from_bytes(&v) {
+                Ok(r) if now_ms().saturating_sub(r.at_ms) < REPORT_KEEP_MS => r,
+                Ok(_) | Err(_) => {
+                    tracing::debug!("old or unreadable final report dropped");
+                    let _ = self.reports.remove(k);
+                    continue;
+                }
+            };
+            let Some(coord) = self.coord(&rec.coordinator) else {
+                let _ = self.reports.remove(k);
+                continue;
+            };
+            let reporter = self.reporter(&rec.coordinator, coord);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(Request::TaskUpdate {
+                job: rec.job,
+                attempt: rec.attempt,
+                state: rec.state,
+                reason: rec.reason,
+                result: rec.result.map(Box::new),
+            });
+            tokio::spawn(reporter.run(rx, self.shutdown.child_token(), CancellationToken::new()));
+            resent += 1;
+        }
+        if resent > 0 {
+            tracing::info!(reports = resent, "sending final reports again");
         }
     }
 
@@ -224,6 +291,8 @@ impl Executor {
         {
             tracing::warn!(dir = %tasks.display(), error = %e, "cannot clear old task folders");
         }
+        self.resend_reports();
+        self.publish_counts();
         let (loopback_tx, mut loopback) = mpsc::channel::<Command>(4096);
         let mut counts = tokio::time::interval(Duration::from_millis(500));
         counts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -439,7 +508,8 @@ impl Executor {
             sandbox: self.sandbox.clone(),
             fetcher: self.fetcher.clone(),
             work_dir: self.work_dir.clone(),
-            coord,
+            keypair: self.keypair.clone(),
+            reporter: self.reporter(&res.coordinator, coord),
         };
         let dir = self.spare_dirs.pop().unwrap_or_else(|| {
             self.next_dir += 1;
@@ -466,10 +536,21 @@ impl Executor {
     fn publish_counts(&self) {
         let running = self.running.len() as u32;
         let queued = self.queue.len() as u32;
+        // the attempts held here: claimed or being claimed, running, or
+        // with a final report not yet acknowledged
+        let mut held: BTreeSet<&Key> = self.running.keys().collect();
+        held.extend(self.queue.iter().filter(|r| r.claiming).map(|r| &r.key));
+        let pending = self.pending.lock().map(|p| p.clone()).unwrap_or_default();
+        held.extend(pending.iter());
+        // more than an advert lists: say nothing rather than something wrong
+        let attempts = (held.len() <= weft_protocol::advert::MAX_ADVERT_RUNNING)
+            .then(|| held.into_iter().cloned().collect::<Vec<Key>>());
         self.advert.send_if_modified(|a| {
-            let changed = a.running_tasks != running || a.queued_tasks != queued;
+            let changed =
+                a.running_tasks != running || a.queued_tasks != queued || a.running != attempts;
             a.running_tasks = running;
             a.queued_tasks = queued;
+            a.running = attempts;
             changed
         });
     }
@@ -482,7 +563,8 @@ struct TaskContext {
     sandbox: Sandbox,
     fetcher: Arc<dyn Fetcher>,
     work_dir: PathBuf,
-    coord: Coord,
+    keypair: Keypair,
+    reporter: Reporter,
 }
 
 /// A task's updates to its coordinator, sent in order by [`report`].
@@ -517,41 +599,126 @@ impl Reports {
     }
 }
 
-/// Delivers a task's updates in order. A final report is retried for a
-/// while (the coordinator may be restarting); a `not_found` answer marks the
-/// attempt stale and stops the task.
-async fn report(
+/// Delivers one task's updates to its coordinator, in order.
+#[derive(Clone)]
+struct Reporter {
     coord: Coord,
     me: String,
-    mut rx: mpsc::UnboundedReceiver<Request>,
-    cancel: CancellationToken,
-    stale: CancellationToken,
-) {
-    while let Some(request) = rx.recv().await {
-        let last = matches!(&request, Request::TaskUpdate { state, .. } if state.is_terminal());
-        let tries = if last { 40 } else { 1 };
-        for n in 0..tries {
-            match coord.ask(&me, request.clone()).await {
-                Ok(Response::Ack) => break,
-                Ok(Response::Error {
-                    code: ErrorCode::NotFound,
-                    ..
-                }) => {
-                    stale.cancel();
-                    cancel.cancel();
-                    return;
-                }
-                Ok(other) => {
-                    tracing::debug!(answer = ?other, "unexpected answer to an update");
+    /// The coordinator's peer id.
+    coordinator: String,
+    reports: sled::Tree,
+    pending: Pending,
+}
+
+impl Reporter {
+    /// Keeps a final report on disk (and in the advert) until acknowledged.
+    fn hold(&self, request: &Request) -> Option<Vec<u8>> {
+        let Request::TaskUpdate {
+            job,
+            attempt,
+            state,
+            reason,
+            result,
+        } = request
+        else {
+            return None;
+        };
+        let key = ReportRecord::key(job, *attempt);
+        let rec = ReportRecord {
+            v: <ReportRecord as Record>::VERSION,
+            coordinator: self.coordinator.clone(),
+            job: job.clone(),
+            attempt: *attempt,
+            state: *state,
+            reason: reason.clone(),
+            result: result.as_deref().cloned(),
+            at_ms: now_ms(),
+        };
+        if let Err(error) = self.reports.insert(key.as_slice(), rec.to_bytes()) {
+            tracing::warn!(%error, "cannot keep a final report on disk");
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert((job.clone(), *attempt));
+        }
+        Some(key)
+    }
+
+    /// The coordinator has the final report (or will never take it).
+    fn release(&self, request: &Request, key: &[u8]) {
+        let _ = self.reports.remove(key);
+        if let Request::TaskUpdate { job, attempt, .. } = request
+            && let Ok(mut p) = self.pending.lock()
+        {
+            p.remove(&(job.clone(), *attempt));
+        }
+    }
+
+    /// Sends the updates as they come. A final report is kept until the
+    /// coordinator acknowledges it: retried with backoff for
+    /// [`REPORT_RETRY_FOR`] (the coordinator may be restarting), and kept
+    /// on disk for the next run past that. A `not_found` answer marks the
+    /// attempt stale and stops the task.
+    async fn run(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Request>,
+        cancel: CancellationToken,
+        stale: CancellationToken,
+    ) {
+        while let Some(request) = rx.recv().await {
+            let last = matches!(&request, Request::TaskUpdate { state, .. } if state.is_terminal());
+            let held = if last { self.hold(&request) } else { None };
+            let started = Instant::now();
+            let mut pause = Duration::from_millis(250);
+            loop {
+                let delivered = match self.coord.ask(&self.me, request.clone()).await {
+                    Ok(Response::Ack) => true,
+                    Ok(Response::Error {
+                        code: ErrorCode::NotFound,
+                        message,
+                    }) => {
+                        tracing::debug!(%message, "the coordinator no longer wants this attempt");
+                        if let Some(k) = &held {
+                            self.release(&request, k);
+                        }
+                        stale.cancel();
+                        cancel.cancel();
+                        return;
+                    }
+                    Ok(Response::Error {
+                        code: ErrorCode::Busy | ErrorCode::Internal,
+                        message,
+                    }) => {
+                        tracing::debug!(%message, "update not taken yet");
+                        false
+                    }
+                    Ok(other) => {
+                        tracing::warn!(answer = ?other, "update refused by the coordinator");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "update not delivered");
+                        false
+                    }
+                };
+                if delivered || !last {
                     break;
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "update not delivered");
-                    if n + 1 < tries {
-                        tokio::time::sleep(Duration::from_millis(250 * (n as u64 + 1).min(8)))
-                            .await;
+                if started.elapsed() > REPORT_RETRY_FOR {
+                    tracing::warn!(
+                        "final report not acknowledged; it is sent again at the next start"
+                    );
+                    if let Ok(mut p) = self.pending.lock()
+                        && let Request::TaskUpdate { job, attempt, .. } = &request
+                    {
+                        p.remove(&(job.clone(), *attempt));
                     }
+                    return;
                 }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REPORT_BACKOFF_MAX);
+            }
+            if let Some(k) = &held {
+                self.release(&request, k);
             }
         }
     }
@@ -579,13 +746,7 @@ impl TaskContext {
         // on the coordinator and its slot frees as soon as it is done
         let (tx, rx) = mpsc::unbounded_channel();
         let stale = CancellationToken::new();
-        tokio::spawn(report(
-            self.coord.clone(),
-            self.me.clone(),
-            rx,
-            cancel.clone(),
-            stale.clone(),
-        ));
+        tokio::spawn(self.reporter.clone().run(rx, cancel.clone(), stale.clone()));
         let reports = Reports {
             tx,
             job: a.job.clone(),
@@ -616,6 +777,22 @@ impl TaskContext {
                 (JobState::Failed, Some(why), Some(result))
             }
         };
+        // a success is signed: what lets other nodes take it as a cache record
+        let result = result.map(|mut r| {
+            r.signature = None;
+            if state == JobState::Succeeded {
+                r.signature = sign_result(
+                    &self.keypair,
+                    &a.cache_key,
+                    &a.job,
+                    a.attempt,
+                    &self.reporter.coordinator,
+                    &self.me,
+                    &r,
+                );
+            }
+            r
+        });
         let _ = reports.send(state, reason, result);
         // reusable when nothing of this task is left: every entry an empty folder
         let clean = tokio::task::spawn_blocking({
