@@ -1792,3 +1792,190 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: JobId, coordinator: &str, pad: usize) -> JobStatus {
+        JobStatus {
+            id,
+            name: "x".repeat(pad),
+            coordinator: coordinator.into(),
+            state: JobState::Running,
+            attempt: 1,
+            node: None,
+            reason: None,
+            result: None,
+            cache_key: Hash::EMPTY,
+            history: Vec::new(),
+            created_ms: 0,
+            updated_ms: 0,
+            revision: 1,
+        }
+    }
+
+    fn entry(id: &JobId) -> Entry {
+        let spec = JobSpec::from_yaml(
+            "apiVersion: weft/v1\nkind: Job\nmetadata: {name: t}\nspec:\n  task:\n    wasm: {module: t:v1}\n",
+        )
+        .expect("spec");
+        let mut s = status(id.clone(), "me", 1);
+        s.node = Some("exec".into());
+        s.state = JobState::Placed;
+        Entry::new(
+            s,
+            Submission { spec, local: false },
+            Assignment {
+                job: id.clone(),
+                attempt: 1,
+                name: "t".into(),
+                program: Program::Wasm {
+                    module: Hash::EMPTY,
+                    args: Vec::new(),
+                    env: Vec::new(),
+                },
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                needs: Needs {
+                    executor: ExecutorKind::Wasm,
+                    cpu_millis: 1,
+                    memory_bytes: 1,
+                    gpu: None,
+                },
+                timeout_ms: 10_000,
+                cache_key: Hash::EMPTY,
+            },
+        )
+    }
+
+    #[test]
+    fn the_table_is_bounded_in_bytes_per_coordinator_and_evicts_the_oldest_received() {
+        let one = Table::size_of(&status(JobId::new(1, 0), "a", 1000));
+        let mut t = Table::new(10 * one, 4 * one);
+        // a flood from "a" with ids from the far future: only its 4 newest stay
+        for n in 0..20 {
+            t.insert(status(JobId::new(0xffff_ffff_ff00 + n, 0), "a", 1000));
+        }
+        assert_eq!(t.len(), 4);
+        assert!(t.bytes <= 4 * one);
+        for n in 16..20 {
+            assert!(t.get(&JobId::new(0xffff_ffff_ff00 + n, 0)).is_some());
+        }
+        // others keep their share; past the total the oldest received goes,
+        // whatever its id
+        for n in 0..4 {
+            t.insert(status(JobId::new(10 + n, 0), "b", 1000));
+        }
+        for n in 0..4 {
+            t.insert(status(JobId::new(n, 0), "c", 1000));
+        }
+        assert!(t.bytes <= 10 * one, "{} > {}", t.bytes, 10 * one);
+        assert_eq!(t.len(), 10);
+        assert!(t.get(&JobId::new(0xffff_ffff_ff00 + 16, 0)).is_none());
+        assert!(t.get(&JobId::new(0xffff_ffff_ff00 + 17, 0)).is_none());
+        assert!(t.get(&JobId::new(0, 0)).is_some());
+        // a newer copy replaces the old one and counts as just received
+        let mut again = status(JobId::new(10, 0), "b", 10);
+        again.revision = 2;
+        t.insert(again);
+        assert_eq!(t.get(&JobId::new(10, 0)).map(|s| s.revision), Some(2));
+        assert_eq!(
+            t.bytes,
+            t.jobs.values().map(|h| h.bytes).sum::<usize>(),
+            "the byte count follows the entries"
+        );
+        assert_eq!(
+            t.by_coordinator.values().map(|(b, _)| *b).sum::<usize>(),
+            t.bytes
+        );
+        // one status above a coordinator's share is not kept at all
+        t.insert(status(JobId::new(99, 0), "d", 6 * 1000));
+        assert!(t.get(&JobId::new(99, 0)).is_none());
+        assert!(!t.by_coordinator.contains_key("d"));
+    }
+
+    fn advert(started_ms: u64, seq: u64, running: Option<Vec<(JobId, u32)>>) -> NodeAdvert {
+        NodeAdvert {
+            started_ms,
+            seq,
+            running,
+            ..NodeAdvert::default()
+        }
+    }
+
+    #[test]
+    fn an_attempt_missing_from_two_adverts_in_a_row_is_lost() {
+        let id = JobId::new(1, 1);
+        let mut e = entry(&id);
+        let listed = Some(vec![(id.clone(), 1)]);
+        let other = Some(vec![(id.clone(), 2)]);
+        // listed: fine; an older version that lists nothing: never judged
+        assert!(!reconcile(&mut e, &id, &advert(1, 1, listed.clone())));
+        assert!(!reconcile(&mut e, &id, &advert(1, 2, None)));
+        assert!(!reconcile(&mut e, &id, &advert(1, 2, None)));
+        // one advert without it (the same one seen twice): not yet
+        assert!(!reconcile(&mut e, &id, &advert(1, 3, other.clone())));
+        assert!(!reconcile(&mut e, &id, &advert(1, 3, other.clone())));
+        // listed again: the count starts over
+        assert!(!reconcile(&mut e, &id, &advert(1, 4, listed)));
+        assert!(!reconcile(&mut e, &id, &advert(1, 5, Some(Vec::new()))));
+        assert!(reconcile(&mut e, &id, &advert(1, 6, Some(Vec::new()))));
+        // a restarted executor that does not list it: lost at its second advert
+        let mut e = entry(&id);
+        assert!(!reconcile(&mut e, &id, &advert(1, 9, Some(Vec::new()))));
+        assert!(reconcile(&mut e, &id, &advert(2, 1, Some(Vec::new()))));
+    }
+
+    #[test]
+    fn a_job_record_keeps_its_deadline_and_a_version_1_record_derives_it() {
+        let id = JobId::new(1, 1);
+        let e = entry(&id);
+        let mut rec = JobRecord {
+            v: 2,
+            status: e.status.clone(),
+            submission: e.submission.clone(),
+            assignment: e.assignment.clone(),
+            deadline_ms: Some(77),
+        };
+        let bytes = rec.to_bytes();
+        // the new field, last: "deadline_ms": 77
+        assert!(hex::encode(&bytes).ends_with("6b646561646c696e655f6d73184d"));
+        let back = JobRecord::from_bytes(&bytes).expect("decode");
+        assert_eq!(back, rec);
+        assert_eq!(back.deadline_ms(deadline_grace_ms), Some(77));
+        // version 1: no field; the deadline runs from the attempt's placement
+        rec.v = 1;
+        rec.deadline_ms = None;
+        rec.status.history.push(Transition {
+            state: JobState::Placed,
+            at_ms: 1_000,
+            attempt: 1,
+            node: Some("exec".into()),
+            reason: None,
+        });
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            v: u8,
+            status: &'a JobStatus,
+            submission: &'a Submission,
+            assignment: &'a Assignment,
+        }
+        let v1 = weft_protocol::encode(
+            &V1 {
+                v: 1,
+                status: &rec.status,
+                submission: &rec.submission,
+                assignment: &rec.assignment,
+            },
+            usize::MAX,
+        )
+        .expect("encode");
+        let back = JobRecord::from_bytes(&v1).expect("a version 1 record reads");
+        assert_eq!(back.deadline_ms, None);
+        assert_eq!(
+            back.deadline_ms(deadline_grace_ms),
+            Some(1_000 + 10_000 + 2_500)
+        );
+    }
+}

@@ -224,3 +224,214 @@ impl ReportRecord {
         k
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_protocol::sched::JobState;
+
+    fn result() -> JobResult {
+        JobResult {
+            exit_code: Some(0),
+            outputs: vec![("/outputs/m".into(), Hash::EMPTY)],
+            ..JobResult::default()
+        }
+    }
+
+    /// On-disk format of cache records, version 2.
+    #[test]
+    fn golden_cache_record() {
+        let r = CacheRecord {
+            v: 2,
+            key: Hash::EMPTY,
+            job: JobId::new(1, 2),
+            attempt: 3,
+            coordinator: "c".into(),
+            executor: "e".into(),
+            result: result(),
+            signature: ResultSignature([9; 64]),
+            at_ms: 5,
+        };
+        let bytes = r.to_bytes();
+        // checked against an independent CBOR encoder (Python's cbor2)
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a9",
+                "6176",
+                "02",
+                "636b6579",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "636a6f62",
+                "74",
+                "3030303030303030303030313030303030303032",
+                "67617474656d7074",
+                "03",
+                "6b636f6f7264696e61746f72",
+                "6163",
+                "686578656375746f72",
+                "6165",
+                "66726573756c74",
+                "a8",
+                "69657869745f636f6465",
+                "00",
+                "676f757470757473",
+                "81",
+                "82",
+                "6a2f6f7574707574732f6d",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+                "646c6f6773",
+                "f6",
+                "656572726f72",
+                "f6",
+                "66636163686564",
+                "f4",
+                "6777616c6c5f6d73",
+                "00",
+                "6b7065616b5f6d656d6f7279",
+                "f6",
+                "656e6f746573",
+                "80",
+                "697369676e6174757265",
+                "5840",
+                "09090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909090909",
+                "6561745f6d73",
+                "05"
+            )
+        );
+        assert_eq!(CacheRecord::load(&bytes).expect("decode"), Some(r));
+    }
+
+    /// A version 1 record (unsigned) is no longer used: it reads as none.
+    #[test]
+    fn a_version_1_cache_record_is_dropped() {
+        // the version 1 golden bytes
+        let v1 = hex::decode(concat!(
+            "a4",
+            "6176",
+            "01",
+            "636a6f62",
+            "74",
+            "3030303030303030303030313030303030303032",
+            "66726573756c74",
+            "a8",
+            "69657869745f636f6465",
+            "00",
+            "676f757470757473",
+            "81",
+            "82",
+            "6a2f6f7574707574732f6d",
+            "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+            "646c6f6773",
+            "f6",
+            "656572726f72",
+            "f6",
+            "66636163686564",
+            "f4",
+            "6777616c6c5f6d73",
+            "00",
+            "6b7065616b5f6d656d6f7279",
+            "f6",
+            "656e6f746573",
+            "80",
+            "6561745f6d73",
+            "05"
+        ))
+        .expect("hex");
+        assert_eq!(CacheRecord::load(&v1).expect("read"), None);
+        assert!(CacheRecord::load(b"\xff").is_err());
+    }
+
+    #[test]
+    fn a_record_is_kept_only_with_its_executor_s_signature() {
+        let executor = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let e = executor.public().to_peer_id().to_string();
+        let job = JobId::new(1, 2);
+        let sign = |key: &Keypair, coordinator: &str| {
+            let mut r = result();
+            r.signature = sign_result(key, &Hash::EMPTY, &job, 3, coordinator, &e, &r);
+            r
+        };
+        let signed = |r: JobResult, executor: &str| {
+            CacheRecord::signed(
+                Hash::EMPTY,
+                job.clone(),
+                3,
+                "c".into(),
+                executor.into(),
+                r,
+                5,
+            )
+        };
+        let rec = signed(sign(&executor, "c"), &e).expect("signed by its executor");
+        assert_eq!(rec.verify(), Ok(()));
+        assert_eq!(rec.result.signature, None, "kept beside the result");
+        // signed by another member in the executor's name
+        assert_eq!(
+            signed(sign(&other, "c"), &e),
+            Err(CacheRecordError::BadSignature(e.clone()))
+        );
+        // unsigned
+        assert_eq!(signed(result(), &e), Err(CacheRecordError::Unsigned));
+        // moved to another coordinator, key or outputs
+        assert!(signed(sign(&executor, "d"), &e).is_err());
+        let mut moved = rec.clone();
+        moved.key = Hash::of(b"another task");
+        assert!(moved.verify().is_err());
+        let mut forged = rec.clone();
+        forged.result.outputs[0].1 = Hash::of(b"forged");
+        assert!(forged.verify().is_err());
+        // an executor that is not a peer id
+        assert_eq!(
+            signed(sign(&executor, "c"), "nobody"),
+            Err(CacheRecordError::NoKey("nobody".into()))
+        );
+    }
+
+    /// On-disk format of an executor's unacknowledged final report.
+    #[test]
+    fn golden_report_record() {
+        let r = ReportRecord {
+            v: 1,
+            coordinator: "c".into(),
+            job: JobId::new(1, 2),
+            attempt: 3,
+            state: JobState::Succeeded,
+            reason: None,
+            result: None,
+            at_ms: 5,
+        };
+        let bytes = r.to_bytes();
+        // checked against an independent CBOR encoder (Python's cbor2)
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a8",
+                "6176",
+                "01",
+                "6b636f6f7264696e61746f72",
+                "6163",
+                "636a6f62",
+                "74",
+                "3030303030303030303030313030303030303032",
+                "67617474656d7074",
+                "03",
+                "657374617465",
+                "69",
+                "737563636565646564",
+                "66726561736f6e",
+                "f6",
+                "66726573756c74",
+                "f6",
+                "6561745f6d73",
+                "05"
+            )
+        );
+        assert_eq!(ReportRecord::from_bytes(&bytes).expect("decode"), r);
+        assert_eq!(
+            ReportRecord::key(&JobId::new(1, 2), 3),
+            b"00000000000100000002\0\0\0\x03".to_vec()
+        );
+    }
+}
