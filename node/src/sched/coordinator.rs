@@ -1519,10 +1519,19 @@ impl Coordinator {
                 tracing::debug!(%source, job = %status.id, coordinator = %status.coordinator, "job status from a node that does not coordinate it dropped");
                 continue;
             }
-            let newer = self
-                .table
-                .get(&status.id)
-                .is_none_or(|old| old.revision < status.revision);
+            if self.jobs.contains_key(&status.id) {
+                tracing::warn!(%source, job = %status.id, "a peer claims a job this node coordinates; dropped");
+                continue;
+            }
+            let newer = match self.table.get(&status.id) {
+                // a job id belongs to the coordinator first heard of for it
+                Some(old) if old.coordinator != status.coordinator => {
+                    tracing::warn!(%source, job = %status.id, coordinator = %old.coordinator, "a peer claims another coordinator's job; dropped");
+                    continue;
+                }
+                Some(old) => old.revision < status.revision,
+                None => true,
+            };
             if !newer {
                 continue;
             }
