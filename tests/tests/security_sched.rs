@@ -772,3 +772,57 @@ async fn a_flood_of_job_statuses_stays_within_one_coordinator_s_share() {
     rogue.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_result_survives_an_executor_restart() {
+    let mut cluster = Cluster::start(2, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    everywhere(
+        &cluster,
+        &example_wasm("sleepy").expect("sleepy"),
+        "test/sleepy:v1",
+    );
+    let id = submit(
+        &cluster,
+        0,
+        &sleepy_job("report-on-disk", 1, "  constraints: {node: \"1\"}\n"),
+    )
+    .await
+    .id;
+    wait_state(&cluster, 0, &id, JobState::Running, Duration::from_secs(20)).await;
+    cluster.stop_node(0).await;
+    let key = (id.clone(), 1);
+    let holds = |c: &Cluster, key: (JobId, u32)| {
+        let a = c.node(1).advert();
+        a.running_tasks == 0 && a.running.is_some_and(|r| r.contains(&key))
+    };
+    cluster
+        .wait_until(
+            Duration::from_secs(20),
+            "the executor holds a result",
+            |c| {
+                let key = key.clone();
+                async move { holds(c, key) }
+            },
+        )
+        .await
+        .expect("result held");
+    // the executor restarts while its coordinator is still down: the result
+    // is read back from disk and sent again
+    cluster.stop_node(1).await;
+    cluster.restart_node(1).await.expect("restart executor");
+    cluster
+        .wait_until(Duration::from_secs(20), "the result is held again", |c| {
+            let key = key.clone();
+            async move { holds(c, key) }
+        })
+        .await
+        .expect("result read back");
+    cluster.restart_node(0).await.expect("restart coordinator");
+    let done = wait_done(&cluster, 0, &id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    assert_eq!(done.attempt, 1, "the first attempt's result: {done:#?}");
+    assert_eq!(done.node.as_deref(), Some(peer(&cluster, 1).as_str()));
+    cluster.stop().await;
+}

@@ -16,7 +16,7 @@ use weft_protocol::sched::{
 use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response, Topic};
 
 use super::executor::ExecutorHandle;
-use super::records::{CacheRecord, JobRecord};
+use super::records::{CacheRecord, CacheRecordError, JobRecord};
 use super::{Fetcher, SchedConfig, SchedError, now_ms, placement, reply};
 use crate::net::{NetHandle, PeerInfo};
 use crate::store::Store;
@@ -1573,6 +1573,10 @@ impl Coordinator {
                 // never ahead of this node's
                 rec.at_ms = rec.at_ms.min(now_ms());
                 self.record_cache(&rec);
+            }
+            // from an older node: not a forgery, just not reusable
+            Err(error @ CacheRecordError::Unsigned) => {
+                tracing::debug!(job = %status.id, coordinator = %status.coordinator, %error, "cache record refused");
             }
             Err(error) => {
                 tracing::warn!(

@@ -245,6 +245,7 @@ impl Executor {
             coordinator: coordinator.to_string(),
             reports: self.reports.clone(),
             pending: self.pending.clone(),
+            shutdown: self.shutdown.clone(),
         }
     }
 
@@ -267,6 +268,9 @@ impl Executor {
                 continue;
             };
             let reporter = self.reporter(&rec.coordinator, coord);
+            if let Ok(mut p) = self.pending.lock() {
+                p.insert((rec.job.clone(), rec.attempt));
+            }
             let (tx, rx) = mpsc::unbounded_channel();
             let _ = tx.send(Request::TaskUpdate {
                 job: rec.job,
@@ -574,6 +578,9 @@ struct Reports {
     attempt: u32,
     /// Set by the reporter when the coordinator no longer wants the attempt.
     stale: CancellationToken,
+    /// Keeps the final report (on disk and in the advert) from the moment
+    /// it is queued.
+    reporter: Reporter,
 }
 
 impl Reports {
@@ -588,13 +595,17 @@ impl Reports {
         if self.stale.is_cancelled() {
             return Err(Stop::Stale);
         }
-        let _ = self.tx.send(Request::TaskUpdate {
+        let request = Request::TaskUpdate {
             job: self.job.clone(),
             attempt: self.attempt,
             state,
             reason,
             result: result.map(Box::new),
-        });
+        };
+        if state.is_terminal() {
+            self.reporter.hold(&request);
+        }
+        let _ = self.tx.send(request);
         Ok(())
     }
 }
@@ -608,11 +619,13 @@ struct Reporter {
     coordinator: String,
     reports: sled::Tree,
     pending: Pending,
+    /// The node stops: what is unsent stays on disk for the next start.
+    shutdown: CancellationToken,
 }
 
 impl Reporter {
     /// Keeps a final report on disk (and in the advert) until acknowledged.
-    fn hold(&self, request: &Request) -> Option<Vec<u8>> {
+    fn hold(&self, request: &Request) {
         let Request::TaskUpdate {
             job,
             attempt,
@@ -621,7 +634,7 @@ impl Reporter {
             result,
         } = request
         else {
-            return None;
+            return;
         };
         let key = ReportRecord::key(job, *attempt);
         let rec = ReportRecord {
@@ -640,7 +653,6 @@ impl Reporter {
         if let Ok(mut p) = self.pending.lock() {
             p.insert((job.clone(), *attempt));
         }
-        Some(key)
     }
 
     /// The coordinator has the final report (or will never take it).
@@ -660,13 +672,32 @@ impl Reporter {
     /// attempt stale and stops the task.
     async fn run(
         self,
+        rx: mpsc::UnboundedReceiver<Request>,
+        cancel: CancellationToken,
+        stale: CancellationToken,
+    ) {
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.deliver(rx, cancel, stale) => {}
+        }
+    }
+
+    async fn deliver(
+        &self,
         mut rx: mpsc::UnboundedReceiver<Request>,
         cancel: CancellationToken,
         stale: CancellationToken,
     ) {
         while let Some(request) = rx.recv().await {
             let last = matches!(&request, Request::TaskUpdate { state, .. } if state.is_terminal());
-            let held = if last { self.hold(&request) } else { None };
+            // a final report was kept when it was queued
+            let held = match &request {
+                Request::TaskUpdate { job, attempt, .. } if last => {
+                    Some(ReportRecord::key(job, *attempt))
+                }
+                _ => None,
+            };
             let started = Instant::now();
             let mut pause = Duration::from_millis(250);
             loop {
@@ -752,6 +783,7 @@ impl TaskContext {
             job: a.job.clone(),
             attempt: a.attempt,
             stale,
+            reporter: self.reporter.clone(),
         };
         let (state, reason, result) = match self.execute(&a, &dir, gpus, &cancel, &reports).await {
             Ok(result) => {
