@@ -250,6 +250,41 @@ async fn a_success_report_from_a_node_never_assigned_is_refused() {
     assert_eq!(now.result, None);
     assert_eq!(now.attempt, before.attempt);
     assert_eq!(now.node, before.node);
+    // nor can it take a waiting job it was never asked to reserve
+    let waiting = submit(
+        &cluster,
+        0,
+        &sleepy_job("waiting", 1, "  constraints: {node: \"nowhere\"}\n"),
+    )
+    .await
+    .id;
+    let answer = rogue
+        .request(
+            node0,
+            Request::Claim {
+                job: waiting.clone(),
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("answered");
+    assert!(
+        matches!(
+            answer,
+            Response::Error {
+                code: ErrorCode::NotFound,
+                ..
+            }
+        ),
+        "a claim without a reservation was granted: {answer:?}"
+    );
+    let w = cluster
+        .node(0)
+        .sched()
+        .status(waiting)
+        .await
+        .expect("status");
+    assert_eq!((w.state, w.node.as_deref()), (JobState::Pending, None), "{w:#?}");
     // it completes from its real executor
     let done = wait_done(&cluster, 0, &id, Duration::from_secs(30)).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");

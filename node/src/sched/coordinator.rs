@@ -1048,6 +1048,14 @@ impl Coordinator {
         if e.status.state != JobState::Pending || e.status.attempt != attempt {
             return err(ErrorCode::NotFound, "placed elsewhere or over");
         }
+        // only a node asked to reserve this attempt may take it
+        if !e.tried.contains(peer) && !e.reserved.contains(peer) {
+            tracing::warn!(job = %id, %peer, attempt, "claim refused: the peer was not asked to reserve this attempt");
+            return err(
+                ErrorCode::NotFound,
+                format!("{peer} holds no reservation for attempt {attempt} of job {id}"),
+            );
+        }
         let now = now_ms();
         e.status.state = JobState::Placed;
         e.status.node = Some(peer.to_string());
