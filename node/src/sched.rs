@@ -18,6 +18,32 @@
 //! whole and exclusively), then it claims the task, fetches the inputs,
 //! runs the sandbox, stores outputs (tagged as the spec asks) and logs, and
 //! reports the result.
+//!
+//! Trust and faults:
+//! - A coordinator grants a claim only to a node it asked to reserve that
+//!   attempt, and takes a report (any state) only from the node that
+//!   claimed the attempt; anything else is refused and logged.
+//! - An executor signs each success with its node key over
+//!   [`weft_protocol::sched::signed_result`] (cache key, job, attempt,
+//!   coordinator, executor, outputs, logs). A cache record is kept from
+//!   gossip only when the gossip's signed author is the job's coordinator
+//!   and the signature verifies against the executor it names. Only the
+//!   coordinator of a job moves tags for it (a cache hit tags its outputs
+//!   there, and that tag change is gossiped signed by it); heard statuses
+//!   move nothing.
+//! - A cache hit with outputs is used only once each output is found
+//!   complete here or at a live peer (`Has`, within 4 s); otherwise the
+//!   record is dropped and the job runs.
+//! - Executors list the attempts they hold in their advert; a placed
+//!   attempt that its executor's adverts stop listing (two in a row, after
+//!   a grace of one advert TTL from the claim) is lost and placed again,
+//!   so a lost claim reply or a restarted executor costs seconds.
+//! - A final report is kept on disk by its executor until acknowledged
+//!   (retried with backoff, sent again after a restart); the coordinator
+//!   acknowledges it only once the job record is flushed, and persists
+//!   each attempt's deadline so it holds across a restart.
+//! - The table of other coordinators' jobs is bounded in bytes, overall
+//!   and per coordinator, and evicts the oldest received first.
 
 mod coordinator;
 mod executor;

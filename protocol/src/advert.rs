@@ -29,10 +29,10 @@ use crate::sched::JobId;
 /// Largest encoded advert.
 pub const MAX_ADVERT_BYTES: usize = 64 * 1024;
 
-/// Most attempts an advert lists in [`NodeAdvert::running`]; an executor
-/// holding more lists the oldest this many (2,048 entries of ~30 bytes stay
-/// well inside [`MAX_ADVERT_BYTES`]).
-pub const MAX_ADVERT_RUNNING: usize = 2048;
+/// Most attempts an advert lists in [`NodeAdvert::running`] (1,024 entries
+/// of at most 27 bytes stay well inside [`MAX_ADVERT_BYTES`]); an executor
+/// holding more lists none (`None`), so nothing is concluded from it.
+pub const MAX_ADVERT_RUNNING: usize = 1024;
 
 /// What a node offers the mesh, as of [`NodeAdvert::timestamp_ms`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -244,6 +244,19 @@ mod tests {
         assert_eq!(advert.cpu_cores, 0);
         assert!(advert.gpus.is_empty());
         assert_eq!(advert.running, None, "an older node lists no attempts");
+    }
+
+    #[test]
+    fn a_full_running_list_fits_an_advert() {
+        let mut a = sample();
+        a.running = Some(
+            (0..MAX_ADVERT_RUNNING as u32)
+                .map(|n| (JobId::new(u64::MAX, u32::MAX - n), u32::MAX))
+                .collect(),
+        );
+        let bytes = a.encode().expect("fits");
+        assert!(bytes.len() < MAX_ADVERT_BYTES / 2, "{} bytes", bytes.len());
+        assert_eq!(NodeAdvert::decode(&bytes).expect("decode"), a);
     }
 
     #[test]

@@ -284,7 +284,11 @@ async fn a_success_report_from_a_node_never_assigned_is_refused() {
         .status(waiting)
         .await
         .expect("status");
-    assert_eq!((w.state, w.node.as_deref()), (JobState::Pending, None), "{w:#?}");
+    assert_eq!(
+        (w.state, w.node.as_deref()),
+        (JobState::Pending, None),
+        "{w:#?}"
+    );
     // it completes from its real executor
     let done = wait_done(&cluster, 0, &id, Duration::from_secs(30)).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
