@@ -136,7 +136,8 @@ impl Fetcher for LocalOnly {
                 hashes
                     .iter()
                     .filter(|h| store.has(h).unwrap_or(false))
-                    .map(|h| store.content_size(h).unwrap_or(0))
+                    // held counts even when empty
+                    .map(|h| store.content_size(h).unwrap_or(0).max(1))
                     .sum::<u64>()
             })
             .await

@@ -571,7 +571,7 @@ struct TaskContext {
     reporter: Reporter,
 }
 
-/// A task's updates to its coordinator, sent in order by [`report`].
+/// A task's updates to its coordinator, sent in order by a [`Reporter`].
 struct Reports {
     tx: mpsc::UnboundedSender<Request>,
     job: JobId,
