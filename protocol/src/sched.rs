@@ -212,7 +212,11 @@ impl fmt::Debug for ResultSignature {
 
 impl Serialize for ResultSignature {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&hex::encode(self.0))
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
     }
 }
 
@@ -224,7 +228,7 @@ impl<'de> Deserialize<'de> for ResultSignature {
             type Value = ResultSignature;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("64 bytes")
+                f.write_str("64 bytes or 128 hex digits")
             }
 
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<ResultSignature, E> {
@@ -233,9 +237,21 @@ impl<'de> Deserialize<'de> for ResultSignature {
                     .map_err(|_| E::invalid_length(v.len(), &self))?;
                 Ok(ResultSignature(arr))
             }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ResultSignature, E> {
+                if v.len() != 128 {
+                    return Err(E::invalid_length(v.len(), &self));
+                }
+                let bytes = hex::decode(v).map_err(E::custom)?;
+                self.visit_bytes(&bytes)
+            }
         }
 
-        deserializer.deserialize_bytes(SigVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(SigVisitor)
+        } else {
+            deserializer.deserialize_bytes(SigVisitor)
+        }
     }
 }
 
@@ -521,6 +537,13 @@ mod tests {
         )));
         let back: JobResult = codec::decode(&bytes, MAX_MESSAGE_BYTES).expect("decode");
         assert_eq!(back, result);
+        // in text formats (the REST API's JSON, YAML) it is 128 hex digits
+        let text = serde_yaml_ng::to_string(&result).expect("yaml");
+        assert!(text.contains(&"07".repeat(64)), "{text}");
+        let back: JobResult = serde_yaml_ng::from_str(&text).expect("from yaml");
+        assert_eq!(back, result);
+        let cut = text.replace(&"07".repeat(64), &"07".repeat(63));
+        assert!(serde_yaml_ng::from_str::<JobResult>(&cut).is_err());
         // a signature of another length is refused
         let short = hex.replace(
             &format!("5840{}", "07".repeat(64)),
