@@ -1,4 +1,6 @@
-//! A client of the REST API, used by the CLI when a daemon runs.
+//! A client of the REST API, used by the CLI when a daemon runs, and by
+//! tests: [`ApiClient::from_home`] finds the daemon's address and token the
+//! way the CLI does.
 
 use std::time::Duration;
 
@@ -22,6 +24,13 @@ pub enum ClientError {
     },
     #[error("unexpected answer from the weft daemon: {0}")]
     Decode(String),
+    /// No daemon has written its address in the home.
+    #[error("no weft daemon is running on {home}; start one with `weft daemon`")]
+    NoDaemon { home: String },
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A connection to one node's API.
@@ -30,6 +39,16 @@ pub struct ApiClient {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// Where the token came from, for the advice on a 401 or 403.
+    source: Option<TokenSource>,
+}
+
+/// Where a client found its token: named when the daemon refuses it.
+#[derive(Clone, Debug)]
+struct TokenSource {
+    token_file: std::path::PathBuf,
+    config: std::path::PathBuf,
+    from_config: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -48,14 +67,51 @@ impl ApiClient {
                 .build()
                 .unwrap_or_default(),
             token,
+            source: None,
         }
+    }
+
+    /// A client for the daemon running on `home`: its address from the
+    /// home's `api` file, its token from `api.token` in the config, else the
+    /// home's `api-token` file (what the CLI does).
+    pub fn from_home(home: &crate::home::Home) -> Result<ApiClient, ClientError> {
+        let base = match std::fs::read_to_string(home.api_file()) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClientError::NoDaemon {
+                    home: home.root().display().to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(crate::home::HomeError::Io {
+                    path: home.api_file(),
+                    source,
+                }
+                .into());
+            }
+        };
+        let (token, from_config) = home_token(home)?;
+        let mut client = ApiClient::new(base.trim(), token);
+        client.source = Some(TokenSource {
+            token_file: home.api_token_path(),
+            config: home.config_path(),
+            from_config,
+        });
+        Ok(client)
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// A request to `path` with the token set, for calls the typed helpers
+    /// do not cover.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             r = r.bearer_auth(t);
@@ -78,17 +134,52 @@ impl ApiClient {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.unwrap_or_default();
         Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(e) => ClientError::Api {
-                status,
-                code: e.error,
-                detail: e.detail,
-            },
+            Ok(e) => {
+                let detail = match self.advice(status, &e.error) {
+                    Some(a) => format!("{}\n{a}", e.detail),
+                    None => e.detail,
+                };
+                ClientError::Api {
+                    status,
+                    code: e.error,
+                    detail,
+                }
+            }
             Err(_) => ClientError::Api {
                 status,
                 code: "unknown".into(),
                 detail: format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)),
             },
         })
+    }
+
+    /// What to do about a refusal, naming this machine's files.
+    fn advice(&self, status: u16, code: &str) -> Option<String> {
+        let src = self.source.as_ref()?;
+        match (status, code) {
+            (401, _) if src.from_config => Some(format!(
+                "hint: the CLI sent api.token from {}; it must match the token of the daemon serving {}",
+                src.config.display(),
+                self.base
+            )),
+            (401, _) => Some(format!(
+                "hint: the CLI sends the token in {} (written by the daemon, mode 0600); run the CLI as the daemon's user with the daemon's home (--home or WEFT_HOME), or set api.token in {}",
+                src.token_file.display(),
+                src.config.display()
+            )),
+            (403, "bad_host") => Some(format!(
+                "hint: address the daemon as 127.0.0.1 or localhost, or add this host name to api.allowed_hosts in the daemon's {}",
+                src.config.display()
+            )),
+            (403, "outside_roots") => Some(format!(
+                "hint: the daemon imports and exports only under api.path_roots in its {}",
+                src.config.display()
+            )),
+            (403, _) => Some(
+                "hint: the daemon refuses requests from web pages of other origins; send no Origin header".into(),
+            ),
+            _ => None,
+        }
     }
 
     async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T, ClientError> {
@@ -126,10 +217,30 @@ impl ApiClient {
         Self::decode(resp).await
     }
 
+    /// `METHOD path` with no body → JSON.
+    pub async fn call_no_body<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(self.request(method, path)).await?;
+        Self::decode(resp).await
+    }
+
     /// `METHOD path` with no body, ignoring the answer's content.
     pub async fn call_empty(&self, method: reqwest::Method, path: &str) -> Result<(), ClientError> {
         self.send(self.request(method, path)).await.map(|_| ())
     }
+}
+
+/// The token a client of `home`'s daemon sends, and whether it came from
+/// the config: `api.token`, else the `api-token` file, else none.
+pub fn home_token(home: &crate::home::Home) -> Result<(Option<String>, bool), ClientError> {
+    let config = crate::config::Config::load(home)?;
+    if let Some(t) = config.api.token {
+        return Ok((Some(t), true));
+    }
+    Ok((home.api_token()?, false))
 }
 
 /// Percent-encodes one path segment (tag names carry `/` and `:`).
