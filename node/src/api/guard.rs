@@ -148,8 +148,8 @@ impl Access {
     }
 }
 
-fn forbidden(code: &'static str, detail: String) -> Response {
-    ApiError::new(StatusCode::FORBIDDEN, code, detail).into_response()
+fn forbidden(code: &'static str, detail: String) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, code, detail)
 }
 
 /// The request's host: `Host`, else the URI's authority (HTTP/2).
@@ -160,7 +160,7 @@ fn request_host(req: &Request) -> Option<String> {
     }
 }
 
-fn check_host(access: &Access, req: &Request) -> Result<Authority, Response> {
+fn check_host(access: &Access, req: &Request) -> Result<Authority, ApiError> {
     let Some(raw) = request_host(req) else {
         return Err(forbidden(
             "bad_host",
@@ -179,7 +179,7 @@ fn check_host(access: &Access, req: &Request) -> Result<Authority, Response> {
     }
 }
 
-fn check_origin(headers: &HeaderMap, host: &Authority) -> Result<(), Response> {
+fn check_origin(headers: &HeaderMap, host: &Authority) -> Result<(), ApiError> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("");
         if site != "same-origin" && site != "none" {
@@ -210,7 +210,7 @@ fn check_origin(headers: &HeaderMap, host: &Authority) -> Result<(), Response> {
     }
 }
 
-fn check_token(access: &Access, headers: &HeaderMap) -> Result<(), Response> {
+fn check_token(access: &Access, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -229,8 +229,7 @@ fn check_token(access: &Access, headers: &HeaderMap) -> Result<(), Response> {
         format!(
             "{why}: this API needs `Authorization: Bearer <token>`; the token is in the file api-token in the node's home (readable by its user only), or api.token in its config.toml"
         ),
-    )
-    .into_response())
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -276,7 +275,7 @@ fn has_body(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.trim() != "0")
 }
 
-fn check_content_type(req: &Request) -> Result<(), Response> {
+fn check_content_type(req: &Request) -> Result<(), ApiError> {
     if !mutating(req.method()) {
         return Ok(());
     }
@@ -290,8 +289,7 @@ fn check_content_type(req: &Request) -> Result<(), Response> {
         return Err(ApiError::internal(format!(
             "{} {route} is served but missing from the API document; this is a bug",
             req.method()
-        ))
-        .into_response());
+        )));
     };
     let given = req
         .headers()
@@ -302,8 +300,7 @@ fn check_content_type(req: &Request) -> Result<(), Response> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             detail,
-        )
-        .into_response())
+        ))
     };
     let accepted = ep.body;
     match given {
@@ -326,23 +323,27 @@ fn check_content_type(req: &Request) -> Result<(), Response> {
 
 /// The middleware: host, origin, token, content type.
 pub(super) async fn guard(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let access = &state.access;
-    let host = match check_host(access, &req) {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_origin(req.headers(), &host) {
-        return r;
+    match check(&state.access, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::debug!(
+                method = %req.method(),
+                path = %req.uri().path(),
+                code = e.code,
+                "API request refused"
+            );
+            e.into_response()
+        }
     }
-    if !access.open_read(req.method(), req.uri().path())
-        && let Err(r) = check_token(access, req.headers())
-    {
-        return r;
+}
+
+fn check(access: &Access, req: &Request) -> Result<(), ApiError> {
+    let host = check_host(access, req)?;
+    check_origin(req.headers(), &host)?;
+    if !access.open_read(req.method(), req.uri().path()) {
+        check_token(access, req.headers())?;
     }
-    if let Err(r) = check_content_type(&req) {
-        return r;
-    }
-    next.run(req).await
+    check_content_type(req)
 }
 
 #[cfg(test)]
