@@ -131,6 +131,15 @@ async fn openapi_lists_every_endpoint_and_each_is_served() {
                 e.path
             );
         }
+        if e.method != "get" && e.method != "head" {
+            assert!(op["security"].is_array(), "{} {}", e.method, e.path);
+            assert!(
+                op["responses"]["415"].is_object(),
+                "{} {}",
+                e.method,
+                e.path
+            );
+        }
         if resp.status().as_u16() == 404 && e.method != "head" {
             let body: serde_json::Value = resp.json().await.expect("json error");
             assert!(

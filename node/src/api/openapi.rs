@@ -273,10 +273,16 @@ pub fn document() -> Value {
                 e.body.iter().map(|t| (t.to_string(), json!({}))).collect();
             op["requestBody"] = json!({"required": e.body_required, "content": content});
         }
+        let error = json!({"$ref": "#/components/responses/Error"});
+        op["responses"]["403"] = error.clone();
         if !(e.method == "get" || e.method == "head")
             || !matches!(e.path, "/api/openapi.json" | "/metrics")
         {
             op["security"] = json!([{"bearer": []}]);
+            op["responses"]["401"] = error.clone();
+        }
+        if !matches!(e.method, "get" | "head") {
+            op["responses"]["415"] = error;
         }
         if let Value::Object(m) = item {
             m.insert(e.method.to_string(), op);
@@ -299,6 +305,12 @@ pub fn document() -> Value {
                         "error": {"type": "string", "description": "a short machine-readable code"},
                         "detail": {"type": "string", "description": "what went wrong and what to do"}
                     }
+                }
+            },
+            "responses": {
+                "Error": {
+                    "description": "refused (401: no or wrong token; 403: a foreign Host or Origin, or a path outside api.path_roots; 415: a body type the endpoint does not take) or failed",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
                 }
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
