@@ -33,6 +33,10 @@ pub enum HomeError {
     TokenOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("{path}: not an API token ({why}); delete it to let the daemon make a new token")]
     BadToken { path: PathBuf, why: String },
+    #[error(
+        "{path}: cannot read the API token (permission denied); run the command as the user that runs the daemon, or set api.token in config.toml"
+    )]
+    TokenUnreadable { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HomeError + '_ {
@@ -153,6 +157,9 @@ impl Home {
         match fs::read(&path) {
             Ok(bytes) => parse_token(&path, &bytes).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                Err(HomeError::TokenUnreadable { path })
+            }
             Err(e) => Err(HomeError::Io { path, source: e }),
         }
     }

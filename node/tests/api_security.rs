@@ -467,8 +467,49 @@ async fn import_and_export_stay_under_the_configured_roots() {
     .await
     .expect("send");
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // ... and through a link inside the root to a file outside: not followed
+    let resp = post(
+        "/api/v1/images/import".into(),
+        serde_json::json!({ "path": r.ok.join("to-secret") }),
+    )
+    .await
+    .expect("send");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let v: serde_json::Value = resp.json().await.expect("json");
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("symbolic link"),
+        "{v}"
+    );
 
-    // inside works, and its message names the real path
+    // an image archive inside is read (through the file opened beneath the root)
+    let archive = r.ok.join("busybox.tar");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new(root.join("scripts/build-test-image.sh"))
+        .arg(&archive)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("scripts/build-test-image.sh");
+    assert!(built.success());
+    let resp = post(
+        "/api/v1/images/import".into(),
+        serde_json::json!({ "path": archive, "tag": "images/busybox:test" }),
+    )
+    .await
+    .expect("send");
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    assert!(
+        node.store()
+            .tag(&tag("images/busybox:test"))
+            .expect("tag")
+            .is_some()
+    );
+
+    // inside works
     let resp = import(r.ok.join("inside"), false).await.expect("send");
     assert_eq!(resp.status(), StatusCode::CREATED);
     let v: serde_json::Value = resp.json().await.expect("json");

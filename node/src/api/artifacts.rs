@@ -203,14 +203,14 @@ async fn import_image(State(state): State<ApiState>, body: Bytes) -> ApiResult<R
     let src = state.roots.for_import(&req.path, false)?;
     let store = state.store.clone();
     let out = tokio::task::spawn_blocking(move || {
-        crate::image::import(&store, &src.store_path(), tag.as_ref(), req.allow_devices).map_err(
-            |e| {
-                src.explain(match e {
-                    crate::image::ImportError::Store(s) => ApiError::from(s),
-                    other => ApiError::new(StatusCode::BAD_REQUEST, "bad_image", other.to_string()),
-                })
-            },
-        )
+        // the archive is read through a path: hand over the opened file's
+        let (_file, archive) = src.open_file()?;
+        crate::image::import(&store, &archive, tag.as_ref(), req.allow_devices).map_err(|e| {
+            src.explain(match e {
+                crate::image::ImportError::Store(s) => ApiError::from(s),
+                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_image", other.to_string()),
+            })
+        })
     })
     .await??;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())

@@ -46,6 +46,49 @@ impl Beneath {
         PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd())).join(&self.name)
     }
 
+    /// Opens the target file for reading without following a link, for a
+    /// reader that takes a path: `/proc/self/fd/F` reopens this very file.
+    pub(crate) fn open_file(&self) -> Result<(OwnedFd, PathBuf), ApiError> {
+        let c = std::ffi::CString::new(self.name.as_bytes())
+            .map_err(|_| ApiError::bad_request("a NUL byte in the path"))?;
+        // SAFETY: dir is an open fd and c a valid C string for the call.
+        let fd = unsafe {
+            libc::openat(
+                self.dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_input",
+                    format!(
+                        "{} is a symbolic link; name the file it points to",
+                        self.shown.display()
+                    ),
+                ));
+            }
+            return Err(io(&self.shown, e));
+        }
+        // SAFETY: fd was just returned by openat(2) and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let file = fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| io(&self.shown, e))?;
+        if !meta.is_file() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_input",
+                format!("{} is not a regular file", self.shown.display()),
+            ));
+        }
+        let fd = OwnedFd::from(file);
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Ok((fd, path))
+    }
+
     /// Writes store error text with the canonical path in place of the
     /// `/proc` one.
     pub(crate) fn explain(&self, mut e: ApiError) -> ApiError {
