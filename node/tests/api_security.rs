@@ -672,3 +672,62 @@ fn a_token_file_others_may_read_stops_the_daemon_with_advice() {
     assert!(err.contains(token_path.to_str().expect("utf8")), "{err}");
     assert!(!home.join("api").exists(), "no API was served");
 }
+
+#[test]
+fn the_cli_sends_no_token_to_a_port_another_user_took_over() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to listen as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::at(dir.path().join("home"));
+    home.ensure().expect("home");
+    let token = home.ensure_api_token().expect("token");
+    // a daemon that died left its address; another user now listens there
+    let mut squatter = Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,select\n\
+             s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(8)\n\
+             print(s.getsockname()[1], flush=True)\n\
+             sys.stdin.readline()\n\
+             r,_,_=select.select([s],[],[],0)\n\
+             print('connected' if r else 'none', flush=True)\n",
+        ])
+        .uid(65534)
+        .gid(65534)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = BufReader::new(squatter.stdout.take().expect("stdout"));
+    let mut port = String::new();
+    out.read_line(&mut port).expect("port");
+    let port: u16 = port.trim().parse().expect("port number");
+    std::fs::write(home.api_file(), format!("http://127.0.0.1:{port}\n")).expect("api file");
+
+    // (bounded: a CLI that did connect would wait on the squatter's answer)
+    let cli = Command::new("timeout")
+        .arg("20")
+        .arg(env!("CARGO_BIN_EXE_weft"))
+        .arg("--home")
+        .arg(home.root())
+        .args(["tag", "ls"])
+        .env_remove("WEFT_HOME")
+        .output()
+        .expect("run weft");
+    let err = String::from_utf8_lossy(&cli.stderr);
+    assert!(!cli.status.success(), "{err}");
+    assert!(err.contains("uid 65534"), "{err}");
+    assert!(!err.contains(&token));
+    // the squatter never even saw a connection
+    let mut stdin = squatter.stdin.take().expect("stdin");
+    writeln!(stdin).expect("go on");
+    let mut seen = String::new();
+    out.read_line(&mut seen).expect("answer");
+    assert_eq!(seen.trim(), "none");
+    squatter.wait().expect("wait");
+}

@@ -2,6 +2,8 @@
 //! tests: [`ApiClient::from_home`] finds the daemon's address and token the
 //! way the CLI does.
 
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -27,6 +29,16 @@ pub enum ClientError {
     /// No daemon has written its address in the home.
     #[error("no weft daemon is running on {home}; start one with `weft daemon`")]
     NoDaemon { home: String },
+    /// The daemon's address is served by a process of another user.
+    #[error(
+        "{addr} (from {api_file}) is served by uid {uid}, not by uid {owner} that runs the daemon, so the API token is not sent there; the daemon may have stopped: start it again with `weft daemon`"
+    )]
+    Impostor {
+        addr: SocketAddr,
+        uid: u32,
+        owner: u32,
+        api_file: String,
+    },
     #[error(transparent)]
     Home(#[from] crate::home::HomeError),
     #[error(transparent)]
@@ -90,8 +102,31 @@ impl ApiClient {
                 .into());
             }
         };
+        let base = base.trim();
+        // the token goes only to a listener of the daemon's user: after a
+        // daemon died, another local user may have bound its port
+        if let Some(addr) = base
+            .strip_prefix("http://")
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .filter(|a| a.ip().is_loopback())
+        {
+            let owner = std::fs::metadata(home.api_file())
+                .map_err(|source| crate::home::HomeError::Io {
+                    path: home.api_file(),
+                    source,
+                })?
+                .uid();
+            if let Some(uid) = listener_uids(addr).into_iter().find(|u| *u != owner) {
+                return Err(ClientError::Impostor {
+                    addr,
+                    uid,
+                    owner,
+                    api_file: home.api_file().display().to_string(),
+                });
+            }
+        }
         let (token, from_config) = home_token(home)?;
-        let mut client = ApiClient::new(base.trim(), token);
+        let mut client = ApiClient::new(base, token);
         client.source = Some(TokenSource {
             token_file: home.api_token_path(),
             config: home.config_path(),
@@ -243,6 +278,69 @@ pub fn home_token(home: &crate::home::Home) -> Result<(Option<String>, bool), Cl
     Ok((home.api_token()?, false))
 }
 
+/// The owners of the TCP sockets listening on `addr`'s port at its address
+/// or at an unspecified one, from `/proc/net/tcp` and `/proc/net/tcp6`
+/// (empty when none is found or the tables cannot be read).
+fn listener_uids(addr: SocketAddr) -> Vec<u32> {
+    const LISTEN: &str = "0A";
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(uid)) = (f.get(1), f.get(3), f.get(7)) else {
+                continue;
+            };
+            if *state != LISTEN {
+                continue;
+            }
+            let Some((ip, port)) = parse_proc_addr(local) else {
+                continue;
+            };
+            if port != addr.port() || !(ip == addr.ip() || ip.is_unspecified()) {
+                continue;
+            }
+            if let Ok(uid) = uid.parse() {
+                out.push(uid);
+            }
+        }
+    }
+    out
+}
+
+/// Parses `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): the
+/// kernel prints each 32-bit word of the address in host byte order.
+fn parse_proc_addr(s: &str) -> Option<(std::net::IpAddr, u16)> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<[u8; 4]> = (0..ip.len() / 8)
+        .map(|i| {
+            u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16)
+                .ok()
+                .map(u32::to_ne_bytes)
+        })
+        .collect::<Option<_>>()?;
+    let ip = match words.len() {
+        1 => std::net::IpAddr::from(words[0]),
+        4 => {
+            let mut b = [0u8; 16];
+            for (i, w) in words.iter().enumerate() {
+                b[i * 4..i * 4 + 4].copy_from_slice(w);
+            }
+            let v6 = std::net::Ipv6Addr::from(b);
+            // a v4 address on a dual-stack socket
+            match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::from(v4),
+                None => std::net::IpAddr::from(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some((ip, port))
+}
+
 /// Percent-encodes one path segment (tag names carry `/` and `:`).
 pub fn segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -254,4 +352,41 @@ pub fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_addresses() {
+        let (ip, port) =
+            parse_proc_addr(&format!("{:08X}:1F90", u32::from_ne_bytes([127, 0, 0, 1])))
+                .expect("v4");
+        assert_eq!((ip.to_string().as_str(), port), ("127.0.0.1", 8080));
+        let mut v6 = String::new();
+        for w in [
+            [0u8, 0, 0, 0],
+            [0, 0, 0, 0],
+            [0, 0, 0xff, 0xff],
+            [127, 0, 0, 1],
+        ] {
+            v6.push_str(&format!("{:08X}", u32::from_ne_bytes(w)));
+        }
+        let (ip, _) = parse_proc_addr(&format!("{v6}:0050")).expect("mapped");
+        assert_eq!(ip.to_string(), "127.0.0.1");
+        assert!(parse_proc_addr("zz:1").is_none());
+        assert!(parse_proc_addr("0100007F").is_none());
+    }
+
+    #[test]
+    fn a_listener_of_this_process_is_found_with_its_owner() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        // SAFETY: geteuid takes no arguments and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(listener_uids(addr), vec![me]);
+        drop(l);
+        assert!(listener_uids(addr).is_empty());
+    }
 }
