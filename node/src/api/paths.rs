@@ -9,8 +9,11 @@
 //! on `/proc/self/fd/N/NAME`, beneath the opened folder, and never resolves
 //! the path from `/` again. The last component is not followed: the store
 //! refuses a symbolic link there (import) or replaces the link itself
-//! (export), never what it points to. Following links inside an imported
-//! tree (`follow_symlinks`) is allowed only when `/` is a root.
+//! (export), never what it points to. An image archive, which its reader
+//! opens by path, is opened here beneath the folder (`O_NOFOLLOW`) and read
+//! through `/proc/self/fd/F`. Following links inside an imported tree
+//! (`follow_symlinks`) is allowed only when `/` is a root, and a forced
+//! export of a tree checks that no folder it writes into is a link.
 
 use std::ffi::OsString;
 use std::fs;
