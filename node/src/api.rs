@@ -4,14 +4,20 @@
 //!
 //! Every error is JSON `{error, detail}` with a fitting status code. Uploads
 //! stream to the store's temp files; downloads stream from blob files with
-//! HTTP Range support. When the API listens on a non-loopback address every
-//! request needs `Authorization: Bearer <api token>`.
+//! HTTP Range support.
+//!
+//! The API is no open door: [`guard`] checks the `Host`, the `Origin`, the
+//! bearer token and the content type of every request before a handler
+//! runs, and [`paths`] keeps import and export by daemon-side path under
+//! `api.path_roots`.
 
 mod artifacts;
 pub mod client;
+pub mod guard;
 mod jobs;
 mod metrics;
 pub mod openapi;
+pub mod paths;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -35,8 +41,10 @@ use crate::store::{Store, StoreError};
 pub struct ApiState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    /// Required bearer token, if any.
-    pub token: Option<Arc<str>>,
+    /// Who may call: host names, the token.
+    pub access: Arc<guard::Access>,
+    /// Where import and export by daemon-side path may go.
+    pub roots: Arc<paths::PathRoots>,
     pub started: Instant,
     /// The rest of the node, for the endpoints that need more than the store.
     pub node: Option<Arc<dyn NodeView>>,
@@ -189,33 +197,9 @@ pub fn router(state: ApiState) -> Router {
             )
         });
     routes
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
-}
-
-async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
-        if !ok {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this API needs `Authorization: Bearer <token>` (api.token in the node's config)",
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Response {

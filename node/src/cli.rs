@@ -408,6 +408,8 @@ fn init(home: &Home, cluster_secret: Option<String>, force: bool) -> anyhow::Res
     config.network.cluster_secret = Some(secret);
     config.save(home)?;
     let peer = home.identity()?.public().to_peer_id();
+    // the API's token, which the daemon would make on its first start
+    home.ensure_api_token()?;
     println!("node {peer}");
     println!("config {}", path.display());
     Ok(())

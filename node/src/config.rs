@@ -128,8 +128,19 @@ impl DataFaults {
 pub struct ApiSection {
     /// TCP address of the REST API.
     pub listen: String,
-    /// Bearer token; required when `listen` is not a loopback address.
+    /// Bearer token. Default: the one the daemon keeps in `api-token` in the
+    /// home (mode 0600), which the CLI reads.
     pub token: Option<String>,
+    /// Host names (`name` for the API's port, or `name:port`) accepted in
+    /// the `Host` header besides the listen address, `localhost`,
+    /// `127.0.0.1` and `[::1]`: the names remote clients use. Any other
+    /// name is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Where import and export by daemon-side path may read and write:
+    /// absolute folders, compared after every symbolic link is resolved.
+    /// Default `["/"]`: anywhere the daemon's user may go, which is the user
+    /// the token file belongs to. Narrow it when the token is handed out.
+    pub path_roots: Vec<PathBuf>,
 }
 
 impl Default for ApiSection {
@@ -137,6 +148,8 @@ impl Default for ApiSection {
         ApiSection {
             listen: "127.0.0.1:4080".into(),
             token: None,
+            allowed_hosts: Vec::new(),
+            path_roots: vec![PathBuf::from("/")],
         }
     }
 }
@@ -244,6 +257,8 @@ mod tests {
         let c = Config::parse("").expect("empty");
         assert!(c.network.mdns);
         assert_eq!(c.api.listen, "127.0.0.1:4080");
+        assert_eq!(c.api.path_roots, [PathBuf::from("/")]);
+        assert!(c.api.allowed_hosts.is_empty());
         let c = Config::parse(
             r#"
 [node]
@@ -255,6 +270,8 @@ cluster_secret = "00000000000000000000000000000000000000000000000000000000000000
 [api]
 listen = "0.0.0.0:4080"
 token = "t"
+allowed_hosts = ["weft.lab", "10.0.0.5:4080"]
+path_roots = ["/srv/data"]
 [[gpu]]
 model = "A100"
 memory = "80Gi"
@@ -263,6 +280,8 @@ memory = "80Gi"
         .expect("full");
         assert_eq!(c.node.labels["zone"], "lab-a");
         assert!(!c.network.mdns);
+        assert_eq!(c.api.allowed_hosts, ["weft.lab", "10.0.0.5:4080"]);
+        assert_eq!(c.api.path_roots, [PathBuf::from("/srv/data")]);
         assert_eq!(c.cluster_secret().expect("secret").map(|s| s[31]), Some(1));
         assert_eq!(
             c.gpus,

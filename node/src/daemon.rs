@@ -50,10 +50,6 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("API on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
-    #[error(
-        "the API would listen on {0}, which is not a loopback address: set api.token in config.toml (requests then need `Authorization: Bearer <token>`)"
-    )]
-    TokenRequired(SocketAddr),
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
     #[error(transparent)]
@@ -157,10 +153,17 @@ impl Node {
         let started = Instant::now();
 
         let api_addr = config.api_addr()?;
-        let token: Option<Arc<str>> = config.api.token.as_deref().map(Arc::from);
-        if !api_addr.ip().is_loopback() && token.is_none() {
-            return Err(DaemonError::TokenRequired(api_addr));
-        }
+        // the API's token: from config, else the home's 0600 file (made once)
+        let token: Arc<str> = match config.api.token.as_deref() {
+            Some(t) => Arc::from(t),
+            None => Arc::from(home.ensure_api_token()?),
+        };
+        let roots = Arc::new(
+            api::paths::PathRoots::new(&config.api.path_roots).map_err(DaemonError::BadConfig)?,
+        );
+        // checked now, made again once the port is known
+        api::guard::Access::new(api_addr, token.clone(), &config.api.allowed_hosts)
+            .map_err(DaemonError::BadConfig)?;
 
         // 1. store
         let store = {
@@ -303,10 +306,13 @@ impl Node {
             api_addr,
             started,
         });
+        let access = api::guard::Access::new(api_addr, token, &config.api.allowed_hosts)
+            .map_err(DaemonError::BadConfig)?;
         let state = ApiState {
             store: store.clone(),
             metrics,
-            token,
+            access: Arc::new(access),
+            roots,
             started,
             node: Some(view),
             sched: Some(sched.clone()),

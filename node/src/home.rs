@@ -23,6 +23,20 @@ pub enum HomeError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: not a weft identity ({why}); move it away to let weft create a new one")]
     BadIdentity { path: PathBuf, why: String },
+    #[error(
+        "{path}: the API token may be read by other users (mode {mode:03o}); run `chmod 600 {path}` (or delete the file to let the daemon make a new token)"
+    )]
+    TokenMode { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}: the API token belongs to uid {owner}, not to uid {me} that runs this daemon; `chown` it to that user or delete it to let the daemon make a new token"
+    )]
+    TokenOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("{path}: not an API token ({why}); delete it to let the daemon make a new token")]
+    BadToken { path: PathBuf, why: String },
+    #[error(
+        "{path}: cannot read the API token (permission denied); run the command as the user that runs the daemon, or set api.token in config.toml"
+    )]
+    TokenUnreadable { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HomeError + '_ {
@@ -79,6 +93,12 @@ impl Home {
         self.root.join("api")
     }
 
+    /// Holds the API token (mode 0600): every mutating API request, and
+    /// every read but the OpenAPI document and metrics, must carry it.
+    pub fn api_token_path(&self) -> PathBuf {
+        self.root.join("api-token")
+    }
+
     /// Held locked by the running daemon.
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("daemon.lock")
@@ -119,6 +139,144 @@ impl Home {
             Err(e) => Err(HomeError::Io { path, source: e }),
         }
     }
+}
+
+/// Bytes of randomness in a new API token (written as hex).
+const API_TOKEN_BYTES: usize = 32;
+
+/// The longest token file read back (a token from elsewhere may be longer
+/// than the ones weft makes).
+const API_TOKEN_MAX: usize = 1024;
+
+impl Home {
+    /// The API token as a client reads it: the token file's content, or
+    /// `None` when there is no file (no daemon has made one). Clients do not
+    /// check the file's mode: the daemon refuses to start on a loose one.
+    pub fn api_token(&self) -> Result<Option<String>, HomeError> {
+        let path = self.api_token_path();
+        match fs::read(&path) {
+            Ok(bytes) => parse_token(&path, &bytes).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                Err(HomeError::TokenUnreadable { path })
+            }
+            Err(e) => Err(HomeError::Io { path, source: e }),
+        }
+    }
+
+    /// The API token as the daemon loads it: made on first use (random,
+    /// written once with `O_EXCL` and mode 0600, then linked into place so no
+    /// reader sees it half written); an existing file must be a regular file
+    /// owned by this process's user that no one else may read, as ssh asks
+    /// of a private key.
+    pub fn ensure_api_token(&self) -> Result<String, HomeError> {
+        let path = self.api_token_path();
+        match read_private(&path) {
+            Err(HomeError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
+        self.ensure()?;
+        let token = hex::encode(rand::random::<[u8; API_TOKEN_BYTES]>());
+        let tmp = self
+            .root
+            .join(format!(".api-token.{}.tmp", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let made = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            f.write_all(format!("{token}\n").as_bytes())?;
+            f.sync_all()?;
+            // link(2) never replaces: a token another process made first wins
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            linked?;
+            sync_dir(&self.root)
+        })();
+        match made {
+            Ok(()) => Ok(token),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_private(&path),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(HomeError::Io { path, source: e })
+            }
+        }
+    }
+}
+
+/// Reads a token file that must be private to this process's user.
+fn read_private(path: &Path) -> Result<String, HomeError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                HomeError::BadToken {
+                    path: path.to_path_buf(),
+                    why: "a symbolic link".into(),
+                }
+            } else {
+                HomeError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
+    let meta = f.metadata().map_err(io_err(path))?;
+    if !meta.file_type().is_file() {
+        return Err(HomeError::BadToken {
+            path: path.to_path_buf(),
+            why: "not a regular file".into(),
+        });
+    }
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(HomeError::TokenOwner {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(HomeError::TokenMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    Read::by_ref(&mut f)
+        .take(API_TOKEN_MAX as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err(path))?;
+    parse_token(path, &bytes)
+}
+
+/// A token file holds one line of visible ASCII.
+fn parse_token(path: &Path, bytes: &[u8]) -> Result<String, HomeError> {
+    let bad = |why: &str| HomeError::BadToken {
+        path: path.to_path_buf(),
+        why: why.into(),
+    };
+    if bytes.len() > API_TOKEN_MAX {
+        return Err(bad("longer than 1024 bytes"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("not text"))?;
+    let token = text.strip_suffix('\n').unwrap_or(text);
+    if token.len() < 16 {
+        return Err(bad("shorter than 16 characters"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("holds spaces, line breaks or control characters"));
+    }
+    Ok(token.to_string())
 }
 
 /// Writes `bytes` to `path` through a temp file, fsync and rename, so readers
@@ -170,6 +328,79 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn api_token_is_made_once_with_mode_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::at(dir.path().join("h"));
+        assert_eq!(home.api_token().expect("none yet"), None);
+        let a = home.ensure_api_token().expect("create");
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        let b = home.ensure_api_token().expect("load");
+        assert_eq!(a, b);
+        assert_eq!(home.api_token().expect("read"), Some(a.clone()));
+        let meta = fs::metadata(home.api_token_path()).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // the file is the token and a newline
+        assert_eq!(
+            fs::read(home.api_token_path()).expect("read"),
+            format!("{a}\n").into_bytes()
+        );
+        // no temp file is left behind
+        let names: Vec<_> = fs::read_dir(home.root())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("api-token")]);
+    }
+
+    #[test]
+    fn api_token_file_format_golden() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::at(dir.path());
+        let golden = b"8f0c2a6e4b1d3957a0e8c6b4d2f1a3957e0c8a6b4d2f1e3c5a7b9d0e2f4a6c8b\n";
+        fs::write(home.api_token_path(), golden).expect("write");
+        fs::set_permissions(home.api_token_path(), fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let want = "8f0c2a6e4b1d3957a0e8c6b4d2f1a3957e0c8a6b4d2f1e3c5a7b9d0e2f4a6c8b";
+        assert_eq!(home.ensure_api_token().expect("daemon"), want);
+        assert_eq!(home.api_token().expect("client").as_deref(), Some(want));
+        // a token without the newline, as an editor may leave it
+        fs::write(home.api_token_path(), &golden[..64]).expect("write");
+        assert_eq!(home.ensure_api_token().expect("no newline"), want);
+        for bad in [
+            &b"short\n"[..],
+            b"with a space in the middle of it\n",
+            b"two\nlines-and-more-text\n",
+        ] {
+            fs::write(home.api_token_path(), bad).expect("write");
+            let e = home.ensure_api_token().expect_err("bad token");
+            assert!(matches!(e, HomeError::BadToken { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn loose_or_odd_token_files_are_refused_with_advice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::at(dir.path());
+        home.ensure_api_token().expect("create");
+        let path = home.api_token_path();
+        for mode in [0o640, 0o604, 0o644, 0o660] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            let e = home.ensure_api_token().expect_err("loose mode");
+            assert!(matches!(e, HomeError::TokenMode { .. }), "{e}");
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).expect("chmod");
+        home.ensure_api_token().expect("0400 is private");
+        // a symbolic link in its place is not followed
+        let elsewhere = dir.path().join("elsewhere");
+        fs::rename(&path, &elsewhere).expect("move");
+        std::os::unix::fs::symlink(&elsewhere, &path).expect("symlink");
+        let e = home.ensure_api_token().expect_err("symlink");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,26 @@ async fn start(dir: &std::path::Path, f: impl FnOnce(&mut Config)) -> Result<Nod
     Node::start(Home::at(dir), config).await
 }
 
-fn http() -> reqwest::Client {
+/// A client that sends `node`'s API token, as the CLI does.
+fn http(node: &Node) -> reqwest::Client {
+    let token = node
+        .home()
+        .api_token()
+        .expect("read token")
+        .expect("the daemon made a token");
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A client that sends no token.
+fn anonymous() -> reqwest::Client {
     reqwest::Client::new()
 }
 
@@ -70,7 +89,7 @@ async fn openapi_lists_every_endpoint_and_each_is_served() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path(), |_| {}).await.expect("start");
     let base = node.api_url();
-    let doc: serde_json::Value = http()
+    let doc: serde_json::Value = anonymous()
         .get(format!("{base}/api/openapi.json"))
         .send()
         .await
@@ -94,8 +113,33 @@ async fn openapi_lists_every_endpoint_and_each_is_served() {
         );
         let method =
             reqwest::Method::from_bytes(e.method.to_uppercase().as_bytes()).expect("method");
-        let resp = http().request(method, &url).send().await.expect("send");
+        let mut req = http(&node).request(method, &url);
+        if let Some(t) = e.body.first() {
+            req = req.header("content-type", *t);
+        }
+        let resp = req.send().await.expect("send");
         assert_ne!(resp.status().as_u16(), 405, "{} {}", e.method, e.path);
+        assert_ne!(resp.status().as_u16(), 415, "{} {}", e.method, e.path);
+        assert_ne!(resp.status().as_u16(), 401, "{} {}", e.method, e.path);
+        // the document says what the guard enforces
+        let op = &doc["paths"][e.path][e.method];
+        for t in e.body {
+            assert!(
+                op["requestBody"]["content"][t].is_object(),
+                "{} {}",
+                e.method,
+                e.path
+            );
+        }
+        if e.method != "get" && e.method != "head" {
+            assert!(op["security"].is_array(), "{} {}", e.method, e.path);
+            assert!(
+                op["responses"]["415"].is_object(),
+                "{} {}",
+                e.method,
+                e.path
+            );
+        }
         if resp.status().as_u16() == 404 && e.method != "head" {
             let body: serde_json::Value = resp.json().await.expect("json error");
             assert!(
@@ -118,8 +162,9 @@ async fn uploads_downloads_ranges_and_json_errors() {
     let node = start(dir.path(), |_| {}).await.expect("start");
     let base = node.api_url();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let resp = http()
+    let resp = http(&node)
         .post(format!("{base}/api/v1/artifacts?tag=data/x:v1"))
+        .header("content-type", "application/octet-stream")
         .body(data.clone())
         .send()
         .await
@@ -130,7 +175,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
     assert_eq!(id, blake3::hash(&data).to_hex().as_str());
 
     // whole, by tag (the '/' of the tag escaped as one path segment)
-    let body = http()
+    let body = http(&node)
         .get(format!("{base}/api/v1/artifacts/data%2Fx:v1"))
         .send()
         .await
@@ -140,7 +185,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
         .expect("bytes");
     assert_eq!(&body[..], &data[..]);
     // a range
-    let resp = http()
+    let resp = http(&node)
         .get(format!("{base}/api/v1/artifacts/{}", &id[..8]))
         .header("Range", "bytes=1000-1999")
         .send()
@@ -152,7 +197,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
         "bytes 1000-1999/300000"
     );
     assert_eq!(&resp.bytes().await.expect("bytes")[..], &data[1000..2000]);
-    let resp = http()
+    let resp = http(&node)
         .get(format!("{base}/api/v1/artifacts/{id}"))
         .header("Range", "bytes=400000-")
         .send()
@@ -160,7 +205,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
         .expect("range");
     assert_eq!(resp.status().as_u16(), 416);
     // HEAD
-    let resp = http()
+    let resp = http(&node)
         .head(format!("{base}/api/v1/artifacts/{id}"))
         .send()
         .await
@@ -169,6 +214,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
     assert_eq!(resp.headers()["x-weft-kind"], "file");
 
     // garbage JSON, unknown fields, unknown routes, unknown ids: JSON errors
+    // (bodies sent as JSON, as the guard asks)
     for (method, path, body, status) in [
         ("POST", "/api/v1/artifacts/import", "{not json", 400),
         (
@@ -184,11 +230,12 @@ async fn uploads_downloads_ranges_and_json_errors() {
         ("GET", "/api/v1/artifacts/zz", "", 404),
         ("DELETE", "/api/v1/gc", "", 405),
     ] {
-        let resp = http()
+        let resp = http(&node)
             .request(
                 reqwest::Method::from_bytes(method.as_bytes()).expect("m"),
                 format!("{base}{path}"),
             )
+            .header("content-type", "application/json")
             .body(body)
             .send()
             .await
@@ -198,7 +245,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
         assert!(v["error"].is_string() && v["detail"].is_string(), "{v}");
     }
 
-    let metrics = http()
+    let metrics = http(&node)
         .get(format!("{base}/metrics"))
         .send()
         .await
@@ -213,33 +260,45 @@ async fn uploads_downloads_ranges_and_json_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn non_loopback_api_needs_a_token() {
+async fn a_non_loopback_api_needs_the_token_for_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let err = start(dir.path(), |c| c.api.listen = "0.0.0.0:0".into())
+    let node = start(dir.path(), |c| c.api.listen = "0.0.0.0:0".into())
         .await
-        .err()
-        .expect("refused without a token");
-    assert!(matches!(err, DaemonError::TokenRequired(_)), "{err}");
+        .expect("start: the home's token protects it");
+    let port = node.api_addr().port();
+    for path in ["/api/v1/node", "/api/openapi.json", "/metrics"] {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let resp = anonymous().get(&url).send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+        let resp = anonymous()
+            .get(&url)
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(resp.status().as_u16(), 401, "{path}");
+        let resp = http(&node).get(&url).send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    }
+    node.stop().await;
 
+    // api.token in the config overrides the file
     let node = start(dir.path(), |c| {
         c.api.listen = "0.0.0.0:0".into();
-        c.api.token = Some("s3cret".into());
+        c.api.token = Some("s3cret-s3cret-s3cret".into());
     })
     .await
     .expect("start with token");
     let url = format!("http://127.0.0.1:{}/api/v1/node", node.api_addr().port());
-    let resp = http().get(&url).send().await.expect("send");
-    assert_eq!(resp.status().as_u16(), 401);
-    let resp = http()
+    let resp = http(&node).get(&url).send().await.expect("send");
+    assert_eq!(
+        resp.status().as_u16(),
+        401,
+        "the file's token no longer serves"
+    );
+    let resp = anonymous()
         .get(&url)
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 401);
-    let resp = http()
-        .get(&url)
-        .bearer_auth("s3cret")
+        .bearer_auth("s3cret-s3cret-s3cret")
         .send()
         .await
         .expect("send");
@@ -283,6 +342,13 @@ async fn the_cli_goes_through_a_running_daemon() {
         );
         String::from_utf8(out.stdout).expect("utf8")
     };
+    // the daemon made its token, private to its user; the CLI finds it alone
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(home.join("api-token"))
+            .expect("token file")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
     // the daemon holds the store; these only work through its API
     let id = weft(&["add", file.to_str().expect("utf8"), "--tag", "docs/f:v1"]);
     assert_eq!(

@@ -47,10 +47,16 @@ dir_, n, weft = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 state = json.load(open(os.path.join(dir_, "devnet.json")))
 nodes = state["nodes"]
 apis = [x["api"] for x in nodes]
+# each daemon's API token, from its home (what the CLI sends)
+tokens = {x["api"]: open(os.path.join(x["home"], "api-token")).read().strip() for x in nodes}
 
 def call(method, url, body=None):
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    token = next(t for a, t in tokens.items() if url.startswith(a + "/"))
+    headers = {"authorization": "Bearer " + token}
+    if data is not None:
+        headers["content-type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.load(r)
 

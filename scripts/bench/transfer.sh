@@ -98,6 +98,7 @@ PY
 }
 cpu_delta() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 api() { cat "$(home "$1")/api"; }
+auth() { echo "Authorization: Bearer $(cat "$(home "$1")/api-token")"; }
 id=$("$weft" --home "$(home 1)" add --no-pin "$data")
 # the source holds it; give Kademlia a moment to hear about it
 sleep 1
@@ -107,7 +108,7 @@ for i in $(seq $runs); do
   # fetch alone, into node 2's store (NDJSON progress; the last line is the result)
   c_src0=$(cpu_s 1); c_dst0=$(cpu_s 2)
   t0=$(now)
-  last=$(curl -s -N -X POST "$(api 2)/api/v1/artifacts/$id/fetch" | tail -n 1)
+  last=$(curl -s -N -X POST -H "$(auth 2)" "$(api 2)/api/v1/artifacts/$id/fetch" | tail -n 1)
   t1=$(now)
   fetch_cpu_src+=("$(cpu_delta "$c_src0" "$(cpu_s 1)")")
   fetch_cpu_dst+=("$(cpu_delta "$c_dst0" "$(cpu_s 2)")")
@@ -131,7 +132,7 @@ for i in $(seq $runs); do
   t0=$(now)
   pids=()
   for n in 3 4 5 6; do
-    curl -s -N -X POST "$(api $n)/api/v1/artifacts/$id/fetch" | tail -n 1 >"$work/fan$n.json" & pids+=($!)
+    curl -s -N -X POST -H "$(auth $n)" "$(api $n)/api/v1/artifacts/$id/fetch" | tail -n 1 >"$work/fan$n.json" & pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done
   t1=$(now)

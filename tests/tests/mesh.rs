@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::time::{Duration, Instant};
+use weft_node::api::client::ApiClient;
 
 use weft_protocol::Request;
 use weft_tests::{Cluster, ClusterOptions};
@@ -16,13 +17,11 @@ async fn five_nodes_list_each_other_and_forget_a_stopped_one() {
     let converged = t.elapsed();
     assert!(converged < Duration::from_secs(10), "took {converged:?}");
     // the REST API says the same
-    let peers: Vec<serde_json::Value> =
-        reqwest::get(format!("{}/api/v1/peers", cluster.node(2).api_url()))
-            .await
-            .expect("get")
-            .json()
-            .await
-            .expect("json");
+    let peers: Vec<serde_json::Value> = ApiClient::from_home(cluster.node(2).home())
+        .expect("api client")
+        .get("/api/v1/peers")
+        .await
+        .expect("get");
     assert_eq!(peers.len(), 4);
     for p in &peers {
         assert!(p["advert"]["cpu_cores"].as_u64().unwrap_or(0) >= 1);
@@ -127,7 +126,10 @@ async fn garbage_on_every_listener_leaves_the_node_up() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // still serving its API and its peer
-    let resp = reqwest::get(format!("{}/api/v1/node", node.api_url()))
+    let resp = ApiClient::from_home(node.home())
+        .expect("api client")
+        .request(reqwest::Method::GET, "/api/v1/node")
+        .send()
         .await
         .expect("api still up");
     assert!(resp.status().is_success());

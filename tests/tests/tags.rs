@@ -2,6 +2,7 @@
 //! node that was away.
 
 use std::time::{Duration, Instant};
+use weft_node::api::client::ApiClient;
 
 use weft_node::store::records::BlobKind;
 use weft_protocol::{Hash, TagName};
@@ -12,8 +13,9 @@ fn tag(s: &str) -> TagName {
 }
 
 async fn set_via_api(cluster: &Cluster, i: usize, name: &str, id: &Hash) {
-    let resp = reqwest::Client::new()
-        .put(format!("{}/api/v1/tags/{name}", cluster.node(i).api_url()))
+    let resp = ApiClient::from_home(cluster.node(i).home())
+        .expect("api client")
+        .request(reqwest::Method::PUT, &format!("/api/v1/tags/{name}"))
         .json(&serde_json::json!({ "ref": id.to_string() }))
         .send()
         .await
@@ -58,15 +60,11 @@ async fn a_tag_set_on_one_node_resolves_on_another_within_seconds() {
         t.elapsed()
     );
     // and through node 4's API
-    let v: serde_json::Value = reqwest::get(format!(
-        "{}/api/v1/tags/datasets/x:v1",
-        cluster.node(4).api_url()
-    ))
-    .await
-    .expect("get")
-    .json()
-    .await
-    .expect("json");
+    let v: serde_json::Value = ApiClient::from_home(cluster.node(4).home())
+        .expect("api client")
+        .get("/api/v1/tags/datasets/x:v1")
+        .await
+        .expect("get");
     assert_eq!(v["id"], id.to_string());
     cluster.stop().await;
 }

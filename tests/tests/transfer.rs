@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use weft_node::api::client::ApiClient;
 
 use weft_node::daemon::Node;
 use weft_node::store::Store;
@@ -31,8 +32,9 @@ fn write_data(path: &Path, len: usize, seed: u64) {
 /// Adds `path` on `node` through its API, as `weft add` does (which also
 /// announces it to the mesh).
 async fn add(node: &Node, path: &Path) -> Hash {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/artifacts/import", node.api_url()))
+    let resp = ApiClient::from_home(node.home())
+        .expect("api client")
+        .request(reqwest::Method::POST, "/api/v1/artifacts/import")
         .json(&serde_json::json!({ "path": path }))
         .send()
         .await
@@ -44,8 +46,12 @@ async fn add(node: &Node, path: &Path) -> Hash {
 
 /// Writes `id` out of `node`'s store through its API (fetching first).
 async fn export(node: &Node, id: &Hash, dest: &Path) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/artifacts/{id}/export", node.api_url()))
+    let resp = ApiClient::from_home(node.home())
+        .expect("api client")
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/artifacts/{id}/export"),
+        )
         .json(&serde_json::json!({ "path": dest }))
         .send()
         .await
@@ -439,8 +445,9 @@ async fn three_replicas_on_five_nodes_are_kept_after_a_holder_stops() {
     let file = dir.path().join("model.bin");
     write_data(&file, 3 << 20, 7);
     let id = add(cluster.node(0), &file).await;
-    let resp = reqwest::Client::new()
-        .put(format!("{}/api/v1/pins/{id}", cluster.node(0).api_url()))
+    let resp = ApiClient::from_home(cluster.node(0).home())
+        .expect("api client")
+        .request(reqwest::Method::PUT, &format!("/api/v1/pins/{id}"))
         .json(&serde_json::json!({ "replicas": 3 }))
         .send()
         .await
@@ -483,13 +490,11 @@ async fn three_replicas_on_five_nodes_are_kept_after_a_holder_stops() {
             "node {i}: {pins:?}"
         );
     }
-    let status: serde_json::Value =
-        reqwest::get(format!("{}/api/v1/transfers", cluster.node(0).api_url()))
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
+    let status: serde_json::Value = ApiClient::from_home(cluster.node(0).home())
+        .expect("api client")
+        .get("/api/v1/transfers")
+        .await
+        .expect("status");
     assert_eq!(status["replication"]["pins"][0]["wanted"], 3, "{status}");
     cluster.stop().await;
 }

@@ -131,18 +131,6 @@ async fn upload(
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-/// A path the daemon reads or writes on its own host must be absolute.
-fn daemon_path(p: &std::path::Path) -> ApiResult<()> {
-    if p.is_absolute() {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "path {} must be absolute: the daemon resolves it, not the client",
-            p.display()
-        )))
-    }
-}
-
 /// Tells the mesh this node holds `id`.
 async fn announce(state: &ApiState, id: Hash) {
     if let Some(t) = &state.transfer {
@@ -177,21 +165,23 @@ struct ImportBody {
 /// (what the CLI uses: one pass over the file, no copy through HTTP).
 async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let req: ImportBody = parse_json(&body)?;
-    daemon_path(&req.path)?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
+    let src = state.roots.for_import(&req.path, req.follow_symlinks)?;
     let store = state.store.clone();
-    let out = blocking(move || {
-        let out = store.add_path(
-            &req.path,
-            &AddOptions {
-                follow_symlinks: req.follow_symlinks,
-            },
-            &(),
-        )?;
+    let out = tokio::task::spawn_blocking(move || {
+        let out = store
+            .add_path(
+                &src.store_path(),
+                &AddOptions {
+                    follow_symlinks: req.follow_symlinks,
+                },
+                &(),
+            )
+            .map_err(|e| src.explain(e.into()))?;
         after_add(&store, &out.id, req.pin, tag.as_ref())?;
-        Ok(out)
+        Ok::<_, ApiError>(out)
     })
-    .await?;
+    .await??;
     state.metrics.added(out.size);
     announce(&state, out.id).await;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
@@ -209,17 +199,20 @@ struct ImageImportBody {
 /// `POST /api/v1/images/import`: an image archive on the daemon's host.
 async fn import_image(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let req: ImageImportBody = parse_json(&body)?;
-    daemon_path(&req.path)?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
+    let src = state.roots.for_import(&req.path, false)?;
     let store = state.store.clone();
     let out = tokio::task::spawn_blocking(move || {
-        crate::image::import(&store, &req.path, tag.as_ref(), req.allow_devices)
+        // the archive is read through a path: hand over the opened file's
+        let (_file, archive) = src.open_file()?;
+        crate::image::import(&store, &archive, tag.as_ref(), req.allow_devices).map_err(|e| {
+            src.explain(match e {
+                crate::image::ImportError::Store(s) => ApiError::from(s),
+                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_image", other.to_string()),
+            })
+        })
     })
-    .await?
-    .map_err(|e| match e {
-        crate::image::ImportError::Store(s) => ApiError::from(s),
-        other => ApiError::new(StatusCode::BAD_REQUEST, "bad_image", other.to_string()),
-    })?;
+    .await??;
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
@@ -239,24 +232,60 @@ async fn export(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: ExportBody = parse_json(&body)?;
-    daemon_path(&req.path)?;
+    let dest = state.roots.for_export(&req.path)?;
     let id = resolve(&state, reference).await?;
     fetch_missing(&state, id).await?;
     let store = state.store.clone();
-    let path = req.path.clone();
-    blocking(move || {
-        store.export(
-            &id,
-            &path,
-            ExportOptions {
-                force: req.force,
-                link: false,
-            },
-            &(),
-        )
+    let force = req.force;
+    let everywhere = state.roots.everywhere();
+    let shown = dest.shown.clone();
+    tokio::task::spawn_blocking(move || {
+        let path = dest.store_path();
+        if force && !everywhere {
+            no_links_on_the_way(&store, &id, &path).map_err(|e| dest.explain(e))?;
+        }
+        store
+            .export(&id, &path, ExportOptions { force, link: false }, &())
+            .map_err(|e| dest.explain(e.into()))
     })
-    .await?;
-    Ok(axum::Json(serde_json::json!({ "id": id, "path": req.path })).into_response())
+    .await??;
+    Ok(axum::Json(serde_json::json!({ "id": id, "path": shown })).into_response())
+}
+
+/// Before a forced export of a tree into a folder that holds things
+/// already: every folder of the tree that exists at the destination must be
+/// a real folder, not a link that the export would write through (out of
+/// the roots).
+fn no_links_on_the_way(
+    store: &crate::store::Store,
+    id: &Hash,
+    dest: &std::path::Path,
+) -> ApiResult<()> {
+    if !store.is_tree(id)? {
+        return Ok(()); // a file replaces a link, it does not follow it
+    }
+    let tree = store.read_tree(id)?;
+    for e in tree.entries() {
+        if e.kind != weft_protocol::EntryKind::Tree {
+            continue;
+        }
+        let p = dest.join(&e.name);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "outside_roots",
+                    format!(
+                        "{} is a symbolic link where the artifact has a folder; a forced export does not write through links (api.path_roots); remove it first",
+                        p.display()
+                    ),
+                ));
+            }
+            Ok(m) if m.is_dir() => no_links_on_the_way(store, &e.hash, &p)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -72,18 +72,28 @@ struct SubmitQuery {
     local: bool,
 }
 
-/// `POST /api/v1/jobs`: a YAML job spec as the body (or JSON `{spec, local}`).
+/// `POST /api/v1/jobs`: a YAML job spec as the body (`application/yaml`), or
+/// JSON `{spec, local}` (`application/json`); the guard has checked the type.
 async fn submit(
     State(state): State<ApiState>,
     Query(q): Query<SubmitQuery>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::bad_request("the job spec is not UTF-8 text"))?;
-    let (yaml, local) = if text.trim_start().starts_with('{') {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    let (yaml, local) = if json {
         let j: SubmitJson = super::parse_json(&body)?;
         (j.spec, j.local || q.local)
     } else {
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| ApiError::bad_request("the job spec is not UTF-8 text"))?;
         (text.to_string(), q.local)
     };
     let spec = JobSpec::from_yaml(&yaml)

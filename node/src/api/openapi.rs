@@ -15,8 +15,11 @@ pub struct Endpoint {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
-    /// Request body media type, if any.
-    pub body: Option<&'static str>,
+    /// Media types the request body may have (the guard refuses others
+    /// with 415); empty: the endpoint takes no body.
+    pub body: &'static [&'static str],
+    /// Whether a body must be sent.
+    pub body_required: bool,
     /// Success response media type.
     pub returns: &'static str,
 }
@@ -24,13 +27,22 @@ pub struct Endpoint {
 const JSON: &str = "application/json";
 const BYTES: &str = "application/octet-stream";
 
+/// What a request may carry: its media types and whether it must.
+type BodySpec = (&'static [&'static str], bool);
+const NO_BODY: BodySpec = (&[], false);
+const JSON_BODY: BodySpec = (&[JSON], true);
+const OPTIONAL_JSON: BodySpec = (&[JSON], false);
+const BYTES_BODY: BodySpec = (&[BYTES], true);
+const SPEC_BODY: BodySpec = (&[JSON, "application/yaml", "application/x-yaml"], true);
+
 macro_rules! ep {
     ($m:literal, $p:literal, $s:literal, $b:expr, $r:expr) => {
         Endpoint {
             method: $m,
             path: $p,
             summary: $s,
-            body: $b,
+            body: $b.0,
+            body_required: $b.1,
             returns: $r,
         }
     };
@@ -42,126 +54,180 @@ pub const ENDPOINTS: &[Endpoint] = &[
         "get",
         "/api/v1/node",
         "This node: id, version, resources, addresses",
-        None,
+        NO_BODY,
         JSON
     ),
     ep!(
         "get",
         "/api/v1/peers",
         "Live peers from their adverts",
-        None,
+        NO_BODY,
         JSON
     ),
     ep!(
         "get",
         "/api/v1/artifacts",
         "Artifacts (query all=true for every blob)",
-        None,
+        NO_BODY,
         JSON
     ),
     ep!(
         "post",
         "/api/v1/artifacts",
         "Upload a file's bytes (query tag, pin)",
-        Some(BYTES),
+        BYTES_BODY,
         JSON
     ),
     ep!(
         "post",
         "/api/v1/artifacts/import",
         "Import a path on the daemon's host",
-        Some(JSON),
+        JSON_BODY,
         JSON
     ),
     ep!(
         "get",
         "/api/v1/artifacts/{reference}",
         "A file's bytes (Range supported) or a tree's entries",
-        None,
+        NO_BODY,
         BYTES
     ),
     ep!(
         "head",
         "/api/v1/artifacts/{reference}",
         "Size, kind and id of an artifact",
-        None,
+        NO_BODY,
         BYTES
     ),
     ep!(
         "post",
         "/api/v1/artifacts/{reference}/export",
         "Write an artifact to a path on the daemon's host",
-        Some(JSON),
+        JSON_BODY,
         JSON
     ),
     ep!(
         "post",
         "/api/v1/artifacts/{reference}/fetch",
         "Fetch an artifact from the mesh; NDJSON progress, then the report",
-        None,
+        NO_BODY,
         "application/x-ndjson"
     ),
     ep!(
         "get",
         "/api/v1/transfers",
         "Fetches in progress, transfer counters, replication of pins",
-        None,
+        NO_BODY,
         JSON
     ),
-    ep!("get", "/api/v1/tags", "Live tags", None, JSON),
+    ep!("get", "/api/v1/tags", "Live tags", NO_BODY, JSON),
     ep!(
         "get",
         "/api/v1/tags/{name}",
         "What a tag points at",
-        None,
+        NO_BODY,
         JSON
     ),
     ep!(
         "put",
         "/api/v1/tags/{name}",
         "Point a tag at an artifact: {\"ref\": ID|PREFIX|TAG}",
-        Some(JSON),
+        JSON_BODY,
         JSON
     ),
-    ep!("delete", "/api/v1/tags/{name}", "Remove a tag", None, JSON),
+    ep!(
+        "delete",
+        "/api/v1/tags/{name}",
+        "Remove a tag",
+        NO_BODY,
+        JSON
+    ),
     ep!(
         "get",
         "/api/v1/tag-history/{name}",
         "Every version a tag has had",
-        None,
+        NO_BODY,
         JSON
     ),
-    ep!("get", "/api/v1/pins", "Pins", None, JSON),
+    ep!("get", "/api/v1/pins", "Pins", NO_BODY, JSON),
     ep!(
         "put",
         "/api/v1/pins/{reference}",
-        "Pin an artifact: {\"replicas\": N}",
-        Some(JSON),
+        "Pin an artifact: {\"replicas\": N} (or no body: one replica)",
+        OPTIONAL_JSON,
         JSON
     ),
     ep!(
         "delete",
         "/api/v1/pins/{reference}",
         "Unpin an artifact",
-        None,
+        NO_BODY,
         JSON
     ),
     ep!(
         "post",
         "/api/v1/gc",
         "Remove what no pin or tag keeps",
-        None,
+        NO_BODY,
         JSON
     ),
     ep!(
         "post",
         "/api/v1/store/verify",
         "Re-hash every blob",
-        None,
+        NO_BODY,
         JSON
     ),
-    ep!("get", "/api/openapi.json", "This document", None, JSON),
-    ep!("get", "/metrics", "Prometheus metrics", None, "text/plain"),
+    ep!("get", "/api/openapi.json", "This document", NO_BODY, JSON),
+    ep!(
+        "post",
+        "/api/v1/images/import",
+        "Import an image archive on the daemon's host: {\"path\", \"tag\", \"allow_devices\"}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/jobs",
+        "Jobs this node coordinates or has heard of (query limit)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/jobs",
+        "Submit a job: a YAML spec (application/yaml) or {\"spec\": YAML, \"local\": BOOL}",
+        SPEC_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/jobs/{id}",
+        "A job's status (query wait_ms to wait for the end)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/jobs/{id}/cancel",
+        "Cancel a job",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/jobs/{id}/logs",
+        "A finished job's stdout and stderr",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/metrics",
+        "Prometheus metrics",
+        NO_BODY,
+        "text/plain"
+    ),
 ];
 
 fn params(path: &str) -> Vec<Value> {
@@ -202,8 +268,21 @@ pub fn document() -> Value {
                 }
             }
         });
-        if let Some(body) = e.body {
-            op["requestBody"] = json!({"required": true, "content": {body: {}}});
+        if !e.body.is_empty() {
+            let content: Map<String, Value> =
+                e.body.iter().map(|t| (t.to_string(), json!({}))).collect();
+            op["requestBody"] = json!({"required": e.body_required, "content": content});
+        }
+        let error = json!({"$ref": "#/components/responses/Error"});
+        op["responses"]["403"] = error.clone();
+        if !(e.method == "get" || e.method == "head")
+            || !matches!(e.path, "/api/openapi.json" | "/metrics")
+        {
+            op["security"] = json!([{"bearer": []}]);
+            op["responses"]["401"] = error.clone();
+        }
+        if !matches!(e.method, "get" | "head") {
+            op["responses"]["415"] = error;
         }
         if let Value::Object(m) = item {
             m.insert(e.method.to_string(), op);
@@ -214,7 +293,7 @@ pub fn document() -> Value {
         "info": {
             "title": "weft node API",
             "version": weft_protocol::VERSION,
-            "description": "The REST API of one weft node. Listens on 127.0.0.1 by default; on other addresses every request needs `Authorization: Bearer <token>`."
+            "description": "The REST API of one weft node. Listens on 127.0.0.1 by default. Every request needs `Authorization: Bearer <token>` (the token is in the file api-token in the node's home, or api.token in its config.toml), except reads of this document and /metrics when the API listens on loopback. The Host header must name the daemon (127.0.0.1, localhost, [::1], its listen address, or a name in api.allowed_hosts); a request with an Origin other than the daemon's own is refused with 403; a mutating request may carry only the media types listed for its body (others are refused with 415; an endpoint without a body accepts none but application/json). Import and export by daemon-side path work only under api.path_roots."
         },
         "paths": paths,
         "components": {
@@ -226,6 +305,12 @@ pub fn document() -> Value {
                         "error": {"type": "string", "description": "a short machine-readable code"},
                         "detail": {"type": "string", "description": "what went wrong and what to do"}
                     }
+                }
+            },
+            "responses": {
+                "Error": {
+                    "description": "refused (401: no or wrong token; 403: a foreign Host or Origin, or a path outside api.path_roots; 415: a body type the endpoint does not take) or failed",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
                 }
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}

@@ -11,8 +11,7 @@ use reqwest::Method;
 use weft_protocol::{Hash, TagName, TagVersion};
 
 use super::output::Bar;
-use crate::api::client::{ApiClient, segment};
-use crate::config::Config;
+use crate::api::client::{ApiClient, ClientError, segment};
 use crate::home::Home;
 use crate::store::{
     AddOptions, AddOutcome, ArtifactInfo, ExportOptions, GcReport, PinInfo, Store, TagInfo,
@@ -26,15 +25,15 @@ pub(crate) enum Backend {
 
 /// The API of the daemon running on `home`, if one answers.
 pub(crate) async fn daemon_client(home: &Home) -> anyhow::Result<Option<ApiClient>> {
-    let Ok(base) = std::fs::read_to_string(home.api_file()) else {
-        return Ok(None);
+    let client = match ApiClient::from_home(home) {
+        Ok(c) => c,
+        Err(ClientError::NoDaemon { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
-    let config = Config::load(home)?;
-    let client = ApiClient::new(base.trim(), config.api.token.clone());
     match client.get::<serde_json::Value>("/api/v1/node").await {
         Ok(_) => Ok(Some(client)),
         // a stale address file left by a daemon that was killed
-        Err(crate::api::client::ClientError::Connect { .. }) => Ok(None),
+        Err(ClientError::Connect { .. }) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -309,7 +308,7 @@ impl Backend {
     pub(crate) async fn gc(&self) -> anyhow::Result<GcReport> {
         match self {
             Backend::Local(store) => Ok(store.gc(&[])?),
-            Backend::Remote(c) => Ok(c.call(Method::POST, "/api/v1/gc", &()).await?),
+            Backend::Remote(c) => Ok(c.call_no_body(Method::POST, "/api/v1/gc").await?),
         }
     }
 
@@ -321,7 +320,7 @@ impl Backend {
                 struct Verified {
                     problems: Vec<VerifyProblem>,
                 }
-                let v: Verified = c.call(Method::POST, "/api/v1/store/verify", &()).await?;
+                let v: Verified = c.call_no_body(Method::POST, "/api/v1/store/verify").await?;
                 Ok(v.problems)
             }
         }

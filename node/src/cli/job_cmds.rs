@@ -155,8 +155,10 @@ pub(crate) async fn run(
         config.network.cluster_secret = Some(crate::config::new_secret());
     }
     let node = crate::daemon::Node::start(home.clone(), config).await?;
-    let client = ApiClient::new(&node.api_url(), None);
-    let result = submit(&client, &body, true, json).await;
+    let result = match ApiClient::from_home(node.home()) {
+        Ok(client) => submit(&client, &body, true, json).await,
+        Err(e) => Err(e.into()),
+    };
     node.stop().await;
     result
 }
@@ -267,7 +269,7 @@ pub(crate) async fn logs(
 pub(crate) async fn cancel(home: &Home, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let client = require_daemon(home).await?;
     let s: JobStatus = client
-        .call(Method::POST, &format!("/api/v1/jobs/{id}/cancel"), &())
+        .call_no_body(Method::POST, &format!("/api/v1/jobs/{id}/cancel"))
         .await?;
     if json {
         output::json(&s)?;

@@ -319,10 +319,10 @@ pub(crate) async fn devnet_up(
     loop {
         let mut all = true;
         for n in &state.nodes {
-            let peers: Vec<serde_json::Value> = ApiClient::new(&n.api, None)
-                .get("/api/v1/peers")
-                .await
-                .unwrap_or_default();
+            let peers: Vec<serde_json::Value> = match ApiClient::from_home(&Home::at(&n.home)) {
+                Ok(c) => c.get("/api/v1/peers").await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
             if peers.len() + 1 < nodes {
                 all = false;
                 break;
@@ -400,11 +400,14 @@ pub(crate) async fn devnet_status(dir: &Path, json: bool) -> anyhow::Result<Exit
     for n in &state.nodes {
         let running = is_our_daemon(n.pid, &n.home);
         let peers = if running {
-            ApiClient::new(&n.api, None)
-                .get::<Vec<serde_json::Value>>("/api/v1/peers")
-                .await
-                .map(|p| p.len())
-                .ok()
+            match ApiClient::from_home(&Home::at(&n.home)) {
+                Ok(c) => c
+                    .get::<Vec<serde_json::Value>>("/api/v1/peers")
+                    .await
+                    .map(|p| p.len())
+                    .ok(),
+                Err(_) => None,
+            }
         } else {
             None
         };
