@@ -574,6 +574,24 @@ impl Store {
         Ok(true)
     }
 
+    /// Indexes a fetched blob whose files are in place. Done under the lock
+    /// that rollbacks hold, so a failed import that created the same blob
+    /// meanwhile cannot remove it after this.
+    pub(super) fn index_fetched(&self, h: &Hash, rec: &BlobRecord) -> Result<()> {
+        let mut fresh = self.inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        // a rollback of the same blob may have removed the files just put
+        // in place: then fail (the fetch is retried), never index them
+        let data = self.blob_path(h);
+        if !data.exists() {
+            return Err(StoreError::Changed { path: data });
+        }
+        self.put_blob_record(h, rec)?;
+        if let Some(f) = fresh.get_mut(h) {
+            f.kept = true;
+        }
+        Ok(())
+    }
+
     /// Marks `h` as taken by something that is not an import (a fetch that
     /// found it here), so no import's rollback removes it.
     pub(crate) fn keep_fresh(&self, h: &Hash) {

@@ -350,7 +350,7 @@ impl Store {
         }
         let partial_dir = self.partial_dir();
         sync_dir(&partial_dir).map_err(StoreError::io(&partial_dir))?;
-        self.put_blob_record(
+        self.index_fetched(
             &p.hash,
             &BlobRecord {
                 v: BLOB_V,
@@ -490,7 +490,7 @@ impl Store {
         let dir_refs: Vec<(&File, &PathBuf)> = opened.iter().zip(dirs.iter()).collect();
         sync_parallel(&dir_refs, |f| f.sync_all())?;
         for s in &staged {
-            self.put_blob_record(
+            self.index_fetched(
                 &s.hash,
                 &BlobRecord {
                     v: BLOB_V,
