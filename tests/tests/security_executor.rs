@@ -425,3 +425,64 @@ async fn a_reserve_flood_from_a_rogue_member_is_bounded_and_honest_jobs_still_ru
     let _ = net.shutdown().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_is_not_the_coordinator_cannot_cancel_a_running_task() {
+    let cluster = Cluster::start(2, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    everywhere(
+        &cluster,
+        &weft_tests::example_wasm("sleepy").expect("sleepy"),
+        "test/sleepy:v1",
+    );
+    let rogue = Rogue::join(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue");
+    let target: PeerId = cluster.node(1).peer_id().parse().expect("peer id");
+    let node = cluster.node(0).sched();
+    let s = node
+        .submit(Submission {
+            spec: job(
+                "apiVersion: weft/v1\nkind: Job\nmetadata: {name: victim}\nspec:\n  task:\n    wasm: {module: test/sleepy:v1, args: [\"2\"]}\n  constraints: {node: \"1\"}\n  timeout: 1m\n  cache: false\n",
+            ),
+            local: false,
+        })
+        .await
+        .expect("submit");
+    let id = s.id.clone();
+    cluster
+        .wait_until(Duration::from_secs(20), "the job runs", |c| {
+            let id = id.clone();
+            async move {
+                c.node(0)
+                    .sched()
+                    .status(id)
+                    .await
+                    .is_ok_and(|s| s.state == JobState::Running)
+            }
+        })
+        .await
+        .expect("running");
+    for request in [
+        Request::CancelTask {
+            job: id.clone(),
+            attempt: 1,
+        },
+        Request::Release {
+            job: id.clone(),
+            attempt: 1,
+        },
+    ] {
+        let answer = rogue.request(target, request).await.expect("request");
+        assert!(matches!(answer, Response::Ack), "{answer:?}");
+    }
+    let s = node
+        .wait(id, Duration::from_secs(30))
+        .await
+        .expect("status");
+    assert_eq!(s.state, JobState::Succeeded, "{s:#?}");
+    assert_eq!(s.attempt, 1, "{s:#?}");
+    rogue.stop().await;
+    cluster.stop().await;
+}

@@ -52,11 +52,15 @@ pub(crate) enum Command {
         needs: Box<Needs>,
         reply: oneshot::Sender<Response>,
     },
+    /// From the attempt's coordinator (`None`: this node's own).
     Release {
+        from: Option<String>,
         job: JobId,
         attempt: u32,
     },
+    /// From the attempt's coordinator (`None`: this node's own).
     Cancel {
+        from: Option<String>,
         job: JobId,
         attempt: u32,
     },
@@ -106,12 +110,42 @@ impl ExecutorHandle {
             .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "the executor has stopped"))
     }
 
+    /// Drops a reservation this node's own coordinator made.
     pub(crate) fn release(&self, job: JobId, attempt: u32) {
-        let _ = self.tx.try_send(Command::Release { job, attempt });
+        let _ = self.tx.try_send(Command::Release {
+            from: None,
+            job,
+            attempt,
+        });
     }
 
+    /// Drops a reservation at the request of `peer`, which must be the
+    /// coordinator that made it.
+    pub(crate) fn release_from(&self, peer: String, job: JobId, attempt: u32) {
+        let _ = self.tx.try_send(Command::Release {
+            from: Some(peer),
+            job,
+            attempt,
+        });
+    }
+
+    /// Cancels an attempt this node's own coordinator placed here.
     pub(crate) fn cancel(&self, job: JobId, attempt: u32) {
-        let _ = self.tx.try_send(Command::Cancel { job, attempt });
+        let _ = self.tx.try_send(Command::Cancel {
+            from: None,
+            job,
+            attempt,
+        });
+    }
+
+    /// Cancels an attempt at the request of `peer`, which must be the
+    /// coordinator that placed it.
+    pub(crate) fn cancel_from(&self, peer: String, job: JobId, attempt: u32) {
+        let _ = self.tx.try_send(Command::Cancel {
+            from: Some(peer),
+            job,
+            attempt,
+        });
     }
 }
 
@@ -126,6 +160,7 @@ struct Reservation {
 }
 
 struct Running {
+    coordinator: String,
     cancel: CancellationToken,
     gpus: Vec<u32>,
     needs: Needs,
@@ -305,16 +340,24 @@ impl Executor {
                 reply(r, response);
                 self.pump(loopback);
             }
-            Command::Release { job, attempt } => {
+            Command::Release { from, job, attempt } => {
+                let from = from.unwrap_or_else(|| self.me.clone());
                 let key = (job, attempt);
-                self.queue.retain(|r| r.key != key || r.claiming);
+                self.queue
+                    .retain(|r| r.key != key || r.claiming || r.coordinator != from);
             }
-            Command::Cancel { job, attempt } => {
+            Command::Cancel { from, job, attempt } => {
+                let from = from.unwrap_or_else(|| self.me.clone());
                 let key = (job, attempt);
-                self.queue.retain(|r| r.key != key || r.claiming);
+                self.queue
+                    .retain(|r| r.key != key || r.claiming || r.coordinator != from);
                 if let Some(r) = self.running.get(&key) {
-                    tracing::info!(job = %key.0, attempt, "cancelling task");
-                    r.cancel.cancel();
+                    if r.coordinator == from {
+                        tracing::info!(job = %key.0, attempt, "cancelling task");
+                        r.cancel.cancel();
+                    } else {
+                        tracing::warn!(peer = %from, job = %key.0, attempt, "cancel from a peer that is not the task's coordinator; ignored");
+                    }
                 }
             }
             Command::Claimed { key, assignment } => {
@@ -575,6 +618,7 @@ impl Executor {
         self.running.insert(
             res.key.clone(),
             Running {
+                coordinator: res.coordinator.clone(),
                 cancel: cancel.clone(),
                 gpus: res.gpus.clone(),
                 needs: res.needs.clone(),
