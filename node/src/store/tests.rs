@@ -587,3 +587,51 @@ fn an_import_beneath_a_folder_refuses_links_and_stores_the_same_tree() {
         .expect_err("fifo");
     assert!(matches!(err, StoreError::Special { .. }), "{err}");
 }
+
+/// Unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_import_onto_a_full_disk_is_reported_as_such_and_leaves_nothing() {
+    // SAFETY: geteuid has no preconditions
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small file system needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("store/tmp");
+    fs::create_dir_all(&tmp).expect("mkdir");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&tmp)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    let _mounted = Mounted(tmp.clone());
+    let store = open(dir.path());
+    let outputs = dir.path().join("outputs");
+    write(&outputs.join("big"), &pseudo_random(1 << 20, 6));
+    let err = store
+        .add_beneath(&outputs, Path::new(""), &Keep::default(), &())
+        .expect_err("the disk is full");
+    match &err {
+        StoreError::NoSpace { path } => assert!(path.starts_with(&tmp), "{err}"),
+        other => panic!("not reported as a full disk: {other}"),
+    }
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(store.stats().expect("stats"), (0, 0));
+    assert_eq!(
+        fs::read_dir(&tmp).expect("tmp").count(),
+        0,
+        "temp files left"
+    );
+}
