@@ -486,3 +486,81 @@ async fn a_member_that_is_not_the_coordinator_cannot_cancel_a_running_task() {
     rogue.stop().await;
     cluster.stop().await;
 }
+
+/// A WASI module that writes `model bytes` to `/outputs/model` (fd 4) and
+/// exits with the first failing errno, or 0.
+const WRITER_WAT: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "model")
+  (data (i32.const 64) "model bytes")
+  (func (export "_start") (local $err i32)
+    (local.set $err
+      (call $open (i32.const 4) (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 1)
+        (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 128)))
+    (if (local.get $err) (then (call $exit (local.get $err))))
+    ;; one iovec at 256: {ptr 64, len 11}
+    (i32.store (i32.const 256) (i32.const 64))
+    (i32.store (i32.const 260) (i32.const 11))
+    (call $exit
+      (call $write (i32.load (i32.const 128)) (i32.const 256) (i32.const 1) (i32.const 300)))))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_are_stored_and_tagged_only_when_every_output_is_good() {
+    let cluster = Cluster::start(2, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    let wasm = wat::parse_str(WRITER_WAT).expect("wat");
+    everywhere(&cluster, &wasm, "test/writer:v1");
+    let tag = TagName::new("out/model:v1").expect("tag");
+    // a second, missing output fails the job, and the first one's tag stays put
+    let s = run_job(
+        &cluster,
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: half}\nspec:\n  task:\n    wasm: {module: test/writer:v1}\n  outputs: [{path: /outputs/model, tag: out/model:v1}, {path: /outputs/missing}]\n  timeout: 30s\n  cache: false\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(s.state, JobState::Failed, "{s:#?}");
+    let error = s.result.as_ref().and_then(|r| r.error.clone());
+    assert_eq!(
+        error.as_ref().map(|e| e.0.as_str()),
+        Some("missing output"),
+        "{s:#?}"
+    );
+    for (i, n) in cluster.running() {
+        assert_eq!(
+            n.store().tag(&tag).expect("tag"),
+            None,
+            "node {i} moved the tag"
+        );
+    }
+    let s = run_job(
+        &cluster,
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: whole}\nspec:\n  task:\n    wasm: {module: test/writer:v1}\n  outputs: [{path: /outputs/model, tag: out/model:v1}]\n  timeout: 30s\n  cache: false\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(s.state, JobState::Succeeded, "{s:#?}");
+    let result = s.result.as_ref().expect("result");
+    let want = Hash::of(b"model bytes");
+    assert_eq!(result.outputs, vec![("/outputs/model".to_string(), want)]);
+    let executor = s.node.clone().expect("executor");
+    let (_, node) = cluster
+        .running()
+        .find(|(_, n)| n.peer_id() == executor)
+        .expect("executor is a member");
+    assert_eq!(node.store().tag(&tag).expect("tag"), Some(want));
+    assert!(
+        node.store()
+            .list_pins()
+            .expect("pins")
+            .iter()
+            .any(|p| p.id == want),
+        "output not pinned"
+    );
+    cluster.stop().await;
+}

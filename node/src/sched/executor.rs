@@ -1024,9 +1024,16 @@ impl TaskContext {
             result.logs = Some(id);
         }
         if result.succeeded() {
+            // tags move only once every output is stored
+            let mut tags = Vec::new();
             for (path, tag) in &checked.outputs {
-                match self.collect(&outputs, path, tag.clone()).await? {
-                    Ok(id) => result.outputs.push((path.to_string(), id)),
+                match self.collect(&outputs, path).await? {
+                    Ok(id) => {
+                        result.outputs.push((path.to_string(), id));
+                        if let Some(t) = tag {
+                            tags.push((t.clone(), id));
+                        }
+                    }
                     Err((class, message)) => {
                         // a task failure: the task left it so, and would
                         // again on any other node
@@ -1034,27 +1041,39 @@ impl TaskContext {
                         result.exit_code = result.exit_code.or(Some(0));
                         result.error = Some((class.into(), message));
                         result.outputs.clear();
+                        tags.clear();
                         break;
                     }
                 }
+            }
+            if !tags.is_empty() {
+                self.blocking(move |store| {
+                    for (t, id) in &tags {
+                        store.set_tag(t, Some(*id))?;
+                    }
+                    store.flush()
+                })
+                .await?;
             }
         }
         Ok(result)
     }
 
     /// Stores one declared output, opened beneath the outputs folder's
-    /// handle with no link followed, pinned (and tagged) before GC can run.
+    /// handle with no link followed, pinned before GC can run.
     /// The inner error is the task's fault (missing, a link, a special file,
     /// a bad name); the outer one the node's (its disk is full, I/O).
     async fn collect(
         &self,
         outputs: &Path,
         path: &weft_protocol::job::OutputPath,
-        tag: Option<weft_protocol::TagName>,
     ) -> Result<Result<Hash, (&'static str, String)>, Stop> {
         let root = outputs.to_path_buf();
         let rel = PathBuf::from(path.relative());
-        let keep = Keep { pin: Some(1), tag };
+        let keep = Keep {
+            pin: Some(1),
+            tag: None,
+        };
         let store = self.store.clone();
         let added = tokio::task::spawn_blocking(move || store.add_beneath(&root, &rel, &keep, &()))
             .await
@@ -1077,7 +1096,12 @@ impl TaskContext {
         };
         match added {
             Ok(out) => Ok(Ok(out.id)),
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
                 Ok(Err((
                     "missing output",
                     format!("the task did not write {path}"),
