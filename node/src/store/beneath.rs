@@ -3,11 +3,12 @@
 //! Used to read what a task left in its outputs folder, which is hostile:
 //! the folder is opened once, and every path below it is resolved by the
 //! kernel relative to that handle with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so no symlink (in any
-//! component, swapped in at any moment) and no `..` leads anywhere, let alone
-//! out. Where the kernel has no `openat2` (before Linux 5.6) each component
-//! is opened in turn with `openat(O_NOFOLLOW)` from the handle, which holds
-//! the same guarantee one step at a time.
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)`, so no
+//! symlink (in any component, swapped in at any moment), no `..` and no mount
+//! point leads anywhere, let alone out. Where the kernel has no `openat2`
+//! (before Linux 5.6) each component is opened in turn with
+//! `openat(O_NOFOLLOW)` from the handle and checked to be on the folder's
+//! device, which holds the same guarantee one step at a time.
 
 use std::ffi::{CString, OsString};
 use std::fs::{File, OpenOptions};
@@ -24,6 +25,8 @@ static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 /// A directory opened once; paths below it are opened relative to it.
 pub(crate) struct Beneath {
     root: OwnedFd,
+    /// The folder's device: nothing below it may be on another.
+    dev: u64,
     /// The directory's path, for messages only: nothing is opened by it.
     path: PathBuf,
     /// Whether to try `openat2` (tests turn it off to check the fallback).
@@ -45,8 +48,10 @@ impl Beneath {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
+        let dev = std::os::unix::fs::MetadataExt::dev(&dir.metadata()?);
         Ok(Beneath {
             root: dir.into(),
+            dev,
             path: path.to_path_buf(),
             openat2: !NO_OPENAT2.load(Ordering::Relaxed),
         })
@@ -144,8 +149,10 @@ impl Beneath {
         // SAFETY: open_how is a plain C struct; all-zero is a valid value.
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
         how.flags = flags as u64;
-        how.resolve =
-            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        how.resolve = libc::RESOLVE_BENEATH
+            | libc::RESOLVE_NO_SYMLINKS
+            | libc::RESOLVE_NO_MAGICLINKS
+            | libc::RESOLVE_NO_XDEV;
         // SAFETY: the root fd is open for the life of `self`, `path` is a
         // NUL-terminated string and `how` a valid open_how whose size is
         // passed; the kernel only reads them.
@@ -176,17 +183,29 @@ impl Beneath {
             let fd = at.as_ref().map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
             // O_PATH | O_NOFOLLOW opens a link itself, which is then refused
             let next = openat(fd, d, libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)?;
-            let ft = next.metadata()?.file_type();
-            if ft.is_symlink() {
+            let meta = next.metadata()?;
+            if meta.file_type().is_symlink() {
                 return Err(io::Error::from_raw_os_error(libc::ELOOP));
             }
-            if !ft.is_dir() {
+            if !meta.file_type().is_dir() {
                 return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
             }
+            self.same_device(&meta)?;
             at = Some(next);
         }
         let fd = at.as_ref().map_or(self.root.as_raw_fd(), |f| f.as_raw_fd());
-        openat(fd, last, flags)
+        let f = openat(fd, last, flags)?;
+        self.same_device(&f.metadata()?)?;
+        Ok(f)
+    }
+
+    /// `EXDEV` for what lies on another file system (a mount point).
+    fn same_device(&self, meta: &std::fs::Metadata) -> io::Result<()> {
+        if std::os::unix::fs::MetadataExt::dev(meta) == self.dev {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EXDEV))
+        }
     }
 }
 
@@ -317,6 +336,44 @@ mod tests {
             let mut names = b.read_dir(Path::new("")).expect("list");
             names.sort();
             assert_eq!(names, ["abs", "real", "up"]);
+        }
+    }
+
+    #[test]
+    fn a_mount_point_below_the_folder_is_not_crossed() {
+        // SAFETY: geteuid has no preconditions
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("outputs");
+        let mnt = root.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("mkdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("SKIPPED: cannot mount a tmpfs here");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&mnt);
+        std::fs::write(mnt.join("f"), b"other fs").expect("write");
+        for b in both(&root) {
+            for rel in ["mnt", "mnt/f"] {
+                let err = b
+                    .open_at(Path::new(rel), libc::O_RDONLY)
+                    .expect_err("crossed a mount");
+                assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{rel}: {err}");
+            }
         }
     }
 }
