@@ -439,11 +439,11 @@ impl SchedHandle {
                     .await,
             ),
             Request::Release { job, attempt } => {
-                self.executor.release(job, attempt);
+                self.executor.release_from(peer.to_string(), job, attempt);
                 Some(Response::Ack)
             }
             Request::CancelTask { job, attempt } => {
-                self.executor.cancel(job, attempt);
+                self.executor.cancel_from(peer.to_string(), job, attempt);
                 Some(Response::Ack)
             }
             Request::Claim { job, attempt } => {

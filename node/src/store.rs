@@ -15,13 +15,14 @@
 //! from many threads. Its methods block, so async callers run them on the
 //! blocking pool.
 
+mod beneath;
 mod export;
 mod import;
 mod maintenance;
 mod partial;
 pub mod records;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagUpdate, TagVersion, Tree, TreeError};
 
 pub use export::ExportOptions;
-pub use import::{AddOptions, AddOutcome, Progress};
+pub use import::{AddOptions, AddOutcome, Keep, Progress};
 pub use maintenance::{GcReport, VerifyProblem};
 pub use partial::{FetchClaim, PARTIAL_TTL, PartialBlob};
 use records::{
@@ -63,6 +64,8 @@ pub enum StoreError {
     BadName { path: PathBuf, source: TreeError },
     #[error("{path}: changed while it was being stored; retry once nothing is writing it")]
     Changed { path: PathBuf },
+    #[error("{path}: leads out of the folder being stored")]
+    Escapes { path: PathBuf },
     #[error("{path}: symbolic links form a loop")]
     LinkLoop { path: PathBuf },
     #[error("no artifact matches {0}")]
@@ -132,15 +135,29 @@ struct Inner {
     partials: sled::Tree,
     /// Blobs a fetch is working on now; GC leaves their partials alone.
     fetching: Mutex<HashSet<Hash>>,
-    /// Imports hold it shared; GC holds it exclusively, so a sweep never
-    /// sees the children of a tree whose manifest is not written yet.
+    /// Imports hold it shared, from their first blob to their pin or tag;
+    /// GC holds it exclusively, so a sweep never sees the children of a
+    /// tree whose manifest is not written yet, nor an import not pinned yet.
     gc_lock: RwLock<()>,
+    /// Blobs created by imports still running (see `import`).
+    fresh: Mutex<HashMap<Hash, import::Fresh>>,
+    /// Called inside imports, by tests only.
+    #[cfg(test)]
+    hook: Mutex<Option<TestHook>>,
+    /// Called before a blob's files are unlinked, by tests only.
+    #[cfg(test)]
+    unlink_check: Mutex<Option<UnlinkCheck>>,
     /// Writer id stamped on tag versions.
     origin: String,
     hlc: Mutex<Hlc>,
     /// Tag versions written by this node, for replication to the mesh.
     local_tags: tokio::sync::broadcast::Sender<TagUpdate>,
 }
+
+#[cfg(test)]
+type TestHook = Arc<dyn Fn(import::Hook<'_>) + Send + Sync>;
+#[cfg(test)]
+type UnlinkCheck = Box<dyn Fn(&Hash) + Send + Sync>;
 
 /// One artifact as listed by `weft ls`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +232,11 @@ impl Store {
                 fetching: Mutex::new(HashSet::new()),
                 db,
                 gc_lock: RwLock::new(()),
+                fresh: Mutex::new(HashMap::new()),
+                #[cfg(test)]
+                hook: Mutex::new(None),
+                #[cfg(test)]
+                unlink_check: Mutex::new(None),
                 origin: origin.to_string(),
                 hlc: Mutex::new(Hlc::default()),
                 local_tags: tokio::sync::broadcast::channel(1024).0,
@@ -604,6 +626,7 @@ impl Store {
 
     /// Pins an artifact so GC keeps it and, with `replicas > 1`, the mesh keeps copies.
     pub fn pin(&self, h: &Hash, replicas: u32) -> Result<()> {
+        self.keep_fresh(h);
         let rec = PinRecord {
             v: records::PIN_V,
             created_ms: now_ms(),

@@ -6,6 +6,15 @@
 //! free, and GPUs are handed out whole, one task per device. So a node never
 //! runs more than it has, and two GPU tasks on a one-GPU node run one after
 //! the other.
+//!
+//! The queue is bounded, in total and per coordinator; a Reserve over either
+//! cap is answered `busy`. When capacity frees, the coordinator served least
+//! recently goes first, so one member flooding the queue cannot starve the
+//! others. Every assignment is checked as if from a stranger before anything
+//! of it is written (`checks`), and outputs are read beneath the outputs
+//! folder's handle, following no link.
+
+mod checks;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,7 +34,7 @@ use super::records::{ReportRecord, sign_result};
 use super::{Fetcher, SchedConfig, SchedError, now_ms, reply};
 use crate::net::NetHandle;
 use crate::store::records::Record;
-use crate::store::{AddOptions, ExportOptions, Store};
+use crate::store::{AddOptions, ExportOptions, Keep, Store, StoreError};
 
 /// An unclaimed reservation older than this is dropped.
 const RESERVATION_TTL: Duration = Duration::from_secs(120);
@@ -37,6 +46,12 @@ const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A final report never acknowledged is dropped from disk after this long.
 const REPORT_KEEP_MS: u64 = 24 * 3600 * 1000;
 
+/// Most reservations queued (claiming ones included).
+pub(crate) const MAX_RESERVATIONS: usize = 2048;
+
+/// Most reservations queued for one coordinator.
+pub(crate) const MAX_RESERVATIONS_PER_COORDINATOR: usize = 512;
+
 type Key = (JobId, u32);
 
 pub(crate) enum Command {
@@ -47,11 +62,15 @@ pub(crate) enum Command {
         needs: Box<Needs>,
         reply: oneshot::Sender<Response>,
     },
+    /// From the attempt's coordinator (`None`: this node's own).
     Release {
+        from: Option<String>,
         job: JobId,
         attempt: u32,
     },
+    /// From the attempt's coordinator (`None`: this node's own).
     Cancel {
+        from: Option<String>,
         job: JobId,
         attempt: u32,
     },
@@ -101,12 +120,42 @@ impl ExecutorHandle {
             .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "the executor has stopped"))
     }
 
+    /// Drops a reservation this node's own coordinator made.
     pub(crate) fn release(&self, job: JobId, attempt: u32) {
-        let _ = self.tx.try_send(Command::Release { job, attempt });
+        let _ = self.tx.try_send(Command::Release {
+            from: None,
+            job,
+            attempt,
+        });
     }
 
+    /// Drops a reservation at the request of `peer`, which must be the
+    /// coordinator that made it.
+    pub(crate) fn release_from(&self, peer: String, job: JobId, attempt: u32) {
+        let _ = self.tx.try_send(Command::Release {
+            from: Some(peer),
+            job,
+            attempt,
+        });
+    }
+
+    /// Cancels an attempt this node's own coordinator placed here.
     pub(crate) fn cancel(&self, job: JobId, attempt: u32) {
-        let _ = self.tx.try_send(Command::Cancel { job, attempt });
+        let _ = self.tx.try_send(Command::Cancel {
+            from: None,
+            job,
+            attempt,
+        });
+    }
+
+    /// Cancels an attempt at the request of `peer`, which must be the
+    /// coordinator that placed it.
+    pub(crate) fn cancel_from(&self, peer: String, job: JobId, attempt: u32) {
+        let _ = self.tx.try_send(Command::Cancel {
+            from: Some(peer),
+            job,
+            attempt,
+        });
     }
 }
 
@@ -121,6 +170,7 @@ struct Reservation {
 }
 
 struct Running {
+    coordinator: String,
     cancel: CancellationToken,
     gpus: Vec<u32>,
     needs: Needs,
@@ -156,6 +206,9 @@ pub(crate) struct Executor {
     advert: watch::Sender<NodeAdvert>,
     free: Capacity,
     queue: VecDeque<Reservation>,
+    /// When each coordinator last had a claim sent (a counter), for fairness.
+    served: HashMap<String, u64>,
+    serve_tick: u64,
     running: HashMap<Key, Running>,
     rx: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
@@ -231,6 +284,8 @@ impl Executor {
                     .collect(),
             },
             queue: VecDeque::new(),
+            served: HashMap::new(),
+            serve_tick: 0,
             running: HashMap::new(),
             rx,
             shutdown,
@@ -336,8 +391,12 @@ impl Executor {
                 needs,
                 reply: r,
             } => {
-                let response = self.can_ever_run(&needs).map_or_else(
-                    || {
+                let response = match self.admit(&coordinator, &(job.clone(), attempt), &needs) {
+                    Err(refusal) => refusal,
+                    Ok(true) => Response::Reserved {
+                        queued: self.queue.len().saturating_sub(1) as u32,
+                    },
+                    Ok(false) => {
                         self.queue.push_back(Reservation {
                             coordinator,
                             key: (job, attempt),
@@ -349,22 +408,29 @@ impl Executor {
                         Response::Reserved {
                             queued: self.queue.len().saturating_sub(1) as u32,
                         }
-                    },
-                    |why| Response::error(ErrorCode::Unsupported, why),
-                );
+                    }
+                };
                 reply(r, response);
                 self.pump(loopback);
             }
-            Command::Release { job, attempt } => {
+            Command::Release { from, job, attempt } => {
+                let from = from.unwrap_or_else(|| self.me.clone());
                 let key = (job, attempt);
-                self.queue.retain(|r| r.key != key || r.claiming);
+                self.queue
+                    .retain(|r| r.key != key || r.claiming || r.coordinator != from);
             }
-            Command::Cancel { job, attempt } => {
+            Command::Cancel { from, job, attempt } => {
+                let from = from.unwrap_or_else(|| self.me.clone());
                 let key = (job, attempt);
-                self.queue.retain(|r| r.key != key || r.claiming);
+                self.queue
+                    .retain(|r| r.key != key || r.claiming || r.coordinator != from);
                 if let Some(r) = self.running.get(&key) {
-                    tracing::info!(job = %key.0, attempt, "cancelling task");
-                    r.cancel.cancel();
+                    if r.coordinator == from {
+                        tracing::info!(job = %key.0, attempt, "cancelling task");
+                        r.cancel.cancel();
+                    } else {
+                        tracing::warn!(peer = %from, job = %key.0, attempt, "cancel from a peer that is not the task's coordinator; ignored");
+                    }
                 }
             }
             Command::Claimed { key, assignment } => {
@@ -375,7 +441,14 @@ impl Executor {
                     return;
                 };
                 match assignment {
-                    Some(a) => self.start(res, *a, loopback),
+                    Some(a) => match self.check(&res, &a) {
+                        Ok(checked) => self.start(res, *a, checked, loopback),
+                        Err(why) => {
+                            self.refuse(&res, why);
+                            self.give_back(&res.needs, &res.gpus);
+                            self.pump(loopback);
+                        }
+                    },
                     None => {
                         self.give_back(&res.needs, &res.gpus);
                         self.pump(loopback);
@@ -394,6 +467,114 @@ impl Executor {
                 self.pump(loopback);
             }
         }
+    }
+
+    /// Whether a Reserve may join the queue: `Ok(true)` if the same
+    /// coordinator already holds it (answered again, not queued twice),
+    /// `Ok(false)` to queue it, or the refusal: a node that can never run
+    /// it, a queue over its caps (`busy`), or the attempt held for another
+    /// coordinator.
+    fn admit(&self, coordinator: &str, key: &Key, needs: &Needs) -> Result<bool, Response> {
+        if let Some(why) = self.can_ever_run(needs) {
+            return Err(Response::error(ErrorCode::Unsupported, why));
+        }
+        if let Some(held) = self.queue.iter().find(|r| &r.key == key) {
+            if held.coordinator == coordinator {
+                return Ok(true);
+            }
+            tracing::warn!(peer = %coordinator, job = %key.0, attempt = key.1, "reserve for an attempt another coordinator holds; refused");
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!(
+                    "job {} attempt {} is already reserved here by another coordinator",
+                    key.0, key.1
+                ),
+            ));
+        }
+        if self.running.contains_key(key) {
+            return Err(Response::error(
+                ErrorCode::BadRequest,
+                format!("job {} attempt {} is already running here", key.0, key.1),
+            ));
+        }
+        if self.queue.len() >= MAX_RESERVATIONS {
+            tracing::debug!(peer = %coordinator, queued = self.queue.len(), "reservation queue full");
+            return Err(Response::error(
+                ErrorCode::Busy,
+                format!(
+                    "busy: {} reservations queued here, the most this node takes; try another node or later",
+                    self.queue.len()
+                ),
+            ));
+        }
+        let mine = self
+            .queue
+            .iter()
+            .filter(|r| r.coordinator == coordinator)
+            .count();
+        if mine >= MAX_RESERVATIONS_PER_COORDINATOR {
+            tracing::debug!(peer = %coordinator, queued = mine, "reservation queue full for this coordinator");
+            return Err(Response::error(
+                ErrorCode::Busy,
+                format!(
+                    "busy: {mine} reservations of yours queued here, the most one coordinator may hold; try another node or later"
+                ),
+            ));
+        }
+        Ok(false)
+    }
+
+    /// Checks an assignment against the reservation its claim was for.
+    fn check(&self, res: &Reservation, a: &Assignment) -> Result<checks::Checked, String> {
+        let held: Vec<(u32, u64, String)> = {
+            let advert = self.advert.borrow();
+            res.gpus
+                .iter()
+                .filter_map(|i| {
+                    advert
+                        .gpus
+                        .iter()
+                        .find(|g| g.index == *i)
+                        .map(|g| (g.index, g.memory_bytes, g.model.clone()))
+                })
+                .collect()
+        };
+        checks::check(
+            a,
+            &checks::Reserved {
+                job: &res.key.0,
+                attempt: res.key.1,
+                needs: &res.needs,
+                gpus: &held,
+            },
+        )
+    }
+
+    /// Refuses an assignment: logs it with the peer and reports the
+    /// reservation's attempt failed to its coordinator (not retried: the
+    /// assignment itself is wrong). Nothing of it was written.
+    fn refuse(&self, res: &Reservation, why: String) {
+        tracing::warn!(peer = %res.coordinator, job = %res.key.0, attempt = res.key.1, reason = %why, "assignment refused");
+        let Some(coord) = self.coord(&res.coordinator) else {
+            return;
+        };
+        let why = format!("assignment refused by the executor: {why}");
+        let request = Request::TaskUpdate {
+            job: res.key.0.clone(),
+            attempt: res.key.1,
+            state: JobState::Failed,
+            reason: Some(why.clone()),
+            result: Some(Box::new(JobResult {
+                error: Some(("refused".into(), why)),
+                ..JobResult::default()
+            })),
+        };
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            if let Err(e) = coord.ask(&me, request).await {
+                tracing::debug!(error = %e, "refusal not delivered");
+            }
+        });
     }
 
     /// Why this node can never run a task with these needs, if it cannot.
@@ -439,9 +620,22 @@ impl Executor {
         }
     }
 
-    /// Claims every queued reservation that fits, in queue order.
+    /// Claims every queued reservation that fits: the coordinator served
+    /// least recently first, each coordinator's in queue order.
     fn pump(&mut self, loopback: &mpsc::Sender<Command>) {
-        for i in 0..self.queue.len() {
+        let mut order: Vec<usize> = (0..self.queue.len())
+            .filter(|&i| !self.queue[i].claiming)
+            .collect();
+        if order.is_empty() {
+            return;
+        }
+        order.sort_by_key(|&i| {
+            self.served
+                .get(&self.queue[i].coordinator)
+                .copied()
+                .unwrap_or(0)
+        });
+        for i in order {
             let r = &self.queue[i];
             if r.claiming
                 || u64::from(r.needs.cpu_millis) > self.free.cpu_millis
@@ -459,6 +653,8 @@ impl Executor {
             self.free.cpu_millis -= u64::from(r.needs.cpu_millis);
             self.free.memory -= r.needs.memory_bytes;
             self.free.gpus.retain(|(idx, _, _)| !gpus.contains(idx));
+            self.serve_tick += 1;
+            self.served.insert(r.coordinator.clone(), self.serve_tick);
             let r = &mut self.queue[i];
             r.claiming = true;
             r.gpus = gpus;
@@ -488,15 +684,16 @@ impl Executor {
         &mut self,
         res: Reservation,
         assignment: Assignment,
+        checked: checks::Checked,
         loopback: &mpsc::Sender<Command>,
     ) {
         let cancel = self.shutdown.child_token();
-        let gpus = res.gpus.clone();
         self.running.insert(
             res.key.clone(),
             Running {
+                coordinator: res.coordinator.clone(),
                 cancel: cancel.clone(),
-                gpus: gpus.clone(),
+                gpus: res.gpus.clone(),
                 needs: res.needs.clone(),
             },
         );
@@ -520,7 +717,7 @@ impl Executor {
             self.work_dir.join("tasks").join(self.next_dir.to_string())
         });
         tokio::spawn(async move {
-            let dir = ctx.run(assignment, gpus, cancel, dir).await;
+            let dir = ctx.run(assignment, checked, cancel, dir).await;
             let _ = tx.send(Command::Done { key, dir }).await;
         });
     }
@@ -529,6 +726,11 @@ impl Executor {
         let before = self.queue.len();
         self.queue
             .retain(|r| r.claiming || r.at.elapsed() < RESERVATION_TTL);
+        if self.served.len() > MAX_RESERVATIONS {
+            let queue = &self.queue;
+            self.served
+                .retain(|c, _| queue.iter().any(|r| &r.coordinator == c));
+        }
         if self.queue.len() != before {
             tracing::debug!(
                 dropped = before - self.queue.len(),
@@ -769,7 +971,7 @@ impl TaskContext {
     async fn run(
         self,
         a: Assignment,
-        gpus: Vec<u32>,
+        checked: checks::Checked,
         cancel: CancellationToken,
         dir: PathBuf,
     ) -> Option<PathBuf> {
@@ -785,7 +987,7 @@ impl TaskContext {
             stale,
             reporter: self.reporter.clone(),
         };
-        let (state, reason, result) = match self.execute(&a, &dir, gpus, &cancel, &reports).await {
+        let (state, reason, result) = match self.execute(&a, &checked, &dir, &cancel, &reports).await {
             Ok(result) => {
                 let state = if result.succeeded() {
                     JobState::Succeeded
@@ -866,11 +1068,12 @@ impl TaskContext {
     async fn execute(
         &self,
         a: &Assignment,
+        checked: &checks::Checked,
         dir: &Path,
-        gpus: Vec<u32>,
         cancel: &CancellationToken,
         reports: &Reports,
     ) -> Result<JobResult, Stop> {
+        let gpus = checked.gpus.clone();
         let inputs = dir.join("inputs");
         let outputs = dir.join("outputs");
         let scratch = dir.join("tmp");
@@ -900,26 +1103,32 @@ impl TaskContext {
                 .await
                 .map_err(|e| Stop::Executor(format!("fetching {id}: {e}")))?;
         }
-        for (id, path) in &a.inputs {
-            let rel = path
-                .trim_start_matches(weft_protocol::job::INPUTS_ROOT)
-                .trim_start_matches('/');
+        // checked paths, none inside another, each written fresh inside the
+        // inputs folder: nothing is replaced, nothing outside is touched
+        for (id, path) in &checked.inputs {
+            let rel = path.relative();
             let dest = if rel.is_empty() {
                 inputs.clone()
             } else {
                 inputs.join(rel)
             };
             let id = *id;
+            let inputs = inputs.clone();
             self.blocking(move |store| {
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)
-                        .map_err(crate::store::StoreError::io(parent))?;
+                    std::fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
+                    // every folder on the way is one this export made
+                    let real = parent.canonicalize().map_err(StoreError::io(parent))?;
+                    let root = inputs.canonicalize().map_err(StoreError::io(&inputs))?;
+                    if !real.starts_with(&root) {
+                        return Err(StoreError::Escapes { path: dest });
+                    }
                 }
                 store.export(
                     &id,
                     &dest,
                     ExportOptions {
-                        force: true,
+                        force: false,
                         link: true,
                     },
                     &(),
@@ -1010,49 +1219,131 @@ impl TaskContext {
                         .map_err(|e| Stop::Executor(format!("writing logs: {e}")))?;
                 }
             }
+            let keep = Keep {
+                pin: Some(1),
+                tag: None,
+            };
             let id = self
                 .blocking(move |store| {
-                    let out = store.add_path(&logs, &AddOptions::default(), &())?;
-                    store.pin(&out.id, 1)?;
+                    let out = store.add_path_kept(&logs, &AddOptions::default(), &keep, &())?;
                     Ok(out.id)
                 })
                 .await?;
             result.logs = Some(id);
         }
         if result.succeeded() {
-            for (path, tag) in &a.outputs {
-                let rel = path
-                    .trim_start_matches(weft_protocol::job::OUTPUTS_ROOT)
-                    .trim_start_matches('/');
-                let src = if rel.is_empty() {
-                    outputs.clone()
-                } else {
-                    outputs.join(rel)
-                };
-                if tokio::fs::symlink_metadata(&src).await.is_err() {
-                    result.exit_code = result.exit_code.or(Some(0));
-                    result.error = Some((
-                        "missing output".into(),
-                        format!("the task did not write {path}"),
-                    ));
-                    break;
-                }
-                let tag = tag.clone();
-                let id: Hash = self
-                    .blocking(move |store| {
-                        let out = store.add_path(&src, &AddOptions::default(), &())?;
-                        store.pin(&out.id, 1)?;
-                        if let Some(t) = &tag {
-                            store.set_tag(t, Some(out.id))?;
+            // tags move only once every output is stored
+            let mut tags = Vec::new();
+            for (path, tag) in &checked.outputs {
+                match self.collect(&outputs, path).await? {
+                    Ok(id) => {
+                        result.outputs.push((path.to_string(), id));
+                        if let Some(t) = tag {
+                            tags.push((t.clone(), id));
                         }
-                        store.flush()?;
-                        Ok(out.id)
-                    })
-                    .await?;
-                result.outputs.push((path.clone(), id));
+                    }
+                    Err((class, message)) => {
+                        // a task failure: the task left it so, and would
+                        // again on any other node
+                        tracing::info!(output = %path, reason = %message, "output refused");
+                        result.exit_code = result.exit_code.or(Some(0));
+                        result.error = Some((class.into(), message));
+                        result.outputs.clear();
+                        tags.clear();
+                        break;
+                    }
+                }
+            }
+            if !tags.is_empty() {
+                self.blocking(move |store| {
+                    for (t, id) in &tags {
+                        store.set_tag(t, Some(*id))?;
+                    }
+                    store.flush()
+                })
+                .await?;
             }
         }
         Ok(result)
+    }
+
+    /// Stores one declared output, opened beneath the outputs folder's
+    /// handle with no link followed, pinned before GC can run.
+    /// The inner error is the task's fault (missing, a link, a special file,
+    /// a bad name); the outer one the node's (its disk is full, I/O).
+    async fn collect(
+        &self,
+        outputs: &Path,
+        path: &weft_protocol::job::OutputPath,
+    ) -> Result<Result<Hash, (&'static str, String)>, Stop> {
+        let root = outputs.to_path_buf();
+        let rel = PathBuf::from(path.relative());
+        let keep = Keep {
+            pin: Some(1),
+            tag: None,
+        };
+        let store = self.store.clone();
+        let added = tokio::task::spawn_blocking(move || store.add_beneath(&root, &rel, &keep, &()))
+            .await
+            .map_err(|e| Stop::Executor(e.to_string()))?;
+        // names inside the task, not on the host
+        let shown = |p: &Path| -> String {
+            match p.strip_prefix(outputs) {
+                Ok(rel) if rel.as_os_str().is_empty() => {
+                    weft_protocol::job::OUTPUTS_ROOT.to_string()
+                }
+                Ok(rel) => format!("{}/{}", weft_protocol::job::OUTPUTS_ROOT, rel.display()),
+                Err(_) => path.to_string(),
+            }
+        };
+        let bad = |what: String| {
+            Ok(Err((
+                "bad output",
+                format!("outputs hold files and folders only; {what}"),
+            )))
+        };
+        match added {
+            Ok(out) => Ok(Ok(out.id)),
+            Err(StoreError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(Err((
+                    "missing output",
+                    format!("the task did not write {path}"),
+                )))
+            }
+            Err(StoreError::Symlink { path: p }) => bad(format!("{} is a symlink", shown(&p))),
+            Err(StoreError::Special { path: p, kind }) => bad(format!("{} is a {kind}", shown(&p))),
+            Err(StoreError::Escapes { path: p }) => bad(format!(
+                "{} leads out of {}",
+                shown(&p),
+                weft_protocol::job::OUTPUTS_ROOT
+            )),
+            Err(StoreError::LinkLoop { path: p }) => bad(format!("{} is a symlink", shown(&p))),
+            Err(StoreError::NonUtf8 { path: p }) => Ok(Err((
+                "bad output",
+                format!("{}: the name is not valid UTF-8", shown(&p)),
+            ))),
+            Err(StoreError::BadName { path: p, source }) => {
+                Ok(Err(("bad output", format!("{}: {source}", shown(&p)))))
+            }
+            Err(StoreError::Changed { path: p }) => Ok(Err((
+                "bad output",
+                format!("{} changed while it was being stored", shown(&p)),
+            ))),
+            Err(StoreError::NoSpace { path: p }) => {
+                let disk = self.store.dir().display().to_string();
+                tracing::error!(store = %disk, output = %path, "no space left on the store's disk");
+                Err(Stop::Executor(format!(
+                    "no space left on the disk of this node's store ({disk}) while storing {path} ({}); free space on the node",
+                    p.display()
+                )))
+            }
+            Err(e) => Err(Stop::Executor(format!("storing {path}: {e}"))),
+        }
     }
 
     /// The image's root filesystem, exported once per image, and its config.

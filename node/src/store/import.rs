@@ -4,7 +4,14 @@
 //! temp file) while this thread hashes it into the outboard, so hashing and
 //! writing overlap. A directory is scanned first, so a symlink, special file
 //! or bad name anywhere is reported before anything is written; if a read
-//! fails later, every blob this import created is removed again.
+//! fails later, every blob this import created is removed again, unless
+//! another import used it meanwhile (or a fetch, pin or tag took it).
+//!
+//! An import holds the import side of the GC lock from its first blob to
+//! its pin and tag ([`Keep`]), so GC never runs between an import and what
+//! keeps it. An import from a hostile folder (a task's outputs) opens
+//! everything beneath one handle on the folder, following no link
+//! ([`Store::add_beneath`]).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -17,8 +24,9 @@ use bao_tree::BaoTree;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
 use serde::{Deserialize, Serialize};
-use weft_protocol::{EntryKind, Hash, Tree, TreeEntry, tree::validate_name};
+use weft_protocol::{EntryKind, Hash, TagName, Tree, TreeEntry, tree::validate_name};
 
+use super::beneath::{Beneath, Kind};
 use super::records::{BLOB_V, BlobKind, BlobRecord};
 use super::{BLOCK_SIZE, Result, Store, StoreError, now_ms};
 use crate::home::sync_dir;
@@ -62,9 +70,13 @@ const SMALL_FILE: u64 = 256 * 1024;
 
 enum Plan {
     File {
+        /// The file's path; below the handle's folder for an import
+        /// beneath one.
         path: PathBuf,
         size: u64,
         executable: bool,
+        /// Device and inode seen by the scan.
+        ino: (u64, u64),
     },
     Dir {
         children: Vec<(String, Plan)>,
@@ -80,7 +92,7 @@ impl Plan {
     }
 }
 
-fn file_kind(ft: &fs::FileType) -> &'static str {
+pub(super) fn file_kind(ft: &fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_fifo() {
         "named pipe"
@@ -113,6 +125,7 @@ fn scan(path: &Path, follow: bool, ancestors: &mut Vec<(u64, u64)>) -> Result<Pl
             path: path.to_path_buf(),
             size: meta.len(),
             executable: meta.permissions().mode() & 0o111 != 0,
+            ino: (meta.dev(), meta.ino()),
         });
     }
     if !ft.is_dir() {
@@ -242,6 +255,83 @@ fn open_source(path: &Path, follow: bool) -> Result<File> {
     Ok(f)
 }
 
+/// Scans `rel` below the handle's folder, following no link.
+fn scan_beneath(b: &Beneath, rel: &Path) -> Result<Plan> {
+    let (kind, meta) = b
+        .kind(rel)
+        .map_err(|e| beneath_error(Some(b), b.path(), rel, e))?;
+    match kind {
+        Kind::Symlink => Err(StoreError::Symlink { path: b.shown(rel) }),
+        Kind::Special(kind) => Err(StoreError::Special {
+            path: b.shown(rel),
+            kind,
+        }),
+        Kind::File => Ok(Plan::File {
+            path: rel.to_path_buf(),
+            size: meta.len(),
+            executable: meta.permissions().mode() & 0o111 != 0,
+            ino: (meta.dev(), meta.ino()),
+        }),
+        Kind::Dir => {
+            let names = b
+                .read_dir(rel)
+                .map_err(|e| beneath_error(Some(b), b.path(), rel, e))?;
+            let mut children = Vec::with_capacity(names.len());
+            for name in names {
+                let child = rel.join(&name);
+                let name = name.into_string().map_err(|_| StoreError::NonUtf8 {
+                    path: b.shown(&child),
+                })?;
+                validate_name(&name).map_err(|source| StoreError::BadName {
+                    path: b.shown(&child),
+                    source,
+                })?;
+                children.push((name, scan_beneath(b, &child)?));
+            }
+            children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            Ok(Plan::Dir { children })
+        }
+    }
+}
+
+/// Opens a regular file that the scan saw as `ino`, beneath the handle.
+fn open_beneath(b: &Beneath, rel: &Path, ino: (u64, u64)) -> Result<File> {
+    let f = b
+        .open_at(rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .map_err(|e| beneath_error(Some(b), b.path(), rel, e))?;
+    let meta = f.metadata().map_err(StoreError::io(&b.shown(rel)))?;
+    if !meta.file_type().is_file() {
+        return Err(StoreError::Special {
+            path: b.shown(rel),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    if (meta.dev(), meta.ino()) != ino {
+        return Err(StoreError::Changed { path: b.shown(rel) });
+    }
+    Ok(f)
+}
+
+/// The store error for a failed open beneath `root`: a link on the way is
+/// named, a path that would leave the folder is refused.
+fn beneath_error(b: Option<&Beneath>, root: &Path, rel: &Path, e: io::Error) -> StoreError {
+    let shown = if rel.as_os_str().is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => {
+            let link = b.and_then(|b| b.first_symlink(rel));
+            StoreError::Symlink {
+                path: link.map_or(shown, |l| root.join(l)),
+            }
+        }
+        Some(libc::EXDEV) => StoreError::Escapes { path: shown },
+        _ => StoreError::io(&shown)(e),
+    }
+}
+
 /// A temp file in the store's `tmp/`, removed on drop unless kept.
 pub(crate) struct TempFile {
     pub(crate) path: PathBuf,
@@ -276,6 +366,50 @@ impl Drop for TempFile {
     }
 }
 
+/// Where an import reads its files.
+enum Source<'a> {
+    /// By path, following symbolic links when asked.
+    Paths { follow: bool },
+    /// Below a directory handle, following no link.
+    Beneath(&'a Beneath),
+}
+
+/// What keeps an import's result from GC. It is written before the import
+/// leaves its critical section with GC, so no sweep can fall between the
+/// import and its pin or tag.
+#[derive(Debug, Clone, Default)]
+pub struct Keep {
+    /// Pin the result (with this many replicas).
+    pub pin: Option<u32>,
+    /// Point this tag at the result.
+    pub tag: Option<TagName>,
+}
+
+/// A blob created by an import not finished yet.
+#[derive(Debug)]
+pub(super) struct Fresh {
+    /// Unfinished imports using it (its creator included).
+    holders: u32,
+    /// A finished import, a fetch or a pin took it: never rolled back.
+    kept: bool,
+}
+
+/// The fresh blobs one import holds, for its end.
+#[derive(Default)]
+struct Claims {
+    created: u64,
+    held: Vec<Hash>,
+}
+
+/// Test-only points inside an import.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(super) enum Hook<'a> {
+    /// A file was imported (named by its path or path below the handle).
+    FileImported(&'a Path),
+    /// Everything is imported; the pin and tag come next.
+    BeforeKeep,
+}
+
 impl Store {
     /// Imports a file or a directory tree; the result is marked as a root
     /// (listed by `weft ls`).
@@ -285,67 +419,259 @@ impl Store {
         opts: &AddOptions,
         progress: &dyn Progress,
     ) -> Result<AddOutcome> {
+        self.add_path_kept(path, opts, &Keep::default(), progress)
+    }
+
+    /// Like [`Store::add_path`], pinning and tagging the result as `keep`
+    /// says within the import's critical section with GC.
+    pub fn add_path_kept(
+        &self,
+        path: &Path,
+        opts: &AddOptions,
+        keep: &Keep,
+        progress: &dyn Progress,
+    ) -> Result<AddOutcome> {
         let plan = scan(path, opts.follow_symlinks, &mut Vec::new())?;
+        let source = Source::Paths {
+            follow: opts.follow_symlinks,
+        };
+        self.import(&plan, &source, keep, progress)
+    }
+
+    /// Imports `rel` (a relative path; empty for the folder itself) below
+    /// the folder `root`, which is opened once: every file and folder is
+    /// opened beneath that handle and no symbolic link is followed, in any
+    /// component, even one swapped in while the import runs. A link or a
+    /// special file anywhere is refused ([`StoreError::Symlink`],
+    /// [`StoreError::Special`]); nothing is stored then.
+    pub fn add_beneath(
+        &self,
+        root: &Path,
+        rel: &Path,
+        keep: &Keep,
+        progress: &dyn Progress,
+    ) -> Result<AddOutcome> {
+        let b = Beneath::open(root).map_err(|e| beneath_error(None, root, Path::new(""), e))?;
+        self.add_beneath_handle(&b, rel, keep, progress)
+    }
+
+    fn add_beneath_handle(
+        &self,
+        b: &Beneath,
+        rel: &Path,
+        keep: &Keep,
+        progress: &dyn Progress,
+    ) -> Result<AddOutcome> {
+        let plan = scan_beneath(b, rel)?;
+        self.import(&plan, &Source::Beneath(b), keep, progress)
+    }
+
+    /// [`Store::add_beneath`] through a handle a test opened.
+    #[cfg(test)]
+    pub(super) fn add_beneath_for_test(&self, b: &Beneath, rel: &Path) -> Result<AddOutcome> {
+        self.add_beneath_handle(b, rel, &Keep::default(), &())
+    }
+
+    /// Imports a scanned plan under the import side of the GC lock, keeps
+    /// it as `keep` says, and rolls back on failure.
+    fn import(
+        &self,
+        plan: &Plan,
+        source: &Source<'_>,
+        keep: &Keep,
+        progress: &dyn Progress,
+    ) -> Result<AddOutcome> {
         progress.start(plan.bytes());
         let _guard = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
-        let mut created = Vec::new();
+        let mut claims = Claims::default();
         let mut files = 0;
-        let result = self.import_plan(&plan, opts, progress, &mut created, &mut files);
-        match result {
-            Ok((id, kind, size)) => {
+        let result = self
+            .import_plan(plan, source, progress, &mut claims, &mut files)
+            .and_then(|(id, kind, size)| {
                 self.mark_root(&id)?;
+                self.hook(Hook::BeforeKeep);
+                self.keep(&id, keep)?;
                 self.flush()?;
-                Ok(AddOutcome {
-                    id,
-                    kind: match kind {
-                        EntryKind::File => "file",
-                        EntryKind::Tree => "tree",
-                    }
-                    .to_string(),
-                    size,
-                    files,
-                    new_blobs: created.len() as u64,
-                })
+                Ok((id, kind, size))
+            });
+        let new_blobs = claims.created;
+        self.finish(claims, result.is_ok());
+        let (id, kind, size) = result?;
+        Ok(AddOutcome {
+            id,
+            kind: match kind {
+                EntryKind::File => "file",
+                EntryKind::Tree => "tree",
             }
-            Err(e) => {
-                self.roll_back(&created);
-                Err(e)
-            }
+            .to_string(),
+            size,
+            files,
+            new_blobs,
+        })
+    }
+
+    fn keep(&self, id: &Hash, keep: &Keep) -> Result<()> {
+        if let Some(replicas) = keep.pin {
+            self.pin(id, replicas)?;
+        }
+        if let Some(tag) = &keep.tag {
+            self.set_tag(tag, Some(*id))?;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn hook(&self, at: Hook<'_>) {
+        let hook = self
+            .inner
+            .hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = hook {
+            h(at);
         }
     }
 
-    fn roll_back(&self, created: &[Hash]) {
-        for h in created {
-            if let Err(e) = self.remove_blob(h) {
+    #[cfg(not(test))]
+    fn hook(&self, _at: Hook<'_>) {}
+
+    /// Whether `h` is complete here; if an unfinished import created it,
+    /// `claims` now holds it too, so that import's rollback leaves it.
+    fn reuse(&self, h: &Hash, claims: &mut Claims) -> Result<bool> {
+        let mut fresh = self.inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.has(h)? {
+            return Ok(false);
+        }
+        if let Some(f) = fresh.get_mut(h)
+            && !claims.held.contains(h)
+        {
+            f.holders += 1;
+            claims.held.push(*h);
+        }
+        Ok(true)
+    }
+
+    /// Indexes a blob whose files are in place, as created by `claims`'
+    /// import; false if it was complete already.
+    fn index_new(&self, h: Hash, rec: &BlobRecord, claims: &mut Claims) -> Result<bool> {
+        let mut fresh = self.inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if self.has(&h)? {
+            drop(fresh);
+            self.reuse(&h, claims)?;
+            return Ok(false);
+        }
+        self.put_blob_record(&h, rec)?;
+        fresh.insert(
+            h,
+            Fresh {
+                holders: 1,
+                kept: false,
+            },
+        );
+        claims.created += 1;
+        claims.held.push(h);
+        Ok(true)
+    }
+
+    /// Indexes a fetched blob whose files are in place. Done under the lock
+    /// that rollbacks hold, so a failed import that created the same blob
+    /// meanwhile cannot remove it after this.
+    pub(super) fn index_fetched(&self, h: &Hash, rec: &BlobRecord) -> Result<()> {
+        let mut fresh = self.inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        // a rollback of the same blob may have removed the files just put
+        // in place: then fail (the fetch is retried), never index them
+        let data = self.blob_path(h);
+        if !data.exists() {
+            return Err(StoreError::Changed { path: data });
+        }
+        self.put_blob_record(h, rec)?;
+        if let Some(f) = fresh.get_mut(h) {
+            f.kept = true;
+        }
+        Ok(())
+    }
+
+    /// Marks `h` as taken by something that is not an import (a fetch that
+    /// found it here), so no import's rollback removes it.
+    pub(crate) fn keep_fresh(&self, h: &Hash) {
+        let mut fresh = self.inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = fresh.get_mut(h) {
+            f.kept = true;
+        }
+    }
+
+    /// Ends an import: its fresh blobs are kept if it succeeded; if it
+    /// failed, each one that no other import, fetch, pin or tag took is
+    /// removed.
+    fn finish(&self, claims: Claims, ok: bool) {
+        let mut fresh = self.inner.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        let mut doomed = Vec::new();
+        for h in claims.held {
+            let Some(f) = fresh.get_mut(&h) else {
+                continue;
+            };
+            f.holders = f.holders.saturating_sub(1);
+            f.kept |= ok;
+            if f.holders == 0 {
+                if !f.kept {
+                    doomed.push(h);
+                }
+                fresh.remove(&h);
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        // still under the lock, so no import can take one of them meanwhile
+        let tagged: HashSet<Hash> = match self.list_tags() {
+            Ok(tags) => tags.into_iter().map(|t| t.id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list tags; the failed import's blobs are left to GC");
+                return;
+            }
+        };
+        for h in doomed {
+            let pinned = self
+                .inner
+                .pins
+                .contains_key(super::records::hash_key(&h))
+                .unwrap_or(true);
+            if pinned || tagged.contains(&h) {
+                continue;
+            }
+            if let Err(e) = self.remove_blob(&h) {
                 tracing::warn!(id = %h, error = %e, "could not roll back blob");
             }
         }
-        let _ = self.flush();
     }
 
     fn import_plan(
         &self,
         plan: &Plan,
-        opts: &AddOptions,
+        source: &Source<'_>,
         progress: &dyn Progress,
-        created: &mut Vec<Hash>,
+        claims: &mut Claims,
         files: &mut u64,
     ) -> Result<(Hash, EntryKind, u64)> {
         match plan {
-            Plan::File { path, size, .. } => {
-                let src = open_source(path, opts.follow_symlinks)?;
-                let (h, new) = self.import_file(path, src, *size, progress)?;
-                if new {
-                    created.push(h);
-                }
+            Plan::File {
+                path, size, ino, ..
+            } => {
+                let (src, shown) = match source {
+                    Source::Paths { follow } => (open_source(path, *follow)?, path.clone()),
+                    Source::Beneath(b) => (open_beneath(b, path, *ino)?, b.shown(path)),
+                };
+                let h = self.import_file(&shown, src, *size, progress, claims)?;
                 *files += 1;
+                self.hook(Hook::FileImported(path));
                 Ok((h, EntryKind::File, *size))
             }
             Plan::Dir { children } => {
                 let mut entries = Vec::with_capacity(children.len());
                 for (name, child) in children {
                     let (hash, kind, size) =
-                        self.import_plan(child, opts, progress, created, files)?;
+                        self.import_plan(child, source, progress, claims, files)?;
                     let executable = matches!(
                         child,
                         Plan::File {
@@ -370,10 +696,7 @@ impl Store {
                     path: PathBuf::new(),
                     source,
                 })?;
-                let (h, new) = self.add_bytes(&bytes, BlobKind::Tree)?;
-                if new {
-                    created.push(h);
-                }
+                let h = self.add_bytes_in(&bytes, BlobKind::Tree, claims)?;
                 Ok((h, EntryKind::Tree, size))
             }
         }
@@ -381,24 +704,65 @@ impl Store {
 
     /// Stores `bytes` as one blob; returns its id and whether it was new.
     pub fn add_bytes(&self, bytes: &[u8], kind: BlobKind) -> Result<(Hash, bool)> {
+        let _guard = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let mut claims = Claims::default();
+        let result = self.add_bytes_in(bytes, kind, &mut claims);
+        let new = claims.created > 0;
+        self.finish(claims, result.is_ok());
+        result.map(|h| (h, new))
+    }
+
+    /// Stores `bytes` as one blob for the import holding `claims` (which
+    /// holds the GC lock).
+    fn add_bytes_in(&self, bytes: &[u8], kind: BlobKind, claims: &mut Claims) -> Result<Hash> {
         let ob = PreOrderOutboard::<Vec<u8>>::create_sized(bytes, bytes.len() as u64, BLOCK_SIZE)
             .map_err(StoreError::io(Path::new("<memory>")))?;
         let h = Hash::from(ob.root);
-        if self.has(&h)? {
-            return Ok((h, false));
+        if self.reuse(&h, claims)? {
+            return Ok(h);
         }
         let (tmp, mut f) = TempFile::create(self, "data")?;
         f.write_all(bytes).map_err(StoreError::io(&tmp.path))?;
         f.sync_data().map_err(StoreError::io(&tmp.path))?;
-        let new = self.commit(h, bytes.len() as u64, kind, tmp, &ob.data)?;
-        Ok((h, new))
+        self.commit_in(h, bytes.len() as u64, kind, tmp, &ob.data, claims)?;
+        Ok(h)
+    }
+
+    /// Stores a small blob already verified (a fetch) under the import side
+    /// of the GC lock; returns its id.
+    pub(super) fn add_verified(&self, bytes: &[u8], kind: BlobKind) -> Result<Hash> {
+        let _guard = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let mut claims = Claims::default();
+        let result = self.add_bytes_in(bytes, kind, &mut claims);
+        self.finish(claims, result.is_ok());
+        result
     }
 
     /// Stores a stream of unknown length (an HTTP upload): the bytes are
     /// spooled to a temp file while hashed, then the outboard is computed
     /// from the temp file, which the first pass left in the page cache.
-    pub fn add_reader(&self, mut reader: impl Read, progress: &dyn Progress) -> Result<AddOutcome> {
+    pub fn add_reader(&self, reader: impl Read, progress: &dyn Progress) -> Result<AddOutcome> {
         let _guard = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let mut claims = Claims::default();
+        let result = self.add_reader_in(reader, progress, &mut claims);
+        let new_blobs = claims.created;
+        self.finish(claims, result.is_ok());
+        let (id, size) = result?;
+        Ok(AddOutcome {
+            id,
+            kind: "file".to_string(),
+            size,
+            files: 1,
+            new_blobs,
+        })
+    }
+
+    fn add_reader_in(
+        &self,
+        mut reader: impl Read,
+        progress: &dyn Progress,
+        claims: &mut Claims,
+    ) -> Result<(Hash, u64)> {
         let (tmp, mut out) = TempFile::create(self, "data")?;
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; READ_BLOCK];
@@ -420,9 +784,7 @@ impl Store {
         }
         out.sync_data().map_err(StoreError::io(&tmp.path))?;
         let h = Hash::from(hasher.finalize());
-        let new = if self.has(&h)? {
-            false
-        } else {
+        if !self.reuse(&h, claims)? {
             let tree = BaoTree::new(size, BLOCK_SIZE);
             let mut ob = PreOrderOutboard {
                 root: h.into(),
@@ -441,17 +803,11 @@ impl Store {
                     path: tmp.path.clone(),
                 });
             }
-            self.commit(h, size, BlobKind::Raw, tmp, &ob.data)?
-        };
+            self.commit_in(h, size, BlobKind::Raw, tmp, &ob.data, claims)?;
+        }
         self.mark_root(&h)?;
         self.flush()?;
-        Ok(AddOutcome {
-            id: h,
-            kind: "file".to_string(),
-            size,
-            files: 1,
-            new_blobs: u64::from(new),
-        })
+        Ok((h, size))
     }
 
     /// Stores a file read from `src` (of `size` bytes, named `path` in errors).
@@ -461,7 +817,8 @@ impl Store {
         mut src: File,
         size: u64,
         progress: &dyn Progress,
-    ) -> Result<(Hash, bool)> {
+        claims: &mut Claims,
+    ) -> Result<Hash> {
         if size <= SMALL_FILE {
             let mut bytes = Vec::with_capacity(size as usize);
             (&mut src)
@@ -474,7 +831,7 @@ impl Store {
                 });
             }
             progress.advance(size);
-            return self.add_bytes(&bytes, BlobKind::Raw);
+            return self.add_bytes_in(&bytes, BlobKind::Raw, claims);
         }
         let (tmp, mut out) = TempFile::create(self, "data")?;
         let tree = BaoTree::new(size, BLOCK_SIZE);
@@ -535,24 +892,25 @@ impl Store {
         }
         ob.root = root;
         let h = Hash::from(root);
-        if self.has(&h)? {
-            return Ok((h, false));
+        if self.reuse(&h, claims)? {
+            return Ok(h);
         }
-        let new = self.commit(h, size, BlobKind::Raw, tmp, &ob.data)?;
-        Ok((h, new))
+        self.commit_in(h, size, BlobKind::Raw, tmp, &ob.data, claims)?;
+        Ok(h)
     }
 
     /// Moves a synced temp data file into place with its outboard, then
     /// indexes it. Returns false if the blob was already complete.
-    pub(crate) fn commit(
+    fn commit_in(
         &self,
         h: Hash,
         size: u64,
         kind: BlobKind,
         tmp: TempFile,
         outboard: &[u8],
+        claims: &mut Claims,
     ) -> Result<bool> {
-        if self.has(&h)? {
+        if self.reuse(&h, claims)? {
             return Ok(false);
         }
         let data_path = self.blob_path(&h);
@@ -577,8 +935,8 @@ impl Store {
             sync_dir(parent).map_err(StoreError::io(parent))?;
         }
         let previous = self.blob_record(&h)?;
-        self.put_blob_record(
-            &h,
+        self.index_new(
+            h,
             &BlobRecord {
                 v: BLOB_V,
                 size,
@@ -587,8 +945,8 @@ impl Store {
                 root: previous.as_ref().is_some_and(|r| r.root),
                 created_ms: now_ms(),
             },
-        )?;
-        Ok(true)
+            claims,
+        )
     }
 
     /// Marks a blob as added by name, so `weft ls` lists it.
@@ -602,9 +960,27 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a blob's record, then its files.
+    /// Removes a blob's record and makes that durable, then removes its
+    /// files: a crash in between leaves only orphan files, which GC removes,
+    /// never a record without its bytes.
     pub(crate) fn remove_blob(&self, h: &Hash) -> Result<()> {
         self.inner.blobs.remove(super::records::hash_key(h))?;
+        self.flush()?;
+        self.unlink_blob(h)
+    }
+
+    /// Removes a blob's files (its record is gone, durably).
+    pub(super) fn unlink_blob(&self, h: &Hash) -> Result<()> {
+        #[cfg(test)]
+        if let Some(check) = self
+            .inner
+            .unlink_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            check(h);
+        }
         for p in [self.blob_path(h), self.outboard_path(h)] {
             match fs::remove_file(&p) {
                 Ok(()) => {}

@@ -141,12 +141,18 @@ impl Store {
                 doomed.push((id, rec.size));
             }
         }
+        // every record removal is durable before any file goes: a crash in
+        // between leaves orphan files (removed below or by the next pass),
+        // never a record whose bytes are gone
+        for (id, _) in &doomed {
+            self.inner.blobs.remove(super::records::hash_key(id))?;
+        }
+        self.flush()?;
         for (id, size) in doomed {
-            self.remove_blob(&id)?;
+            self.unlink_blob(&id)?;
             report.removed += 1;
             report.freed_bytes += size;
         }
-        self.flush()?;
         report.orphan_files = self.remove_orphans()?;
         report.partials_removed = self.gc_partials()?;
         self.flush()?;

@@ -322,6 +322,7 @@ impl Store {
     pub fn complete_partial(&self, p: &PartialBlob) -> Result<bool> {
         let _guard = self.inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
         if self.has(&p.hash)? {
+            self.keep_fresh(&p.hash);
             self.remove_partial(&p.hash)?;
             return Ok(false);
         }
@@ -349,7 +350,7 @@ impl Store {
         }
         let partial_dir = self.partial_dir();
         sync_dir(&partial_dir).map_err(StoreError::io(&partial_dir))?;
-        self.put_blob_record(
+        self.index_fetched(
             &p.hash,
             &BlobRecord {
                 v: BLOB_V,
@@ -368,8 +369,8 @@ impl Store {
     /// Stores a small blob fetched and verified in memory (under the import
     /// side of the GC lock); returns its id.
     pub fn add_fetched(&self, bytes: &[u8], kind: BlobKind) -> Result<Hash> {
-        let _guard = self.inner.gc_lock.read().unwrap_or_else(|e| e.into_inner());
-        let (h, _) = self.add_bytes(bytes, kind)?;
+        let h = self.add_verified(bytes, kind)?;
+        self.keep_fresh(&h);
         self.flush()?;
         Ok(h)
     }
@@ -406,6 +407,8 @@ impl Store {
                 let hash = Hash::from(ob.root);
                 ids.push(hash);
                 if self.has(&hash)? || staged.iter().any(|s| s.hash == hash) {
+                    // an import's rollback must leave what a fetch relies on
+                    self.keep_fresh(&hash);
                     continue;
                 }
                 let name = format!("{:016x}", rand::random::<u64>());
@@ -487,7 +490,7 @@ impl Store {
         let dir_refs: Vec<(&File, &PathBuf)> = opened.iter().zip(dirs.iter()).collect();
         sync_parallel(&dir_refs, |f| f.sync_all())?;
         for s in &staged {
-            self.put_blob_record(
+            self.index_fetched(
                 &s.hash,
                 &BlobRecord {
                     v: BLOB_V,

@@ -330,3 +330,308 @@ fn second_open_reports_lock() {
         assert!(matches!(e, StoreError::Locked { .. }), "{e}");
     }
 }
+
+fn set_hook(store: &Store, hook: impl Fn(import::Hook<'_>) + Send + Sync + 'static) {
+    *store.inner.hook.lock().expect("hook lock") = Some(Arc::new(hook));
+}
+
+#[test]
+fn gc_during_an_import_waits_for_its_pin() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let src = dir.path().join("src");
+    write(&src.join("a"), &pseudo_random(300 * 1024, 1));
+    write(&src.join("b/c"), b"small");
+    // GC starts while the import is between its last blob and its pin
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let done_rx = Mutex::new(done_rx);
+    let gc_store = store.clone();
+    let started = Arc::new(Mutex::new(None));
+    let started_in_hook = started.clone();
+    set_hook(&store, move |at| {
+        if let import::Hook::BeforeKeep = at {
+            let s = gc_store.clone();
+            let tx = done_tx.clone();
+            *started_in_hook.lock().expect("lock") = Some(std::thread::spawn(move || {
+                let report = s.gc(&[]).expect("gc");
+                let _ = tx.send(());
+                report
+            }));
+            // GC must wait for the import's critical section to end
+            assert!(
+                done_rx
+                    .lock()
+                    .expect("lock")
+                    .recv_timeout(std::time::Duration::from_millis(200))
+                    .is_err(),
+                "gc ran inside an import"
+            );
+        }
+    });
+    let keep = Keep {
+        pin: Some(1),
+        tag: Some(tag("out/result:v1")),
+    };
+    let out = store
+        .add_path_kept(&src, &AddOptions::default(), &keep, &())
+        .expect("add");
+    let gc = started
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("the hook ran")
+        .join()
+        .expect("gc thread");
+    assert_eq!(gc.removed, 0, "{gc:?}");
+    assert!(
+        store
+            .list_pins()
+            .expect("pins")
+            .iter()
+            .any(|p| p.id == out.id)
+    );
+    assert_eq!(store.tag(&tag("out/result:v1")).expect("tag"), Some(out.id));
+    for h in store.closure([out.id]).expect("closure") {
+        assert!(store.has(&h).expect("has"), "{h} lost");
+    }
+    assert!(store.verify().expect("verify").is_empty());
+}
+
+#[test]
+fn a_failed_import_leaves_a_blob_another_import_used_meanwhile() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let shared = pseudo_random(300 * 1024, 2);
+    let a = dir.path().join("a");
+    write(&a.join("1-shared"), &shared);
+    write(&a.join("2-vanishes"), b"gone before it is read");
+    let b = dir.path().join("b");
+    write(&b.join("same"), &shared);
+    // after import A stored the shared file (a new blob), import B stores
+    // the same bytes and pins its tree; then A fails and rolls back
+    let other = store.clone();
+    let b_done: Arc<Mutex<Option<AddOutcome>>> = Arc::new(Mutex::new(None));
+    let b_out = b_done.clone();
+    let vanishing = a.join("2-vanishes");
+    set_hook(&store, move |at| {
+        if let import::Hook::FileImported(p) = at
+            && p.ends_with("1-shared")
+            && b_out.lock().expect("lock").is_none()
+        {
+            let s = other.clone();
+            let b = b.clone();
+            let out = std::thread::spawn(move || {
+                s.add_path_kept(
+                    &b,
+                    &AddOptions::default(),
+                    &Keep {
+                        pin: Some(1),
+                        tag: None,
+                    },
+                    &(),
+                )
+            })
+            .join()
+            .expect("thread")
+            .expect("import b");
+            *b_out.lock().expect("lock") = Some(out);
+            fs::remove_file(&vanishing).expect("rm");
+        }
+    });
+    let err = store
+        .add_path(&a, &AddOptions::default(), &())
+        .expect_err("a file vanished");
+    assert!(err.to_string().contains("2-vanishes"), "{err}");
+    let b_out = b_done.lock().expect("lock").clone().expect("b ran");
+    let shared_id = Hash::of(&shared);
+    assert!(
+        store.has(&shared_id).expect("has"),
+        "rollback removed a blob B uses"
+    );
+    assert!(store.verify().expect("verify").is_empty());
+    // and a rollback that nobody overlaps still cleans up after itself
+    let c = dir.path().join("c");
+    write(&c.join("1-own"), &pseudo_random(300 * 1024, 3));
+    write(&c.join("2-vanishes"), b"x");
+    let vanishing = c.join("2-vanishes");
+    set_hook(&store, move |at| {
+        if let import::Hook::FileImported(p) = at
+            && p.ends_with("1-own")
+        {
+            let _ = fs::remove_file(&vanishing);
+        }
+    });
+    store
+        .add_path(&c, &AddOptions::default(), &())
+        .expect_err("a file vanished");
+    let own = Hash::of(&pseudo_random(300 * 1024, 3));
+    assert!(!store.has(&own).expect("has"), "rollback left its own blob");
+    assert!(!store.blob_path(&own).exists());
+    assert!(
+        store
+            .list_pins()
+            .expect("pins")
+            .iter()
+            .any(|p| p.id == b_out.id)
+    );
+}
+
+#[test]
+fn remove_blob_makes_the_record_removal_durable_before_unlinking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let data = pseudo_random(100 * 1024, 4);
+    let (h, _) = store.add_bytes(&data, BlobKind::Raw).expect("add");
+    store.flush().expect("flush");
+    let meta = dir.path().join("store/meta");
+    // at the moment of unlinking, the database on disk (read by a second,
+    // read-only copy of it) no longer has the record
+    let copy = dir.path().join("meta-copy");
+    let checked = Arc::new(Mutex::new(false));
+    let seen = checked.clone();
+    let blobs_path = store.blob_path(&h);
+    *store.inner.unlink_check.lock().expect("lock") = Some(Box::new(move |id: &Hash| {
+        assert!(blobs_path.exists(), "unlinked before the check");
+        let _ = fs::remove_dir_all(&copy);
+        copy_dir(&meta, &copy);
+        let db = sled::Config::new().path(&copy).open().expect("open copy");
+        let blobs = db.open_tree("blobs").expect("tree");
+        assert!(
+            blobs.get(records::hash_key(id)).expect("get").is_none(),
+            "the record removal was not durable before the unlink"
+        );
+        *seen.lock().expect("lock") = true;
+    }));
+    store.remove_blob(&h).expect("remove");
+    assert!(*checked.lock().expect("lock"));
+    assert!(!store.blob_path(&h).exists());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for e in fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            fs::copy(e.path(), &dest).expect("copy");
+        }
+    }
+}
+
+#[test]
+fn an_import_beneath_a_folder_refuses_links_and_stores_the_same_tree() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let host = dir.path().join("host");
+    write(&host.join("etc/passwd"), b"root:x:0:0:host secret");
+    let outputs = dir.path().join("outputs");
+    write(
+        &outputs.join("model/weights"),
+        &pseudo_random(300 * 1024, 5),
+    );
+    write(&outputs.join("model/config"), b"{}");
+    symlink("../host", outputs.join("x")).expect("symlink");
+    symlink("/", outputs.join("root")).expect("symlink");
+    symlink("weights", outputs.join("model2")).expect("symlink");
+    fs::create_dir_all(outputs.join("mixed")).expect("mkdir");
+    symlink("../../host/etc/passwd", outputs.join("mixed/passwd")).expect("symlink");
+    let keep = Keep::default();
+    for (rel, link) in [
+        ("x/etc/passwd", "x"),
+        ("root/etc/passwd", "root"),
+        ("x", "x"),
+        ("mixed", "mixed/passwd"),
+    ] {
+        let err = store
+            .add_beneath(&outputs, Path::new(rel), &keep, &())
+            .expect_err(rel);
+        match err {
+            StoreError::Symlink { path } => assert_eq!(path, outputs.join(link), "{rel}"),
+            other => panic!("{rel}: {other}"),
+        }
+    }
+    assert!(
+        !store
+            .has(&Hash::of(b"root:x:0:0:host secret"))
+            .expect("has")
+    );
+    assert_eq!(store.stats().expect("stats"), (0, 0), "nothing stored");
+    let err = store
+        .add_beneath(&outputs, Path::new("../host/etc/passwd"), &keep, &())
+        .expect_err("escape");
+    assert!(matches!(err, StoreError::Escapes { .. }), "{err}");
+    let beneath = store
+        .add_beneath(&outputs, Path::new("model"), &keep, &())
+        .expect("plain folder");
+    let by_path = store
+        .add_path(&outputs.join("model"), &AddOptions::default(), &())
+        .expect("add");
+    assert_eq!(beneath.id, by_path.id);
+    assert_eq!(beneath.files, 2);
+    // the fallback walk (kernels without openat2) refuses the same
+    let b = beneath::Beneath::open_without_openat2(&outputs).expect("open");
+    let err = store
+        .add_beneath_for_test(&b, Path::new("x/etc/passwd"))
+        .expect_err("fallback followed a link");
+    assert!(matches!(err, StoreError::Symlink { .. }), "{err}");
+    let special = dir.path().join("fifo-out");
+    fs::create_dir_all(&special).expect("mkdir");
+    let fifo = std::ffi::CString::new(special.join("p").as_os_str().as_encoded_bytes()).expect("c");
+    // SAFETY: a valid NUL-terminated path
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let err = store
+        .add_beneath(&special, Path::new(""), &keep, &())
+        .expect_err("fifo");
+    assert!(matches!(err, StoreError::Special { .. }), "{err}");
+}
+
+/// Unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_import_onto_a_full_disk_is_reported_as_such_and_leaves_nothing() {
+    // SAFETY: geteuid has no preconditions
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small file system needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join("store/tmp");
+    fs::create_dir_all(&tmp).expect("mkdir");
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&tmp)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: cannot mount a tmpfs here");
+        return;
+    }
+    let _mounted = Mounted(tmp.clone());
+    let store = open(dir.path());
+    let outputs = dir.path().join("outputs");
+    write(&outputs.join("big"), &pseudo_random(1 << 20, 6));
+    let err = store
+        .add_beneath(&outputs, Path::new(""), &Keep::default(), &())
+        .expect_err("the disk is full");
+    match &err {
+        StoreError::NoSpace { path } => assert!(path.starts_with(&tmp), "{err}"),
+        other => panic!("not reported as a full disk: {other}"),
+    }
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(store.stats().expect("stats"), (0, 0));
+    assert_eq!(
+        fs::read_dir(&tmp).expect("tmp").count(),
+        0,
+        "temp files left"
+    );
+}
