@@ -948,11 +948,14 @@ impl Coordinator {
                 result: result.clone(),
                 at_ms: now,
             };
-            if let Err(error) = self
-                .cache_tree
-                .insert(e.status.cache_key.as_bytes(), rec.to_bytes())
-            {
-                tracing::warn!(%error, "cannot record a cached result");
+            match rec.to_bytes() {
+                Ok(bytes) => {
+                    if let Err(error) = self.cache_tree.insert(e.status.cache_key.as_bytes(), bytes)
+                    {
+                        tracing::warn!(%error, "cannot record a cached result");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot record a cached result"),
             }
         }
         e.status.result = Some(result);
@@ -1166,10 +1169,12 @@ impl Coordinator {
             submission: e.submission.clone(),
             assignment: e.assignment.clone(),
         };
-        if let Err(error) = self
-            .jobs_tree
-            .insert(id.as_str().as_bytes(), rec.to_bytes())
-        {
+        let persisted = rec.to_bytes().map_err(|e| e.to_string()).and_then(|bytes| {
+            self.jobs_tree
+                .insert(id.as_str().as_bytes(), bytes)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(error) = persisted {
             tracing::error!(job = %id, %error, "cannot persist job");
         }
     }
@@ -1234,9 +1239,9 @@ impl Coordinator {
                     result: result.clone(),
                     at_ms: status.updated_ms,
                 };
-                let _ = self
-                    .cache_tree
-                    .insert(status.cache_key.as_bytes(), rec.to_bytes());
+                if let Ok(bytes) = rec.to_bytes() {
+                    let _ = self.cache_tree.insert(status.cache_key.as_bytes(), bytes);
+                }
             }
             let newer = self
                 .table

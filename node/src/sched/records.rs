@@ -54,7 +54,7 @@ mod tests {
             },
             at_ms: 5,
         };
-        let bytes = r.to_bytes();
+        let bytes = r.to_bytes().expect("encode");
         // checked against an independent CBOR encoder (Python's cbor2)
         assert_eq!(
             hex::encode(&bytes),
