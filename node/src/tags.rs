@@ -12,7 +12,7 @@
 //! must be written by the node that signed the gossip (its origin is the
 //! gossip's source); a version relayed in a sync page may come from any node
 //! but its origin must be a node id; and no version's clock may run more
-//! than [`MAX_CLOCK_SKEW_MS`] ahead of this node's, so the local clock never
+//! than [`weft_protocol::tag::MAX_CLOCK_SKEW_MS`] ahead of this node's, so the local clock never
 //! jumps to a forged reading. Refusals are logged with the peer.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use weft_protocol::tag::{ClockSkewError, MAX_CLOCK_SKEW_MS};
+use weft_protocol::tag::ClockSkewError;
 use weft_protocol::{ErrorCode, Request, Response, TagName, TagUpdate, TagVersion, Topic};
 
 use crate::net::NetHandle;
@@ -137,7 +137,7 @@ pub enum TagRefusal {
 }
 
 /// Checks a version gossiped by `source`: it must be `source`'s own, with a
-/// clock at most [`MAX_CLOCK_SKEW_MS`] ahead of this node's.
+/// clock at most [`weft_protocol::tag::MAX_CLOCK_SKEW_MS`] ahead of this node's.
 pub fn check_gossiped(
     source: &PeerId,
     version: &TagVersion,
@@ -155,7 +155,7 @@ pub fn check_gossiped(
 /// Checks a version relayed in a `TagSync` page: the peer answers with the
 /// history it holds, so the origin may be any node, but it must be a node id
 /// (decoding already bounded its length), and its clock at most
-/// [`MAX_CLOCK_SKEW_MS`] ahead of this node's.
+/// [`weft_protocol::tag::MAX_CLOCK_SKEW_MS`] ahead of this node's.
 pub fn check_relayed(version: &TagVersion, now_ms: u64) -> Result<(), TagRefusal> {
     if version.origin.parse::<PeerId>().is_err() {
         return Err(TagRefusal::BadOrigin {
@@ -267,5 +267,58 @@ pub async fn answer_sync(store: &Store, after: Option<TagName>) -> Response {
         Ok(Ok((tags, more))) => Response::Tags { tags, more },
         Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
         Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_protocol::Hlc;
+    use weft_protocol::tag::MAX_CLOCK_SKEW_MS;
+
+    fn version(origin: String, wall_ms: u64) -> TagVersion {
+        TagVersion {
+            target: None,
+            hlc: Hlc {
+                wall_ms,
+                counter: 0,
+            },
+            origin,
+        }
+    }
+
+    #[test]
+    fn gossiped_versions_are_their_signers_own() {
+        let source = PeerId::random();
+        let other = PeerId::random();
+        let now = 1_000_000;
+        assert!(check_gossiped(&source, &version(source.to_string(), now), now).is_ok());
+        let err = check_gossiped(&source, &version(other.to_string(), now), now)
+            .expect_err("another node's origin");
+        assert!(matches!(err, TagRefusal::NotItsOrigin { .. }), "{err}");
+        for ahead in [MAX_CLOCK_SKEW_MS + 1, u64::MAX - now] {
+            let err = check_gossiped(&source, &version(source.to_string(), now + ahead), now)
+                .expect_err("far future");
+            assert!(matches!(err, TagRefusal::Clock(_)), "{err}");
+        }
+        assert!(
+            check_gossiped(
+                &source,
+                &version(source.to_string(), now + MAX_CLOCK_SKEW_MS),
+                now
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn relayed_versions_name_a_node_and_a_sane_clock() {
+        let now = 1_000_000;
+        let other = PeerId::random().to_string();
+        assert!(check_relayed(&version(other.clone(), now), now).is_ok());
+        let err = check_relayed(&version("1111".into(), now), now).expect_err("not a peer id");
+        assert!(matches!(err, TagRefusal::BadOrigin { .. }), "{err}");
+        let err = check_relayed(&version(other, u64::MAX), now).expect_err("far future");
+        assert!(matches!(err, TagRefusal::Clock(_)), "{err}");
     }
 }

@@ -360,6 +360,82 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_record_is_an_error_not_an_empty_record() {
+        let r = TagRecord {
+            v: 1,
+            history: (0..600)
+                .map(|i| TagVersion {
+                    target: None,
+                    hlc: Hlc {
+                        wall_ms: i,
+                        counter: 0,
+                    },
+                    origin: "o".repeat(2048),
+                })
+                .collect(),
+        };
+        match r.to_bytes() {
+            Err(RecordError::TooLarge {
+                what: "tag",
+                len,
+                limit,
+            }) => {
+                assert!(len > limit && limit == MAX_RECORD_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A tag write that would take its record over the limit fails and
+    /// leaves the record as it was; a record that cannot be read is skipped
+    /// by listing and sync rather than failing them.
+    #[test]
+    fn store_refuses_oversized_tags_and_skips_bad_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path(), "n1").expect("open");
+        let name = weft_protocol::TagName::new("a:b").expect("tag");
+        let big = |i: u64| TagVersion {
+            target: Some(Hash::EMPTY),
+            hlc: Hlc {
+                wall_ms: i + 1,
+                counter: 0,
+            },
+            origin: "o".repeat(4096),
+        };
+        let mut refused = None;
+        for i in 0..400 {
+            if let Err(e) = store.merge_tag(&name, big(i)) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (at, err) = refused.expect("a write over the limit is refused");
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+        let kept = store.tag_history(&name).expect("still readable");
+        assert_eq!(kept.len() as u64, at, "the refused version was not stored");
+        assert_eq!(store.tag(&name).expect("tag"), Some(Hash::EMPTY));
+
+        // a record that cannot be read (here: garbage) next to a good one
+        let good = weft_protocol::TagName::new("c:d").expect("tag");
+        store.set_tag(&good, Some(Hash::EMPTY)).expect("set");
+        store
+            .inner
+            .tags
+            .insert("b:c".as_bytes(), &b"\xff\x00garbage"[..])
+            .expect("insert");
+        let listed: Vec<String> = store
+            .list_tags()
+            .expect("listing survives a bad record")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(listed, ["a:b", "c:d"]);
+        let (page, more) = store.tag_page(None, 10, 10).expect("sync page survives");
+        assert!(!more);
+        assert_eq!(page.len(), 2);
+    }
+
+    #[test]
     fn tag_merge_is_idempotent_and_ordered() {
         let v = |ms, origin: &str, t: Option<Hash>| TagVersion {
             target: t,
