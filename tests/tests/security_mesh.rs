@@ -364,8 +364,10 @@ async fn provider_records_from_a_non_member_are_not_stored() {
             let id = k.public().to_peer_id();
             let mut config = kad::Config::new(StreamProtocol::new("/weft/kad/1"));
             config.set_query_timeout(Duration::from_secs(4));
-            let mut store_config = kad::store::MemoryStoreConfig::default();
-            store_config.max_provided_keys = 2 * FAKE_KEYS;
+            let store_config = kad::store::MemoryStoreConfig {
+                max_provided_keys: 2 * FAKE_KEYS,
+                ..Default::default()
+            };
             RawKad {
                 kad: kad::Behaviour::with_config(
                     id,

@@ -142,8 +142,10 @@ fn build_behaviour(keypair: &Keypair, config: &NetConfig) -> Result<Behaviour, N
     // number per peer; weft stores no values.
     kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
     kad_config.set_provider_record_ttl(Some(PROVIDER_RECORD_TTL));
-    let mut store_config = kad::store::MemoryStoreConfig::default();
-    store_config.max_provided_keys = MAX_LOCAL_PROVIDED_KEYS + MAX_REMOTE_PROVIDER_RECORDS;
+    let store_config = kad::store::MemoryStoreConfig {
+        max_provided_keys: MAX_LOCAL_PROVIDED_KEYS + MAX_REMOTE_PROVIDER_RECORDS,
+        ..Default::default()
+    };
     let store = kad::store::MemoryStore::with_config(local, store_config);
     let mut kad = kad::Behaviour::with_config(local, store, kad_config);
     // Nodes on private networks have no confirmed external address, yet each
