@@ -21,7 +21,7 @@ use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use weft_protocol::tag::ClockSkewError;
-use weft_protocol::{ErrorCode, Request, Response, TagName, TagUpdate, TagVersion, Topic};
+use weft_protocol::{Bounded, ErrorCode, Request, Response, TagName, TagUpdate, TagVersion, Topic};
 
 use crate::net::NetHandle;
 use crate::store::Store;
@@ -264,7 +264,20 @@ pub async fn answer_sync(store: &Store, after: Option<TagName>) -> Response {
     match tokio::task::spawn_blocking(move || store.tag_page(after.as_ref(), PAGE, PAGE_VERSIONS))
         .await
     {
-        Ok(Ok((tags, more))) => Response::Tags { tags, more },
+        Ok(Ok((mut tags, more))) => {
+            // a version stored before origins were bounded would make the
+            // whole page undecodable for the asker: leave such versions out
+            for (name, versions) in &mut tags {
+                versions.retain(|v| match v.check_bounds() {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::warn!(tag = %name, %error, "not syncing a stored tag version over its bounds");
+                        false
+                    }
+                });
+            }
+            Response::Tags { tags, more }
+        }
         Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
         Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
     }

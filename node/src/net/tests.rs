@@ -864,3 +864,51 @@ async fn gossip_over_its_bounds_or_with_a_foreign_tag_origin_is_refused() {
         "a refused message got through"
     );
 }
+
+/// One peer gets at most `MAX_CONNECTIONS_PER_PEER` connections, even a
+/// member: more are denied, those within the limit stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_peer_are_limited() {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+    use super::behaviour::MAX_CONNECTIONS_PER_PEER;
+    init_tracing();
+    let target = TestNode::start(config(SECRET, Vec::new()), 1).await;
+    let mut raw = raw_client();
+    let addr = target.addr("tcp").await;
+    connect(&mut raw, addr.clone()).await;
+    let proof = AuthProof::new(
+        &SECRET,
+        &raw.local_peer_id().to_bytes(),
+        &target.id.to_bytes(),
+    );
+    raw.behaviour_mut()
+        .auth
+        .send_request(&target.id, AuthRequest { proof });
+    let verdict = drive(&mut raw, Duration::from_secs(5), |e| match e {
+        SwarmEvent::Behaviour(RawBehaviourEvent::Auth(request_response::Event::Message {
+            message: request_response::Message::Response { response, .. },
+            ..
+        })) => Some(response),
+        _ => None,
+    })
+    .await;
+    assert_eq!(verdict, Some(AuthResponse::Accepted));
+
+    let extra = MAX_CONNECTIONS_PER_PEER as usize + 3;
+    for _ in 0..extra {
+        let opts = DialOpts::peer_id(target.id)
+            .addresses(vec![addr.clone()])
+            .condition(PeerCondition::Always)
+            .build();
+        raw.dial(opts).expect("dial");
+    }
+    // let every dial settle (established, or denied and closed)
+    let _ = drive(&mut raw, Duration::from_millis(1500), |_| None::<()>).await;
+    let open = raw.network_info().connection_counters().num_established();
+    eprintln!("{open} connections open after {} dials", extra + 1);
+    assert!(
+        (1..=MAX_CONNECTIONS_PER_PEER).contains(&open),
+        "{open} connections from one peer"
+    );
+}
