@@ -263,7 +263,9 @@ async fn pass(
             .map(|(_, p)| *p)
             .collect();
         let have = 1 + held_by.len();
-        let need = (pin.replicas as usize).saturating_sub(have + waiting.len());
+        // peers refuse more; a pin asking more keeps this many copies
+        let wanted = pin.replicas.min(MAX_REPLICAS);
+        let need = (wanted as usize).saturating_sub(have + waiting.len());
         if need > 0 {
             let mut candidates: Vec<PeerId> = peers
                 .iter()
@@ -277,7 +279,7 @@ async fn pass(
             for peer in candidates.into_iter().take(need) {
                 let req = Request::Replicate {
                     hash: pin.id,
-                    replicas: pin.replicas.min(MAX_REPLICAS),
+                    replicas: wanted,
                 };
                 sent += 1;
                 match tokio::time::timeout(ASK_TIMEOUT, shared.net.request(peer, req)).await {
