@@ -19,7 +19,17 @@
 //!   cluster, dropped (with [`NetEvent::PeerGone`]) when not refreshed within
 //!   [`NetConfig::advert_ttl`];
 //! - answers `Request::Hello` itself and hands every other request to the
-//!   daemon as [`NetEvent::InboundRequest`].
+//!   daemon as [`NetEvent::InboundRequest`];
+//! - bounds what peers send: every request, response and gossip message is
+//!   decoded through `weft_protocol::codec::decode_peer`, which checks the
+//!   bound of every field (`weft_protocol::bounds`); gossip on
+//!   `weft/tags/1` whose tag version is not its signer's own, or on
+//!   `weft/jobs/1` over its bounds, is rejected (not handed on, not
+//!   forwarded); connections are limited per peer, in total and while in
+//!   their handshake; Kademlia stores provider records only from peers that
+//!   proved the cluster secret, a bounded number per peer and in all, with
+//!   room always kept for this node's own announcements, and stores no
+//!   values.
 //!
 //! **Architecture Invariant:** only the actor in `net/actor.rs` touches the
 //! Swarm.

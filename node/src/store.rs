@@ -313,7 +313,11 @@ impl Store {
     }
 
     pub(crate) fn put_blob_record(&self, h: &Hash, r: &BlobRecord) -> Result<()> {
-        self.inner.blobs.insert(hash_key(h), r.to_bytes())?;
+        let bytes = r.to_bytes().map_err(|source| StoreError::Record {
+            key: h.to_string(),
+            source,
+        })?;
+        self.inner.blobs.insert(hash_key(h), bytes)?;
         Ok(())
     }
 
@@ -524,8 +528,9 @@ impl Store {
             let Ok(name) = TagName::new(&key) else {
                 continue;
             };
-            let mut rec =
-                TagRecord::from_bytes(&v).map_err(|source| StoreError::Record { key, source })?;
+            let Some(mut rec) = records::readable::<TagRecord>(&key, &v) else {
+                continue;
+            };
             let extra = rec.history.len().saturating_sub(max_versions);
             rec.history.drain(..extra);
             out.push((name, rec.history));
@@ -566,7 +571,13 @@ impl Store {
                 };
                 let changed = rec.merge(version.clone());
                 if changed {
-                    tx.insert(name.as_str().as_bytes(), rec.to_bytes())?;
+                    let bytes = rec.to_bytes().map_err(|source| {
+                        sled::transaction::ConflictableTransactionError::Abort(StoreError::Record {
+                            key: name.to_string(),
+                            source,
+                        })
+                    })?;
+                    tx.insert(name.as_str().as_bytes(), bytes)?;
                 }
                 Ok(changed)
             })
@@ -593,8 +604,9 @@ impl Store {
             let Ok(name) = TagName::new(&key) else {
                 continue;
             };
-            let rec =
-                TagRecord::from_bytes(&v).map_err(|source| StoreError::Record { key, source })?;
+            let Some(rec) = records::readable::<TagRecord>(&key, &v) else {
+                continue;
+            };
             out.push((name, rec.history));
         }
         Ok(out)
@@ -632,7 +644,11 @@ impl Store {
             created_ms: now_ms(),
             replicas: replicas.max(1),
         };
-        self.inner.pins.insert(hash_key(h), rec.to_bytes())?;
+        let bytes = rec.to_bytes().map_err(|source| StoreError::Record {
+            key: h.to_string(),
+            source,
+        })?;
+        self.inner.pins.insert(hash_key(h), bytes)?;
         self.flush()
     }
 

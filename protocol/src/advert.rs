@@ -114,7 +114,7 @@ impl NodeAdvert {
 
     /// Decodes an advert received from a peer.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode(bytes, MAX_ADVERT_BYTES)
+        codec::decode_peer(bytes, MAX_ADVERT_BYTES)
     }
 
     /// Whether `self` supersedes `other`, both from the same author.

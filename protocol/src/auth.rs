@@ -138,7 +138,7 @@ impl AuthRequest {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode(bytes, MAX_AUTH_BYTES)
+        codec::decode_peer(bytes, MAX_AUTH_BYTES)
     }
 }
 

@@ -6,11 +6,16 @@
 //! to the bytes actually present (a header claiming a huge length does not
 //! reserve it).
 //!
+//! Messages from peers go through [`decode_peer`], which also checks the
+//! bound of every field ([`crate::bounds`]).
+//!
 //! Non-goals: framing on a stream. Transports prefix each message with its
 //! length and check that length against the same limit before reading.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::bounds::{Bounded, BoundsError};
 
 /// Largest control-plane message (requests, responses, gossip).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -35,6 +40,9 @@ pub enum CodecError {
     Trailing(usize),
     #[error("cannot encode: {0}")]
     Encode(String),
+    /// A field is longer than its bound ([`crate::bounds`]).
+    #[error("field out of bounds: {0}")]
+    Bounds(#[from] BoundsError),
 }
 
 /// Encodes `value` as CBOR, failing if the result exceeds `limit` bytes.
@@ -65,6 +73,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Code
     if !reader.is_empty() {
         return Err(CodecError::Trailing(reader.len()));
     }
+    Ok(value)
+}
+
+/// Decodes a message received from a peer: [`decode`], then every field's
+/// bound ([`Bounded`]). Every decoder of peer bytes goes through here.
+pub fn decode_peer<T: DeserializeOwned + Bounded>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, CodecError> {
+    let value: T = decode(bytes, limit)?;
+    value.check_bounds()?;
     Ok(value)
 }
 

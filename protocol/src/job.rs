@@ -43,6 +43,7 @@ use std::time::Duration;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::bounds::Bounded;
 use crate::codec::{self, CodecError, MAX_MESSAGE_BYTES};
 use crate::tag::{ArtifactRef, TagName};
 use crate::tree::validate_name;
@@ -258,7 +259,10 @@ impl JobSpec {
     /// Decodes and checks a spec received from a peer.
     pub fn from_cbor(bytes: &[u8]) -> Result<JobSpec, JobSpecError> {
         check_len(bytes.len())?;
-        Ok(codec::decode(bytes, MAX_SPEC_BYTES.min(MAX_MESSAGE_BYTES))?)
+        Ok(codec::decode_peer(
+            bytes,
+            MAX_SPEC_BYTES.min(MAX_MESSAGE_BYTES),
+        )?)
     }
 
     /// The job's name.
@@ -429,7 +433,7 @@ impl TryFrom<JobSpecWire> for JobSpec {
                 )));
             }
         }
-        Ok(JobSpec {
+        let spec = JobSpec {
             metadata: w.metadata,
             spec: Spec {
                 task,
@@ -441,7 +445,11 @@ impl TryFrom<JobSpecWire> for JobSpec {
                 retries: s.retries,
                 cache: s.cache,
             },
-        })
+        };
+        // every spec, typed or from a peer, fits the same bounds
+        spec.check_bounds()
+            .map_err(|e| CrossFieldError(e.to_string()))?;
+        Ok(spec)
     }
 }
 

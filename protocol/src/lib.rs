@@ -8,6 +8,7 @@
 
 pub mod advert;
 pub mod auth;
+pub mod bounds;
 pub mod codec;
 pub mod hash;
 pub mod job;
@@ -18,7 +19,8 @@ pub mod transfer;
 pub mod tree;
 
 pub use advert::{Executors, GpuInfo, NodeAdvert};
-pub use codec::{CodecError, decode, encode};
+pub use bounds::{Bounded, BoundsError};
+pub use codec::{CodecError, decode, decode_peer, encode};
 pub use hash::{Hash, HashParseError, HashPrefix};
 pub use job::{JobSpec, JobSpecError};
 pub use rpc::{ErrorCode, HaveBlob, Request, Response, Topic};

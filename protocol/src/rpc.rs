@@ -216,8 +216,9 @@ impl Request {
         codec::encode(self, MAX_MESSAGE_BYTES)
     }
 
+    /// Decodes a message from a peer, checking every field's bound.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode(bytes, MAX_MESSAGE_BYTES)
+        codec::decode_peer(bytes, MAX_MESSAGE_BYTES)
     }
 }
 
@@ -226,8 +227,9 @@ impl Response {
         codec::encode(self, MAX_MESSAGE_BYTES)
     }
 
+    /// Decodes a message from a peer, checking every field's bound.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode(bytes, MAX_MESSAGE_BYTES)
+        codec::decode_peer(bytes, MAX_MESSAGE_BYTES)
     }
 
     /// An [`Response::Error`].

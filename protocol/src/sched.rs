@@ -339,8 +339,9 @@ impl JobGossip {
         codec::encode(self, MAX_MESSAGE_BYTES)
     }
 
+    /// Decodes gossip from a peer, checking every field's bound.
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        codec::decode(bytes, MAX_MESSAGE_BYTES)
+        codec::decode_peer(bytes, MAX_MESSAGE_BYTES)
     }
 }
 

@@ -157,6 +157,22 @@ impl fmt::Display for ArtifactRef {
     }
 }
 
+/// Farthest a clock reading from another node may run ahead of this node's
+/// wall clock. A reading further ahead is refused, so one node's bad clock
+/// (or a forged `u64::MAX`) cannot drag every clock forward.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// A clock reading from another node that is too far ahead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "clock reading of {wall_ms} ms is {ahead_ms} ms ahead of this node's clock (at most \
+     {MAX_CLOCK_SKEW_MS} ms allowed); check the writing node's clock"
+)]
+pub struct ClockSkewError {
+    pub wall_ms: u64,
+    pub ahead_ms: u64,
+}
+
 /// A hybrid logical clock reading: wall-clock milliseconds, then a counter
 /// for events within the same millisecond or behind a clock seen elsewhere.
 #[derive(
@@ -181,6 +197,19 @@ impl Hlc {
                 counter: last.counter.saturating_add(1),
             }
         }
+    }
+
+    /// Refuses a reading from another node more than [`MAX_CLOCK_SKEW_MS`]
+    /// ahead of the local wall clock `now_ms`. Check before [`Hlc::observe`].
+    pub fn check_skew(&self, now_ms: u64) -> Result<(), ClockSkewError> {
+        let ahead_ms = self.wall_ms.saturating_sub(now_ms);
+        if ahead_ms > MAX_CLOCK_SKEW_MS {
+            return Err(ClockSkewError {
+                wall_ms: self.wall_ms,
+                ahead_ms,
+            });
+        }
+        Ok(())
     }
 
     /// The local clock after receiving `remote`: never behind what was seen.
@@ -222,8 +251,9 @@ impl TagUpdate {
         crate::codec::encode(self, crate::codec::MAX_MESSAGE_BYTES)
     }
 
+    /// Decodes an update from a peer, checking every field's bound.
     pub fn decode(bytes: &[u8]) -> Result<Self, crate::CodecError> {
-        crate::codec::decode(bytes, crate::codec::MAX_MESSAGE_BYTES)
+        crate::codec::decode_peer(bytes, crate::codec::MAX_MESSAGE_BYTES)
     }
 }
 
@@ -293,6 +323,25 @@ mod tests {
             },
         );
         assert!(Hlc::tick(seen, 120) > seen);
+    }
+
+    #[test]
+    fn clock_skew_is_bounded() {
+        let now = 1_000_000;
+        let at = |wall_ms| Hlc {
+            wall_ms,
+            counter: 0,
+        };
+        assert!(at(now).check_skew(now).is_ok());
+        assert!(at(0).check_skew(now).is_ok());
+        assert!(at(now + MAX_CLOCK_SKEW_MS).check_skew(now).is_ok());
+        let err = at(now + MAX_CLOCK_SKEW_MS + 1)
+            .check_skew(now)
+            .expect_err("ahead");
+        assert_eq!(err.ahead_ms, MAX_CLOCK_SKEW_MS + 1);
+        assert!(err.to_string().contains("ahead"), "{err}");
+        assert!(at(u64::MAX).check_skew(now).is_err());
+        assert!(at(u64::MAX).check_skew(u64::MAX).is_ok());
     }
 
     #[test]

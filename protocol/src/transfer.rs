@@ -329,14 +329,7 @@ impl GetRequest {
 
     /// Decodes a frame's payload (after the length prefix).
     pub fn decode(payload: &[u8]) -> Result<Self, CodecError> {
-        let r: GetRequest = codec::decode(payload, MAX_REQUEST_BYTES)?;
-        if r.ranges.range_count() > MAX_RANGES {
-            return Err(CodecError::Malformed(format!(
-                "{} ranges in one request; at most {MAX_RANGES}",
-                r.ranges.range_count()
-            )));
-        }
-        Ok(r)
+        codec::decode_peer(payload, MAX_REQUEST_BYTES)
     }
 }
 
@@ -348,17 +341,7 @@ impl GetResponse {
 
     /// Decodes a frame's payload (after the length prefix).
     pub fn decode(payload: &[u8]) -> Result<Self, CodecError> {
-        let r: GetResponse = codec::decode(payload, MAX_RESPONSE_BYTES)?;
-        if let GetResponse::Found { ranges, .. } = &r
-            && ranges.range_count() > MAX_RANGES + 1
-        {
-            return Err(CodecError::Malformed(format!(
-                "{} ranges in one header; at most {}",
-                ranges.range_count(),
-                MAX_RANGES + 1
-            )));
-        }
-        Ok(r)
+        codec::decode_peer(payload, MAX_RESPONSE_BYTES)
     }
 }
 

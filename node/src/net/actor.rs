@@ -12,7 +12,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
-use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryId, QueryResult, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, Message, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -22,10 +23,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, trace, warn};
 use weft_protocol::auth::{AuthProof, AuthRequest, AuthResponse, SECRET_LEN};
+use weft_protocol::bounds::MAX_LISTEN_ADDRS;
 use weft_protocol::codec::MAX_MESSAGE_BYTES;
-use weft_protocol::{ErrorCode, NodeAdvert, Request, Response, Topic, VERSION};
+use weft_protocol::sched::JobGossip;
+use weft_protocol::{Bounded, ErrorCode, NodeAdvert, Request, Response, TagUpdate, Topic, VERSION};
 
-use super::behaviour::{Behaviour, BehaviourEvent, UNAUTHENTICATED_SCORE, build_swarm};
+use super::behaviour::{
+    Behaviour, BehaviourEvent, MAX_PROVIDER_RECORDS_PER_PEER, MAX_REMOTE_PROVIDER_RECORDS,
+    PROVIDER_RECORD_TTL, UNAUTHENTICATED_SCORE, build_swarm,
+};
 use super::{Command, NetConfig, NetError, NetEvent, PeerInfo, Reply};
 
 /// How long `spawn` waits for the listeners to bind.
@@ -55,8 +61,12 @@ const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(5);
 /// does not bring it back.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
-/// Addresses kept per peer from identify.
+/// Addresses kept per peer from identify (and per provider record).
 const MAX_PEER_ADDRS: usize = 16;
+
+/// How often expired provider records are dropped from the count of what
+/// each peer stored here.
+const PROVIDER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 type InboundReply = (
     ResponseChannel<Response>,
@@ -137,6 +147,11 @@ pub(crate) struct Actor {
     pending_start_providing: HashMap<QueryId, Reply<()>>,
     last_bootstrap: Option<Instant>,
     last_bootstrap_dial: Instant,
+    /// Provider records each peer stored here, with when they expire.
+    remote_providers: HashMap<PeerId, HashMap<RecordKey, Instant>>,
+    /// Their number, all peers together.
+    remote_provider_count: usize,
+    last_provider_prune: Instant,
 }
 
 fn unix_ms() -> u64 {
@@ -249,6 +264,9 @@ impl Actor {
             pending_start_providing: HashMap::new(),
             last_bootstrap: None,
             last_bootstrap_dial: Instant::now(),
+            remote_providers: HashMap::new(),
+            remote_provider_count: 0,
+            last_provider_prune: Instant::now(),
         };
         actor.dial_bootstrap();
         Ok(actor)
@@ -485,12 +503,22 @@ impl Actor {
         self.seq += 1;
         advert.seq = self.seq;
         advert.timestamp_ms = unix_ms();
-        advert.listen_addrs = self.swarm.listeners().map(ToString::to_string).collect();
+        // peers refuse an advert with more; the first ones are enough to
+        // reach this node
+        advert.listen_addrs = self
+            .swarm
+            .listeners()
+            .map(ToString::to_string)
+            .take(MAX_LISTEN_ADDRS)
+            .collect();
         advert
     }
 
     fn publish_advert(&mut self) {
         let advert = self.stamped_advert();
+        if let Err(error) = advert.check_bounds() {
+            warn!(%error, "this node's advert is over a bound peers check; they will refuse it");
+        }
         let bytes = match advert.encode() {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -551,6 +579,7 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.on_identify_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.on_mdns_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
             } => self.on_connection_established(peer_id, &endpoint),
@@ -816,9 +845,14 @@ impl Actor {
                 Some(Pending::Hello) => debug!(peer = %peer, %error, "hello failed"),
                 None => {}
             },
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(peer = %peer, %error, "inbound request failed");
-            }
+            request_response::Event::InboundFailure { peer, error, .. } => match error {
+                request_response::InboundFailure::Io(e)
+                    if e.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    warn!(peer = %peer, error = %e, "refused a malformed request");
+                }
+                error => debug!(peer = %peer, %error, "inbound request failed"),
+            },
             request_response::Event::ResponseSent { .. } => {}
         }
     }
@@ -929,11 +963,31 @@ impl Actor {
                     MessageAcceptance::Reject
                 }
                 Err(error) => {
-                    debug!(peer = %via, %source, %error, "malformed advert");
+                    warn!(peer = %via, %source, %error, "malformed advert refused");
                     MessageAcceptance::Reject
                 }
             },
             topic => {
+                // not passed on (nor forwarded by gossipsub) unless it
+                // decodes within its bounds and a tag version is its
+                // signer's own
+                let refused = match topic {
+                    Topic::Tags => match TagUpdate::decode(&message.data) {
+                        Ok(u) if u.version.origin != source.to_string() => {
+                            Some("a tag version whose origin is not its signer".to_string())
+                        }
+                        Ok(_) => None,
+                        Err(error) => Some(error.to_string()),
+                    },
+                    Topic::Jobs => JobGossip::decode(&message.data)
+                        .err()
+                        .map(|e| e.to_string()),
+                    Topic::Adverts => None,
+                };
+                if let Some(error) = refused {
+                    warn!(peer = %via, %source, %topic, %error, "gossip refused");
+                    return MessageAcceptance::Reject;
+                }
                 self.emit(NetEvent::Gossip {
                     topic,
                     source,
@@ -977,12 +1031,34 @@ impl Actor {
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
-        let kad::Event::OutboundQueryProgressed {
-            id, result, step, ..
-        } = event
-        else {
-            trace!(?event, "kademlia");
-            return;
+        let (id, result, step) = match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => (id, result, step),
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                self.on_provider_record(record);
+                return;
+            }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::PutRecord {
+                        source,
+                        record: Some(_),
+                        ..
+                    },
+            } => {
+                debug!(peer = %source, "dropping a kademlia value: weft stores none");
+                return;
+            }
+            event => {
+                trace!(?event, "kademlia");
+                return;
+            }
         };
         match result {
             QueryResult::GetProviders(result) => {
@@ -1012,6 +1088,61 @@ impl Actor {
             QueryResult::Bootstrap(result) => debug!(?result, "kademlia bootstrap step"),
             other => trace!(?other, "kademlia query"),
         }
+    }
+
+    /// Stores a provider record a peer sent (Kademlia `ADD_PROVIDER`; the
+    /// provider is the sender): only from a peer that proved the cluster
+    /// secret, and at most [`MAX_PROVIDER_RECORDS_PER_PEER`] per peer and
+    /// [`MAX_REMOTE_PROVIDER_RECORDS`] in all, so peers can neither fill the
+    /// store nor crowd out this node's own announcements.
+    fn on_provider_record(&mut self, mut record: ProviderRecord) {
+        let peer = record.provider;
+        if !self.is_authenticated(&peer) {
+            warn!(peer = %peer, "dropping a provider record from a peer that has not proven the cluster secret");
+            return;
+        }
+        let now = Instant::now();
+        let keys = self.remote_providers.entry(peer).or_default();
+        let before = keys.len();
+        keys.retain(|_, expires| *expires > now);
+        self.remote_provider_count -= before - keys.len();
+        let expires = now + PROVIDER_RECORD_TTL;
+        match keys.get_mut(&record.key) {
+            Some(at) => *at = expires,
+            None => {
+                if keys.len() >= MAX_PROVIDER_RECORDS_PER_PEER
+                    || self.remote_provider_count >= MAX_REMOTE_PROVIDER_RECORDS
+                {
+                    debug!(peer = %peer, held = keys.len(), "dropping a provider record over the limit");
+                    return;
+                }
+                keys.insert(record.key.clone(), expires);
+                self.remote_provider_count += 1;
+            }
+        }
+        record.addresses.truncate(MAX_PEER_ADDRS);
+        if let Err(error) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
+            debug!(peer = %peer, ?error, "provider record not stored");
+        }
+    }
+
+    /// Forgets expired provider records in the per-peer counts.
+    fn prune_provider_counts(&mut self, now: Instant) {
+        let mut dropped = 0;
+        self.remote_providers.retain(|_, keys| {
+            let before = keys.len();
+            keys.retain(|_, expires| *expires > now);
+            dropped += before - keys.len();
+            !keys.is_empty()
+        });
+        self.remote_provider_count -= dropped;
+        self.last_provider_prune = now;
     }
 
     fn on_identify_event(&mut self, event: identify::Event) {
@@ -1094,6 +1225,9 @@ impl Actor {
         }
 
         self.banned.retain(|_, until| *until > now);
+        if now.saturating_duration_since(self.last_provider_prune) >= PROVIDER_PRUNE_EVERY {
+            self.prune_provider_counts(now);
+        }
         self.tombstones
             .retain(|_, t| now.saturating_duration_since(t.at) < TOMBSTONE_TTL);
 

@@ -1,5 +1,6 @@
 //! The libp2p behaviours a weft node runs, and how the Swarm is built from
-//! them: QUIC and TCP (noise, yamux) transports; identify, ping, Kademlia,
+//! them: QUIC and TCP (noise, yamux) transports; connection limits (per
+//! peer, in total, and on handshakes in flight), identify, ping, Kademlia,
 //! mDNS (optional), gossipsub and two request/response protocols
 //! (`/weft/auth/1`, `/weft/rpc/1`).
 
@@ -10,7 +11,10 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, kad, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad, mdns, noise, ping, tcp,
+    yamux,
+};
 use weft_protocol::auth::{AuthRequest, AuthResponse, MAX_AUTH_BYTES};
 use weft_protocol::codec::MAX_MESSAGE_BYTES;
 use weft_protocol::rpc::{AUTH_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL, RPC_PROTOCOL};
@@ -34,8 +38,37 @@ const GOSSIP_FRAME_OVERHEAD: usize = 64 * 1024;
 pub(crate) type AuthBehaviour = request_response::Behaviour<CborCodec<AuthRequest, AuthResponse>>;
 pub(crate) type RpcBehaviour = request_response::Behaviour<CborCodec<Request, Response>>;
 
+/// Connections at once to one peer (a simultaneous dial makes two; TCP and
+/// QUIC may each carry one).
+pub(crate) const MAX_CONNECTIONS_PER_PEER: u32 = 4;
+
+/// Established connections at once, all peers together.
+pub(crate) const MAX_CONNECTIONS: u32 = 512;
+
+/// Incoming connections still in their handshake at once.
+pub(crate) const MAX_PENDING_INCOMING: u32 = 64;
+
+/// Outgoing dials in flight at once.
+pub(crate) const MAX_PENDING_OUTGOING: u32 = 128;
+
+/// How long a provider record stays valid (Kademlia's default).
+pub(crate) const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(48 * 3600);
+
+/// Keys this node may announce itself; room the store keeps for them
+/// whatever peers send.
+pub(crate) const MAX_LOCAL_PROVIDED_KEYS: usize = 16 * 1024;
+
+/// Provider records accepted from one peer.
+pub(crate) const MAX_PROVIDER_RECORDS_PER_PEER: usize = 4096;
+
+/// Provider records accepted from peers, all together.
+pub(crate) const MAX_REMOTE_PROVIDER_RECORDS: usize = 64 * 1024;
+
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// First, so a connection over a limit is refused before any other
+    /// behaviour sets up for it.
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) auth: AuthBehaviour,
     pub(crate) rpc: RpcBehaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
@@ -104,8 +137,17 @@ fn build_behaviour(keypair: &Keypair, config: &NetConfig) -> Result<Behaviour, N
     // Only peers that proved the cluster secret enter the routing table; the
     // actor adds them.
     kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
-    let mut kad =
-        kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
+    // Records peers send are handed to the actor, which stores provider
+    // records only from peers that proved the cluster secret, a bounded
+    // number per peer; weft stores no values.
+    kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+    kad_config.set_provider_record_ttl(Some(PROVIDER_RECORD_TTL));
+    let store_config = kad::store::MemoryStoreConfig {
+        max_provided_keys: MAX_LOCAL_PROVIDED_KEYS + MAX_REMOTE_PROVIDER_RECORDS,
+        ..Default::default()
+    };
+    let store = kad::store::MemoryStore::with_config(local, store_config);
+    let mut kad = kad::Behaviour::with_config(local, store, kad_config);
     // Nodes on private networks have no confirmed external address, yet each
     // must answer the others' queries.
     kad.set_mode(Some(kad::Mode::Server));
@@ -124,7 +166,14 @@ fn build_behaviour(keypair: &Keypair, config: &NetConfig) -> Result<Behaviour, N
         None
     };
 
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+        .with_max_established(Some(MAX_CONNECTIONS))
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING));
+
     Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
         auth: auth_behaviour(config.auth_timeout),
         rpc: rpc_behaviour(config.request_timeout),
         gossipsub: gossipsub_behaviour(keypair, config.advert_interval)?,

@@ -6,8 +6,8 @@
 //! limit before anything is read or allocated, and the body is read as it
 //! arrives rather than reserved up front, so a peer cannot make a node
 //! allocate by claiming a large frame. A frame that is too large, truncated
-//! or not valid CBOR fails the stream with `InvalidData`; the connection and
-//! the node carry on.
+//! or not valid CBOR, or that holds a field over its bound, fails the stream
+//! with `InvalidData`; the connection and the node carry on.
 
 use std::io;
 use std::marker::PhantomData;
@@ -17,6 +17,7 @@ use libp2p::StreamProtocol;
 use libp2p::request_response;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use weft_protocol::Bounded;
 
 /// Bytes in a frame's length prefix.
 const PREFIX_BYTES: usize = 4;
@@ -90,20 +91,22 @@ pub(crate) fn encode_frame<V: Serialize>(value: &V, limit: usize) -> io::Result<
     Ok(frame)
 }
 
+/// Reads and decodes one frame from a peer: every field's bound is checked
+/// (`weft_protocol::bounds`), so only bounded types can be read.
 async fn read_value<T, V>(io: &mut T, limit: usize) -> io::Result<V>
 where
     T: AsyncRead + Unpin + Send,
-    V: DeserializeOwned,
+    V: DeserializeOwned + Bounded,
 {
     let body = read_frame(io, limit).await?;
-    weft_protocol::codec::decode(&body, limit)
+    weft_protocol::codec::decode_peer(&body, limit)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 impl<Req, Resp> request_response::Codec for CborCodec<Req, Resp>
 where
-    Req: Serialize + DeserializeOwned + Send + 'static,
-    Resp: Serialize + DeserializeOwned + Send + 'static,
+    Req: Serialize + DeserializeOwned + Bounded + Send + 'static,
+    Resp: Serialize + DeserializeOwned + Bounded + Send + 'static,
 {
     type Protocol = StreamProtocol;
     type Request = Req;
@@ -197,6 +200,24 @@ mod tests {
             .await
             .expect_err("garbage");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn a_field_over_its_bound_fails_the_read() {
+        use weft_protocol::bounds::MAX_REPLICAS;
+        let mut codec = CborCodec::<Request, Request>::new(MAX_MESSAGE_BYTES);
+        let proto = StreamProtocol::new("/t");
+        let over = Request::Replicate {
+            hash: weft_protocol::Hash::EMPTY,
+            replicas: MAX_REPLICAS + 1,
+        };
+        let frame = encode_frame(&over, MAX_MESSAGE_BYTES).expect("encode");
+        let err =
+            request_response::Codec::read_request(&mut codec, &proto, &mut Cursor::new(frame))
+                .await
+                .expect_err("over its bound");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("Replicate.replicas"), "{err}");
     }
 
     #[test]

@@ -62,6 +62,26 @@ fn sample_advert(cores: u32) -> NodeAdvert {
     }
 }
 
+/// A valid, empty `weft/jobs/1` message.
+fn jobs_gossip() -> Vec<u8> {
+    weft_protocol::sched::JobGossip { statuses: vec![] }
+        .encode()
+        .expect("encode")
+}
+
+fn tag_update(origin: String) -> Vec<u8> {
+    weft_protocol::TagUpdate {
+        name: weft_protocol::TagName::new("a:b").expect("tag"),
+        version: weft_protocol::TagVersion {
+            target: None,
+            hlc: weft_protocol::Hlc::default(),
+            origin,
+        },
+    }
+    .encode()
+    .expect("encode")
+}
+
 /// A node plus a stand-in daemon answering `Ping` and recording what it saw.
 struct TestNode {
     handle: NetHandle,
@@ -299,7 +319,7 @@ async fn requests_and_gossip_between_authenticated_nodes() {
     // gossip on the jobs topic reaches the others, with its author
     nodes[2]
         .handle
-        .publish(Topic::Jobs, b"job-1".to_vec())
+        .publish(Topic::Jobs, jobs_gossip())
         .await
         .expect("publish");
     for i in 0..2 {
@@ -307,7 +327,7 @@ async fn requests_and_gossip_between_authenticated_nodes() {
             .await
             .expect("gossip in time")
             .expect("gossip");
-        assert_eq!(got, (Topic::Jobs, nodes[2].id, b"job-1".to_vec()));
+        assert_eq!(got, (Topic::Jobs, nodes[2].id, jobs_gossip()));
     }
     assert!(matches!(
         nodes[0].handle.publish(Topic::Adverts, vec![1]).await,
@@ -384,8 +404,11 @@ async fn node_with_wrong_secret_is_never_admitted() {
         .request(nodes[0].id, Request::Ping { nonce: 1 })
         .await
         .expect_err("no answer for the intruder");
+    // refused while its connection is up, or, when the node has already
+    // dropped it for its wrong proof, no way back in
     assert!(
-        matches!(err, NetError::NotAuthenticated(p) if p == nodes[0].id),
+        matches!(&err, NetError::NotAuthenticated(p) if *p == nodes[0].id)
+            || matches!(&err, NetError::Dial { target, .. } if *target == nodes[0].id.to_string()),
         "{err}"
     );
     let published = intruder.handle.publish(Topic::Jobs, b"evil".to_vec()).await;
@@ -617,7 +640,7 @@ async fn silent_peer_gets_no_answer_no_gossip_and_is_dropped() {
     // a member publishes too: the control that gossip does get through
     nodes[1]
         .handle
-        .publish(Topic::Jobs, b"from inside".to_vec())
+        .publish(Topic::Jobs, jobs_gossip())
         .await
         .expect("publish");
 
@@ -665,7 +688,7 @@ async fn silent_peer_gets_no_answer_no_gossip_and_is_dropped() {
         .await
         .expect("member gossip in time")
         .expect("gossip");
-    assert_eq!(got, (Topic::Jobs, nodes[1].id, b"from inside".to_vec()));
+    assert_eq!(got, (Topic::Jobs, nodes[1].id, jobs_gossip()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         nodes[0].gossip.try_recv().is_err(),
@@ -783,4 +806,112 @@ async fn config_is_validated_and_the_secret_never_printed() {
     c.listen = vec!["/ip4/127.0.0.1/tcp/1/tcp/2".parse().expect("multiaddr")];
     let (_tx, rx) = watch::channel(NodeAdvert::default());
     assert!(matches!(spawn(c, rx).await, Err(NetError::Listen { .. })));
+}
+
+/// Gossip that does not decode within its bounds, or a tag version that is
+/// not its signer's own, is refused by the net layer: not handed to the
+/// daemon (nor forwarded); a valid message after it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_over_its_bounds_or_with_a_foreign_tag_origin_is_refused() {
+    init_tracing();
+    let mut nodes = cluster(2).await;
+    eventually(Duration::from_secs(10), "2 nodes list each other", || {
+        all_list_each_other(&nodes)
+    })
+    .await;
+    let (from, to) = (nodes[1].id, nodes[0].id);
+    let mut bad = vec![
+        tag_update(to.to_string()),
+        tag_update("1".repeat(weft_protocol::bounds::MAX_NODE_ID_BYTES + 1)),
+    ];
+    // a jobs message over the count bound: the bytes of 257 statuses
+    let status = weft_protocol::sched::JobStatus {
+        id: weft_protocol::sched::JobId::new(1, 2),
+        name: "j".into(),
+        coordinator: from.to_string(),
+        state: weft_protocol::sched::JobState::Pending,
+        attempt: 0,
+        node: None,
+        reason: None,
+        result: None,
+        cache_key: Hash::EMPTY,
+        history: vec![],
+        created_ms: 1,
+        updated_ms: 1,
+        revision: 1,
+    };
+    bad.push(
+        weft_protocol::sched::JobGossip {
+            statuses: vec![status; weft_protocol::bounds::MAX_GOSSIP_STATUSES + 1],
+        }
+        .encode()
+        .expect("encode"),
+    );
+    for (i, data) in bad.into_iter().enumerate() {
+        let topic = if i < 2 { Topic::Tags } else { Topic::Jobs };
+        nodes[1].handle.publish(topic, data).await.expect("publish");
+    }
+    let good = tag_update(from.to_string());
+    nodes[1]
+        .handle
+        .publish(Topic::Tags, good.clone())
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(Duration::from_secs(5), nodes[0].gossip.recv())
+        .await
+        .expect("gossip in time")
+        .expect("gossip");
+    assert_eq!(
+        got,
+        (Topic::Tags, from, good),
+        "a refused message got through"
+    );
+}
+
+/// One peer gets at most `MAX_CONNECTIONS_PER_PEER` connections, even a
+/// member: more are denied, those within the limit stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_peer_are_limited() {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+    use super::behaviour::MAX_CONNECTIONS_PER_PEER;
+    init_tracing();
+    let target = TestNode::start(config(SECRET, Vec::new()), 1).await;
+    let mut raw = raw_client();
+    let addr = target.addr("tcp").await;
+    connect(&mut raw, addr.clone()).await;
+    let proof = AuthProof::new(
+        &SECRET,
+        &raw.local_peer_id().to_bytes(),
+        &target.id.to_bytes(),
+    );
+    raw.behaviour_mut()
+        .auth
+        .send_request(&target.id, AuthRequest { proof });
+    let verdict = drive(&mut raw, Duration::from_secs(5), |e| match e {
+        SwarmEvent::Behaviour(RawBehaviourEvent::Auth(request_response::Event::Message {
+            message: request_response::Message::Response { response, .. },
+            ..
+        })) => Some(response),
+        _ => None,
+    })
+    .await;
+    assert_eq!(verdict, Some(AuthResponse::Accepted));
+
+    let extra = MAX_CONNECTIONS_PER_PEER as usize + 3;
+    for _ in 0..extra {
+        let opts = DialOpts::peer_id(target.id)
+            .addresses(vec![addr.clone()])
+            .condition(PeerCondition::Always)
+            .build();
+        raw.dial(opts).expect("dial");
+    }
+    // let every dial settle (established, or denied and closed)
+    let _ = drive(&mut raw, Duration::from_millis(1500), |_| None::<()>).await;
+    let open = raw.network_info().connection_counters().num_established();
+    eprintln!("{open} connections open after {} dials", extra + 1);
+    assert!(
+        (1..=MAX_CONNECTIONS_PER_PEER).contains(&open),
+        "{open} connections from one peer"
+    );
 }

@@ -848,7 +848,14 @@ impl Coordinator {
 
     /// Keeps a result as the cache record of its key, replacing an older one.
     fn record_cache(&self, rec: &CacheRecord) {
-        if let Err(error) = self.cache_tree.insert(rec.key.as_bytes(), rec.to_bytes()) {
+        let bytes = match rec.to_bytes() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "cannot record a cached result");
+                return;
+            }
+        };
+        if let Err(error) = self.cache_tree.insert(rec.key.as_bytes(), bytes) {
             tracing::warn!(%error, "cannot record a cached result");
         }
     }
@@ -1468,10 +1475,12 @@ impl Coordinator {
             assignment: e.assignment.clone(),
             deadline_ms: e.deadline_ms,
         };
-        if let Err(error) = self
-            .jobs_tree
-            .insert(id.as_str().as_bytes(), rec.to_bytes())
-        {
+        let persisted = rec.to_bytes().map_err(|e| e.to_string()).and_then(|bytes| {
+            self.jobs_tree
+                .insert(id.as_str().as_bytes(), bytes)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(error) = persisted {
             tracing::error!(job = %id, %error, "cannot persist job");
         }
     }
@@ -1496,6 +1505,15 @@ impl Coordinator {
         let statuses: Vec<JobStatus> = ids
             .iter()
             .filter_map(|id| self.jobs.get(id).map(|e| e.status.clone()))
+            // a status peers would refuse is not sent: it would take its
+            // whole batch down with it
+            .filter(|s| match weft_protocol::bounds::Bounded::check_bounds(s) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(job = %s.id, %error, "job status over the gossip bounds not gossiped");
+                    false
+                }
+            })
             .collect();
         for chunk in statuses.chunks(GOSSIP_BATCH) {
             let msg = JobGossip {
@@ -1959,7 +1977,7 @@ mod tests {
             assignment: e.assignment.clone(),
             deadline_ms: Some(77),
         };
-        let bytes = rec.to_bytes();
+        let bytes = rec.to_bytes().expect("encode");
         // the new field, last: "deadline_ms": 77
         assert!(hex::encode(&bytes).ends_with("6b646561646c696e655f6d73184d"));
         let back = JobRecord::from_bytes(&bytes).expect("decode");

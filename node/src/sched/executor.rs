@@ -25,6 +25,7 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use weft_protocol::bounds::{MAX_NOTES, MAX_REASON_BYTES, MAX_TEXT_BYTES, clip};
 use weft_protocol::sched::{Assignment, JobId, JobResult, JobState, Needs, Program};
 use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response};
 use weft_sandbox::{ContainerTask, Limits, Sandbox, Task, TaskKind, WasmModule, WasmTask};
@@ -797,6 +798,23 @@ impl Reports {
         if self.stale.is_cancelled() {
             return Err(Stop::Stale);
         }
+        // texts from the task and the sandbox can be long: clipped to what a
+        // coordinator accepts, so an honest report is never refused for size
+        let mut reason = reason;
+        let mut result = result;
+        if let Some(r) = &mut reason {
+            clip(r, MAX_REASON_BYTES);
+        }
+        if let Some(r) = &mut result {
+            if let Some((class, message)) = &mut r.error {
+                clip(class, MAX_TEXT_BYTES);
+                clip(message, MAX_REASON_BYTES);
+            }
+            r.notes.truncate(MAX_NOTES);
+            for n in &mut r.notes {
+                clip(n, MAX_REASON_BYTES);
+            }
+        }
         let request = Request::TaskUpdate {
             job: self.job.clone(),
             attempt: self.attempt,
@@ -849,8 +867,13 @@ impl Reporter {
             result: result.as_deref().cloned(),
             at_ms: now_ms(),
         };
-        if let Err(error) = self.reports.insert(key.as_slice(), rec.to_bytes()) {
-            tracing::warn!(%error, "cannot keep a final report on disk");
+        match rec.to_bytes() {
+            Ok(bytes) => {
+                if let Err(error) = self.reports.insert(key.as_slice(), bytes) {
+                    tracing::warn!(%error, "cannot keep a final report on disk");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot keep a final report on disk"),
         }
         if let Ok(mut p) = self.pending.lock() {
             p.insert((job.clone(), *attempt));
@@ -987,30 +1010,31 @@ impl TaskContext {
             stale,
             reporter: self.reporter.clone(),
         };
-        let (state, reason, result) = match self.execute(&a, &checked, &dir, &cancel, &reports).await {
-            Ok(result) => {
-                let state = if result.succeeded() {
-                    JobState::Succeeded
-                } else if cancel.is_cancelled() {
-                    JobState::Cancelled
-                } else {
-                    JobState::Failed
-                };
-                (state, None, Some(result))
-            }
-            Err(Stop::Stale) => {
-                tracing::info!("the coordinator no longer wants this attempt; stopped");
-                (JobState::Cancelled, Some("stale attempt".into()), None)
-            }
-            Err(Stop::Executor(why)) => {
-                tracing::warn!(reason = %why, "task could not run here");
-                let result = JobResult {
-                    error: Some(("executor".into(), why.clone())),
-                    ..JobResult::default()
-                };
-                (JobState::Failed, Some(why), Some(result))
-            }
-        };
+        let (state, reason, result) =
+            match self.execute(&a, &checked, &dir, &cancel, &reports).await {
+                Ok(result) => {
+                    let state = if result.succeeded() {
+                        JobState::Succeeded
+                    } else if cancel.is_cancelled() {
+                        JobState::Cancelled
+                    } else {
+                        JobState::Failed
+                    };
+                    (state, None, Some(result))
+                }
+                Err(Stop::Stale) => {
+                    tracing::info!("the coordinator no longer wants this attempt; stopped");
+                    (JobState::Cancelled, Some("stale attempt".into()), None)
+                }
+                Err(Stop::Executor(why)) => {
+                    tracing::warn!(reason = %why, "task could not run here");
+                    let result = JobResult {
+                        error: Some(("executor".into(), why.clone())),
+                        ..JobResult::default()
+                    };
+                    (JobState::Failed, Some(why), Some(result))
+                }
+            };
         // a success is signed: what lets other nodes take it as a cache record
         let result = result.map(|mut r| {
             r.signature = None;

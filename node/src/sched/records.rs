@@ -252,7 +252,7 @@ mod tests {
             signature: ResultSignature([9; 64]),
             at_ms: 5,
         };
-        let bytes = r.to_bytes();
+        let bytes = r.to_bytes().expect("encode");
         // checked against an independent CBOR encoder (Python's cbor2)
         assert_eq!(
             hex::encode(&bytes),
@@ -402,7 +402,7 @@ mod tests {
             result: None,
             at_ms: 5,
         };
-        let bytes = r.to_bytes();
+        let bytes = r.to_bytes().expect("encode");
         // checked against an independent CBOR encoder (Python's cbor2)
         assert_eq!(
             hex::encode(&bytes),

@@ -222,7 +222,11 @@ impl Store {
     }
 
     fn put_partial_record(&self, h: &Hash, rec: &PartialRecord) -> Result<()> {
-        self.inner.partials.insert(hash_key(h), rec.to_bytes())?;
+        let bytes = rec.to_bytes().map_err(|source| StoreError::Record {
+            key: h.to_string(),
+            source,
+        })?;
+        self.inner.partials.insert(hash_key(h), bytes)?;
         Ok(())
     }
 

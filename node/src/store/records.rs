@@ -118,16 +118,34 @@ pub enum RecordError {
         what: &'static str,
         source: codec::CodecError,
     },
+    #[error("{what} record of {len} bytes exceeds the limit of {limit} bytes; it is not stored")]
+    TooLarge {
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    #[error("cannot encode the {what} record: {reason}")]
+    Encode { what: &'static str, reason: String },
 }
 
 pub(crate) trait Record: Serialize + DeserializeOwned {
     const WHAT: &'static str;
     const VERSION: u8;
 
-    fn to_bytes(&self) -> Vec<u8> {
-        // records are small fixed-shape structs; encoding into a Vec cannot fail
-        // except past the size limit, which the tag history cap keeps us under
-        codec::encode(self, MAX_RECORD_BYTES).unwrap_or_default()
+    /// The record's bytes; one over [`MAX_RECORD_BYTES`] is an error, never
+    /// stored (an empty or cut record would fail every later read).
+    fn to_bytes(&self) -> Result<Vec<u8>, RecordError> {
+        codec::encode(self, MAX_RECORD_BYTES).map_err(|e| match e {
+            codec::CodecError::TooLarge { len, limit } => RecordError::TooLarge {
+                what: Self::WHAT,
+                len,
+                limit,
+            },
+            other => RecordError::Encode {
+                what: Self::WHAT,
+                reason: other.to_string(),
+            },
+        })
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self, RecordError> {
@@ -144,6 +162,19 @@ pub(crate) trait Record: Serialize + DeserializeOwned {
             });
         }
         codec::decode(bytes, MAX_RECORD_BYTES).map_err(malformed)
+    }
+}
+
+/// Reads a record met while walking a table: one that cannot be read is
+/// skipped with a warning, so that one bad record does not fail listing,
+/// GC or sync of all the others.
+pub(crate) fn readable<R: Record>(key: &str, bytes: &[u8]) -> Option<R> {
+    match R::from_bytes(bytes) {
+        Ok(r) => Some(r),
+        Err(error) => {
+            tracing::warn!(key, %error, "skipping a record that cannot be read");
+            None
+        }
     }
 }
 
@@ -194,7 +225,7 @@ mod tests {
             root: false,
             created_ms: 1_700_000_000_000,
         };
-        let bytes = r.to_bytes();
+        let bytes = r.to_bytes().expect("encode");
         assert_eq!(
             hex::encode(&bytes),
             concat!(
@@ -224,7 +255,7 @@ mod tests {
             replicas: 3,
         };
         assert_eq!(
-            hex::encode(r.to_bytes()),
+            hex::encode(r.to_bytes().expect("encode")),
             concat!(
                 "a3",
                 "6176",
@@ -251,7 +282,7 @@ mod tests {
             }],
         };
         assert_eq!(
-            hex::encode(r.to_bytes()),
+            hex::encode(r.to_bytes().expect("encode")),
             concat!(
                 "a2",
                 "6176",
@@ -271,7 +302,10 @@ mod tests {
                 "626e31"
             )
         );
-        assert_eq!(TagRecord::from_bytes(&r.to_bytes()).expect("decode"), r);
+        assert_eq!(
+            TagRecord::from_bytes(&r.to_bytes().expect("encode")).expect("decode"),
+            r
+        );
     }
 
     #[test]
@@ -284,7 +318,7 @@ mod tests {
             created_ms: 1,
             updated_ms: 2,
         };
-        let bytes = r.to_bytes();
+        let bytes = r.to_bytes().expect("encode");
         assert_eq!(
             hex::encode(&bytes),
             concat!(
@@ -314,7 +348,8 @@ mod tests {
             created_ms: 0,
             replicas: 1,
         }
-        .to_bytes();
+        .to_bytes()
+        .expect("encode");
         let err = PinRecord::from_bytes(&r).expect_err("newer");
         assert!(err.to_string().contains("upgrade weft"), "{err}");
         r.truncate(3);
@@ -322,6 +357,82 @@ mod tests {
             PinRecord::from_bytes(&r),
             Err(RecordError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn an_oversized_record_is_an_error_not_an_empty_record() {
+        let r = TagRecord {
+            v: 1,
+            history: (0..600)
+                .map(|i| TagVersion {
+                    target: None,
+                    hlc: Hlc {
+                        wall_ms: i,
+                        counter: 0,
+                    },
+                    origin: "o".repeat(2048),
+                })
+                .collect(),
+        };
+        match r.to_bytes() {
+            Err(RecordError::TooLarge {
+                what: "tag",
+                len,
+                limit,
+            }) => {
+                assert!(len > limit && limit == MAX_RECORD_BYTES);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A tag write that would take its record over the limit fails and
+    /// leaves the record as it was; a record that cannot be read is skipped
+    /// by listing and sync rather than failing them.
+    #[test]
+    fn store_refuses_oversized_tags_and_skips_bad_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path(), "n1").expect("open");
+        let name = weft_protocol::TagName::new("a:b").expect("tag");
+        let big = |i: u64| TagVersion {
+            target: Some(Hash::EMPTY),
+            hlc: Hlc {
+                wall_ms: i + 1,
+                counter: 0,
+            },
+            origin: "o".repeat(4096),
+        };
+        let mut refused = None;
+        for i in 0..400 {
+            if let Err(e) = store.merge_tag(&name, big(i)) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (at, err) = refused.expect("a write over the limit is refused");
+        assert!(err.to_string().contains("exceeds the limit"), "{err}");
+        let kept = store.tag_history(&name).expect("still readable");
+        assert_eq!(kept.len() as u64, at, "the refused version was not stored");
+        assert_eq!(store.tag(&name).expect("tag"), Some(Hash::EMPTY));
+
+        // a record that cannot be read (here: garbage) next to a good one
+        let good = weft_protocol::TagName::new("c:d").expect("tag");
+        store.set_tag(&good, Some(Hash::EMPTY)).expect("set");
+        store
+            .inner
+            .tags
+            .insert("b:c".as_bytes(), &b"\xff\x00garbage"[..])
+            .expect("insert");
+        let listed: Vec<String> = store
+            .list_tags()
+            .expect("listing survives a bad record")
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(listed, ["a:b", "c:d"]);
+        let (page, more) = store.tag_page(None, 10, 10).expect("sync page survives");
+        assert!(!more);
+        assert_eq!(page.len(), 2);
     }
 
     #[test]

@@ -16,12 +16,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 use weft_protocol::auth::SECRET_LEN;
+use weft_protocol::bounds::MAX_REPLICAS;
 use weft_protocol::rpc::MAX_HAS_HASHES;
 use weft_protocol::transfer::CLOSE_SHUTDOWN;
 use weft_protocol::{ErrorCode, Hash, HaveBlob, Request, Response};
 
 use super::fetch::{Fetch, Shared, complete_locally};
-use super::replicate::{self, ReplicationStatus};
+use super::replicate::{self, ReplicaPolicy, ReplicationStatus};
 use super::serve::{self, ServeCtx};
 use super::{
     Command, ConnectionInfo, FetchProgress, FetchReport, FetchTicket, TransferConfig,
@@ -70,6 +71,8 @@ pub(super) struct Actor {
     fetches_failed: u64,
     bytes_fetched: u64,
     providers_banned: u64,
+    /// What this node agrees to hold for others' `Replicate`.
+    replica_policy: Arc<std::sync::Mutex<ReplicaPolicy>>,
 }
 
 impl Actor {
@@ -128,6 +131,7 @@ impl Actor {
             fetches_failed: 0,
             bytes_fetched: 0,
             providers_banned: 0,
+            replica_policy: Arc::default(),
         }
     }
 
@@ -390,16 +394,36 @@ impl Actor {
                 });
             }
             Request::Replicate { hash, replicas } => {
+                let replicas = replicas.clamp(1, MAX_REPLICAS);
+                if let Err(why) = self
+                    .replica_policy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .admit(peer)
+                {
+                    info!(%peer, id = %hash, %why, "declined to hold a copy");
+                    let _ = reply.send(Response::error(ErrorCode::Busy, why));
+                    return;
+                }
                 info!(%peer, id = %hash, replicas, "asked to hold a copy");
                 let _ = reply.send(Response::Replicating { hash });
                 let handle = self.handle.clone();
                 let store = self.shared.store.clone();
+                let policy = self.replica_policy.clone();
                 self.background.spawn(
                     async move {
-                        match handle.fetch(hash).await {
+                        let fetched = handle.fetch(hash).await;
+                        let keep = policy
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .fetched(peer, fetched.as_ref().ok().map(|r| r.bytes_total));
+                        match fetched {
+                            Ok(report) if !keep => {
+                                warn!(%peer, id = %hash, bytes = report.bytes_total, "not pinning a copy over what this node holds for that peer");
+                            }
                             Ok(report) => {
                                 let pinned = tokio::task::spawn_blocking(move || {
-                                    store.pin(&hash, replicas.max(1))?;
+                                    store.pin(&hash, replicas)?;
                                     store.mark_root(&hash)?;
                                     store.flush()
                                 })

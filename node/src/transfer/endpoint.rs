@@ -24,6 +24,14 @@ const SERVER_NAME: &str = "weft";
 /// How long each side has for the cluster-secret exchange.
 pub(super) const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Request streams a peer may have open on one connection at once.
+pub(super) const MAX_STREAMS_PER_CONNECTION: u32 = 512;
+
+/// Incoming connections quinn holds before the node accepts or refuses
+/// them (each is then capped by the serving side's limit on connections not
+/// yet authenticated).
+const MAX_INCOMING: usize = 256;
+
 /// Socket buffers asked of the kernel (it may grant less).
 const SOCKET_BUFFER: usize = 8 << 20;
 
@@ -81,7 +89,7 @@ impl From<quinn::ReadToEndError> for StreamError {
 /// MTU discovery looks for jumbo frames.
 fn transport(loopback: bool) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(512));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.keep_alive_interval(Some(Duration::from_secs(2)));
     // 10 s is a valid idle timeout: far below the varint limit
@@ -131,6 +139,7 @@ fn server_config(keypair: &Keypair, loopback: bool) -> Result<quinn::ServerConfi
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport(loopback));
+    server.max_incoming(MAX_INCOMING);
     Ok(server)
 }
 

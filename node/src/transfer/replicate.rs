@@ -13,6 +13,15 @@
 //! advert expires or [`PENDING_TTL`] passes.
 //!
 //! Its state is visible in `GET /api/v1/transfers` and in `/metrics`.
+//!
+//! Answering another node's `Replicate` is bounded by [`ReplicaPolicy`]:
+//! `replicas` is at most [`MAX_REPLICAS`] (a request asking more does not
+//! decode), a requester may have [`MAX_REPLICATING_PER_PEER`] copies being
+//! fetched at once ([`MAX_REPLICATING`] in all), and the copies this node
+//! pins for one requester total at most [`MAX_REPLICA_BYTES_PER_PEER`]
+//! ([`MAX_REPLICA_BYTES`] for all requesters); a copy that would go over is
+//! fetched but not pinned, so GC reclaims it. The byte counts live in memory
+//! and start again at zero when the node restarts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use weft_protocol::bounds::MAX_REPLICAS;
 use weft_protocol::rpc::MAX_HAS_HASHES;
 use weft_protocol::{Hash, Request, Response};
 
@@ -37,6 +47,70 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Nudges closer together than this are handled in one pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Copies one peer may have this node fetch at once for `Replicate`.
+pub(super) const MAX_REPLICATING_PER_PEER: usize = 4;
+
+/// Copies this node fetches at once for `Replicate`, all peers together.
+pub(super) const MAX_REPLICATING: usize = 16;
+
+/// Bytes of copies this node pins for one requester.
+pub(super) const MAX_REPLICA_BYTES_PER_PEER: u64 = 16 << 30;
+
+/// Bytes of copies this node pins for requesters, all together.
+pub(super) const MAX_REPLICA_BYTES: u64 = 64 << 30;
+
+/// What this node agrees to hold for other nodes' `Replicate` requests.
+#[derive(Debug, Default)]
+pub(super) struct ReplicaPolicy {
+    fetching: HashMap<PeerId, usize>,
+    pinned: HashMap<PeerId, u64>,
+    pinned_total: u64,
+}
+
+impl ReplicaPolicy {
+    /// Whether to start fetching a copy for `peer`; on `Ok` the caller calls
+    /// [`ReplicaPolicy::fetched`] when the fetch ends.
+    pub(super) fn admit(&mut self, peer: PeerId) -> Result<(), String> {
+        let mine = self.fetching.get(&peer).copied().unwrap_or(0);
+        let all: usize = self.fetching.values().sum();
+        if mine >= MAX_REPLICATING_PER_PEER || all >= MAX_REPLICATING {
+            return Err(format!(
+                "already fetching {mine} copies for this node and {all} in all; retry later"
+            ));
+        }
+        if self.pinned.get(&peer).copied().unwrap_or(0) >= MAX_REPLICA_BYTES_PER_PEER
+            || self.pinned_total >= MAX_REPLICA_BYTES
+        {
+            return Err("this node holds all the copies it agrees to hold".to_string());
+        }
+        *self.fetching.entry(peer).or_default() += 1;
+        Ok(())
+    }
+
+    /// A fetch admitted for `peer` ended; with its size, whether to pin the
+    /// copy (and count it against the requester's share).
+    pub(super) fn fetched(&mut self, peer: PeerId, bytes: Option<u64>) -> bool {
+        if let Some(n) = self.fetching.get_mut(&peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.fetching.remove(&peer);
+            }
+        }
+        let Some(bytes) = bytes else {
+            return false;
+        };
+        let mine = self.pinned.get(&peer).copied().unwrap_or(0);
+        if mine.saturating_add(bytes) > MAX_REPLICA_BYTES_PER_PEER
+            || self.pinned_total.saturating_add(bytes) > MAX_REPLICA_BYTES
+        {
+            return false;
+        }
+        self.pinned.insert(peer, mine + bytes);
+        self.pinned_total += bytes;
+        true
+    }
+}
 
 /// One pin the worker looks after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,7 +263,9 @@ async fn pass(
             .map(|(_, p)| *p)
             .collect();
         let have = 1 + held_by.len();
-        let need = (pin.replicas as usize).saturating_sub(have + waiting.len());
+        // peers refuse more; a pin asking more keeps this many copies
+        let wanted = pin.replicas.min(MAX_REPLICAS);
+        let need = (wanted as usize).saturating_sub(have + waiting.len());
         if need > 0 {
             let mut candidates: Vec<PeerId> = peers
                 .iter()
@@ -203,7 +279,7 @@ async fn pass(
             for peer in candidates.into_iter().take(need) {
                 let req = Request::Replicate {
                     hash: pin.id,
-                    replicas: pin.replicas,
+                    replicas: wanted,
                 };
                 sent += 1;
                 match tokio::time::timeout(ASK_TIMEOUT, shared.net.request(peer, req)).await {

@@ -1,5 +1,9 @@
 //! Serving blobs to other nodes: one task per incoming connection (the
-//! cluster-secret exchange first, then one task per request stream). Each
+//! cluster-secret exchange first, then one task per request stream). At
+//! most [`MAX_UNAUTHENTICATED`] connections may be waiting to prove the
+//! secret at once (more are refused unseen), each closed if it has not
+//! within [`UNAUTHENTICATED_TIMEOUT`]; one that fails the proof is closed at
+//! once. Each
 //! request is encoded on a blocking thread, straight from the blob file and
 //! its outboard and checked against the id as it is read, and streamed out
 //! in large chunks.
@@ -29,7 +33,7 @@ use weft_protocol::transfer::{
 use weft_protocol::{ErrorCode, Hash};
 
 use super::Faults;
-use super::endpoint::{AUTH_TIMEOUT, StreamError, read_frame, server_auth, write_frame};
+use super::endpoint::{StreamError, read_frame, server_auth, write_frame};
 use super::pull::chunk_ranges;
 use crate::api::Metrics;
 use crate::store::{BLOCK_SIZE, Store};
@@ -46,6 +50,14 @@ const MAX_ENCODERS: usize = 64;
 /// How long a client has to send its request once it opened a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Incoming connections that have not yet proven the cluster secret, at
+/// once; more are refused before their handshake.
+pub(super) const MAX_UNAUTHENTICATED: usize = 64;
+
+/// How long an incoming connection has, from its first packet, for the TLS
+/// handshake and the cluster proof together; then it is closed.
+pub(super) const UNAUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What every serving task shares.
 pub(super) struct ServeCtx {
     pub(super) store: Store,
@@ -56,6 +68,8 @@ pub(super) struct ServeCtx {
     /// Transport settings for clients on loopback.
     loopback_server: Arc<quinn::ServerConfig>,
     encoders: Semaphore,
+    /// Room for connections not yet authenticated.
+    unauthenticated: Semaphore,
     /// When the next byte may leave, under `faults.max_send_rate`.
     pacer: Mutex<Instant>,
 }
@@ -77,6 +91,7 @@ impl ServeCtx {
             faults,
             loopback_server,
             encoders: Semaphore::new(MAX_ENCODERS),
+            unauthenticated: Semaphore::new(MAX_UNAUTHENTICATED),
             pacer: Mutex::new(Instant::now()),
         }
     }
@@ -100,6 +115,16 @@ impl ServeCtx {
 /// Serves one incoming connection until it closes.
 #[instrument(skip_all, fields(remote = %incoming.remote_address()))]
 pub(super) async fn connection(incoming: quinn::Incoming, ctx: Arc<ServeCtx>) {
+    // held until the peer proves the cluster secret
+    let Ok(unauthenticated) = ctx.unauthenticated.try_acquire() else {
+        debug!(
+            limit = MAX_UNAUTHENTICATED,
+            "refusing a data-plane connection: too many not yet authenticated"
+        );
+        incoming.refuse();
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + UNAUTHENTICATED_TIMEOUT;
     let connecting = if incoming.remote_address().ip().is_loopback() {
         incoming.accept_with(ctx.loopback_server.clone())
     } else {
@@ -112,7 +137,7 @@ pub(super) async fn connection(incoming: quinn::Incoming, ctx: Arc<ServeCtx>) {
             return;
         }
     };
-    let conn = match tokio::time::timeout(AUTH_TIMEOUT, connecting).await {
+    let conn = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
@@ -123,21 +148,21 @@ pub(super) async fn connection(incoming: quinn::Incoming, ctx: Arc<ServeCtx>) {
             return;
         }
     };
-    let peer = match tokio::time::timeout(AUTH_TIMEOUT, server_auth(&conn, &ctx.secret, ctx.local))
-        .await
-    {
-        Ok(Ok(peer)) => peer,
-        Ok(Err(reason)) => {
-            warn!(%reason, "refusing a data-plane connection");
-            conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), reason.as_bytes());
-            return;
-        }
-        Err(_) => {
-            warn!("refusing a data-plane connection: no proof of the cluster secret in time");
-            conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"no proof in time");
-            return;
-        }
-    };
+    let peer =
+        match tokio::time::timeout_at(deadline, server_auth(&conn, &ctx.secret, ctx.local)).await {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(reason)) => {
+                warn!(%reason, "refusing a data-plane connection");
+                conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), reason.as_bytes());
+                return;
+            }
+            Err(_) => {
+                warn!("refusing a data-plane connection: no proof of the cluster secret in time");
+                conn.close(VarInt::from_u32(CLOSE_AUTH_FAILED), b"no proof in time");
+                return;
+            }
+        };
+    drop(unauthenticated);
     debug!(%peer, "data-plane connection authenticated");
     let mut requests = JoinSet::new();
     loop {
