@@ -75,16 +75,17 @@ pub fn import(
             serde_json::to_vec_pretty(&config).map_err(|e| ImportError::Config(e.to_string()))?;
         let config_path = staging.join(CONFIG);
         std::fs::write(&config_path, json).map_err(StoreError::io(&config_path))?;
-        let added = store.add_path(&staging, &AddOptions::default(), &())?;
+        // pinned and tagged inside the import's critical section with GC
+        let keep = crate::store::Keep {
+            pin: Some(1),
+            tag: tag.cloned(),
+        };
+        let added = store.add_path_kept(&staging, &AddOptions::default(), &keep, &())?;
         let tree = store.read_tree(&added.id)?;
         let rootfs_id = tree
             .get(ROOTFS)
             .map(|e| e.hash)
             .ok_or_else(|| ImportError::Config("the stored image has no rootfs".into()))?;
-        store.pin(&added.id, 1)?;
-        if let Some(t) = tag {
-            store.set_tag(t, Some(added.id))?;
-        }
         store.flush()?;
         Ok(Imported {
             id: added.id,

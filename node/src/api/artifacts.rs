@@ -92,22 +92,6 @@ fn yes() -> bool {
     true
 }
 
-/// Pins and tags a freshly added artifact as asked.
-fn after_add(
-    store: &crate::store::Store,
-    id: &Hash,
-    pin: bool,
-    tag: Option<&TagName>,
-) -> Result<(), crate::store::StoreError> {
-    if pin {
-        store.pin(id, 1)?;
-    }
-    if let Some(t) = tag {
-        store.set_tag(t, Some(*id))?;
-    }
-    store.flush()
-}
-
 /// `POST /api/v1/artifacts`: the body is a file's bytes, streamed to disk.
 async fn upload(
     State(state): State<ApiState>,
@@ -121,9 +105,12 @@ async fn upload(
     let reader = SyncIoBridge::new(StreamReader::new(stream));
     let store = state.store.clone();
     let out = blocking(move || {
-        let out = store.add_reader(reader, &())?;
-        after_add(&store, &out.id, q.pin, tag.as_ref())?;
-        Ok(out)
+        // pinned and tagged inside the import's critical section with GC
+        let keep = crate::store::Keep {
+            pin: q.pin.then_some(1),
+            tag,
+        };
+        store.add_reader_kept(reader, &keep, &())
     })
     .await?;
     state.metrics.added(out.size);
@@ -169,16 +156,22 @@ async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respons
     let src = state.roots.for_import(&req.path, req.follow_symlinks)?;
     let store = state.store.clone();
     let out = tokio::task::spawn_blocking(move || {
+        // pinned and tagged inside the import's critical section with GC
+        let keep = crate::store::Keep {
+            pin: req.pin.then_some(1),
+            tag,
+        };
         let out = store
-            .add_path(
+            .add_path_kept(
                 &src.store_path(),
                 &AddOptions {
                     follow_symlinks: req.follow_symlinks,
                 },
+                &keep,
                 &(),
             )
             .map_err(|e| src.explain(e.into()))?;
-        after_add(&store, &out.id, req.pin, tag.as_ref())?;
+        store.flush()?;
         Ok::<_, ApiError>(out)
     })
     .await??;

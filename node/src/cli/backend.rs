@@ -68,15 +68,14 @@ impl Backend {
         match self {
             Backend::Local(store) => {
                 let bar = Bar::bytes("adding");
-                let out = store.add_path(path, &AddOptions { follow_symlinks }, &bar);
+                // pinned and tagged inside the import's critical section with GC
+                let keep = crate::store::Keep {
+                    pin: pin.then_some(1),
+                    tag: tag.cloned(),
+                };
+                let out = store.add_path_kept(path, &AddOptions { follow_symlinks }, &keep, &bar);
                 bar.finish();
                 let out = out?;
-                if pin {
-                    store.pin(&out.id, 1)?;
-                }
-                if let Some(t) = tag {
-                    store.set_tag(t, Some(out.id))?;
-                }
                 store.flush()?;
                 Ok(out)
             }

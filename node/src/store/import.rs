@@ -742,9 +742,26 @@ impl Store {
     /// spooled to a temp file while hashed, then the outboard is computed
     /// from the temp file, which the first pass left in the page cache.
     pub fn add_reader(&self, reader: impl Read, progress: &dyn Progress) -> Result<AddOutcome> {
+        self.add_reader_kept(reader, &Keep::default(), progress)
+    }
+
+    /// Like [`Store::add_reader`], pinning and tagging the result as `keep`
+    /// says within the import's critical section with GC.
+    pub fn add_reader_kept(
+        &self,
+        reader: impl Read,
+        keep: &Keep,
+        progress: &dyn Progress,
+    ) -> Result<AddOutcome> {
         let _guard = self.inner.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let mut claims = Claims::default();
-        let result = self.add_reader_in(reader, progress, &mut claims);
+        let result = self
+            .add_reader_in(reader, progress, &mut claims)
+            .and_then(|(id, size)| {
+                self.keep(&id, keep)?;
+                self.flush()?;
+                Ok((id, size))
+            });
         let new_blobs = claims.created;
         self.finish(claims, result.is_ok());
         let (id, size) = result?;
