@@ -21,7 +21,11 @@ pub fn read(stream: &[u8], limit: usize) -> Result<&[u8], CodecError> {
 /// `payload` as a frame.
 pub fn write(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_PREFIX + payload.len());
-    out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(
+        &u32::try_from(payload.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
     out.extend_from_slice(payload);
     out
 }

@@ -31,10 +31,10 @@ pub mod image;
 /// checked to be accepted by its decoder first).
 pub fn init(target: &str, alloc_limit: usize) {
     alloc::set_limit(alloc_limit);
-    if let Some(dir) = std::env::var_os("WEFT_FUZZ_SEEDS") {
-        if let Err(e) = seeds::write(target, std::path::Path::new(&dir)) {
-            eprintln!("weft-fuzz: cannot write the seeds of {target}: {e}");
-            std::process::exit(2);
-        }
+    if let Some(dir) = std::env::var_os("WEFT_FUZZ_SEEDS")
+        && let Err(e) = seeds::write(target, std::path::Path::new(&dir))
+    {
+        eprintln!("weft-fuzz: cannot write the seeds of {target}: {e}");
+        std::process::exit(2);
     }
 }

@@ -17,7 +17,9 @@ use weft_protocol::sched::{
 };
 use weft_protocol::tag::{Hlc, TagName, TagVersion};
 use weft_protocol::transfer::{GetRequest, GetResponse, GroupRanges};
-use weft_protocol::{EntryKind, Hash, JobSpec, NodeAdvert, Request, Response, TagUpdate, Tree, TreeEntry};
+use weft_protocol::{
+    EntryKind, Hash, JobSpec, NodeAdvert, Request, Response, TagUpdate, Tree, TreeEntry,
+};
 
 use crate::archive::LAYER_SEPARATOR;
 use crate::frame;
@@ -316,7 +318,10 @@ fn transfer() -> Vec<Vec<u8>> {
         prefixed(1, &found.to_frame().expect("frame")),
         prefixed(1, &GetResponse::NotFound.to_frame().expect("frame")),
         prefixed(1, &err.to_frame().expect("frame")),
-        prefixed(2, &frame::write(&AuthRequest { proof }.encode().expect("encode"))),
+        prefixed(
+            2,
+            &frame::write(&AuthRequest { proof }.encode().expect("encode")),
+        ),
         prefixed(3, &auth(&AuthResponse::Accepted)),
         prefixed(3, &auth(&AuthResponse::Rejected)),
     ]

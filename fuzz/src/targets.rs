@@ -16,10 +16,11 @@ use weft_protocol::auth::{AuthRequest, AuthResponse, MAX_AUTH_BYTES};
 use weft_protocol::codec::{self, MAX_MESSAGE_BYTES};
 use weft_protocol::sched::JobGossip;
 use weft_protocol::transfer::{
-    GetRequest, GetResponse, GroupRanges, MAX_RANGES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
-    groups,
+    GetRequest, GetResponse, GroupRanges, MAX_RANGES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, groups,
 };
-use weft_protocol::{CHUNK_GROUP_LOG, Hash, JobSpec, NodeAdvert, Request, Response, TagUpdate, Tree};
+use weft_protocol::{
+    CHUNK_GROUP_LOG, Hash, JobSpec, NodeAdvert, Request, Response, TagUpdate, Tree,
+};
 
 use crate::archive;
 use crate::frame;
@@ -199,7 +200,11 @@ pub fn transfer(data: &[u8]) -> bool {
 /// canonical.
 fn check_ranges(r: &GroupRanges) {
     let v: Vec<(u64, u64)> = r.clone().into();
-    assert_eq!(GroupRanges::try_from(v).ok().as_ref(), Some(r), "not canonical");
+    assert_eq!(
+        GroupRanges::try_from(v).ok().as_ref(),
+        Some(r),
+        "not canonical"
+    );
     assert_eq!(&r.union(r), r);
     assert_eq!(&r.intersection(r), r);
     assert!(r.difference(r).is_empty());
@@ -230,14 +235,15 @@ const MAX_BAO_BLOB: u64 = 300 * 1024;
 /// the ranges it accepts only the true size.
 pub fn bao(data: &[u8]) -> bool {
     let mut cur = Cursor(data);
-    let size = u64::from(u32::from_le_bytes([cur.byte(), cur.byte(), cur.byte(), 0])) % (MAX_BAO_BLOB + 1);
+    let size =
+        u64::from(u32::from_le_bytes([cur.byte(), cur.byte(), cur.byte(), 0])) % (MAX_BAO_BLOB + 1);
     let seed = cur.byte();
     let claim = cur.byte();
     let content: Vec<u8> = (0..size)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 10) as u8)
         .collect();
     let claimed = match claim % 8 {
-        0 | 1 | 2 => size,
+        0..=2 => size,
         3 => size.saturating_sub(1),
         4 => size + 1,
         5 => size.saturating_sub(1024),
@@ -492,8 +498,15 @@ impl Scratch {
         } else {
             vec!["canary".into()]
         };
-        assert_eq!(jail, expected_jail, "unpacking wrote beside its destination");
-        assert_eq!(dir, ["image.tar", "jail"], "unpacking wrote above its destination");
+        assert_eq!(
+            jail, expected_jail,
+            "unpacking wrote beside its destination"
+        );
+        assert_eq!(
+            dir,
+            ["image.tar", "jail"],
+            "unpacking wrote above its destination"
+        );
     }
 }
 
@@ -534,7 +547,11 @@ fn assert_plain(root: &Path) {
             if m.is_dir() {
                 stack.push(e.path());
             } else {
-                assert!(m.is_file(), "{} is neither a file nor a folder", e.path().display());
+                assert!(
+                    m.is_file(),
+                    "{} is neither a file nor a folder",
+                    e.path().display()
+                );
             }
         }
     }
