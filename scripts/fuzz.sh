@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Builds weft's fuzz targets (fuzz/) on stable Rust and runs each for a
-# bounded time: scripts/fuzz.sh [SECONDS] [TARGET...]
+# bounded time: scripts/fuzz.sh [--no-lint] [SECONDS] [TARGET...]
+#
+# The fuzz crate is a workspace of its own, so first it is checked like the
+# main one: cargo fmt --check, clippy -D warnings and the harness's own
+# tests (--no-lint skips these).
 #
 # libFuzzer comes from the libfuzzer-sys crate (compiled with the system C++
 # compiler); coverage comes from LLVM's sanitizer-coverage passes, enabled
@@ -8,9 +12,10 @@
 # target/fuzz (release, debug assertions and overflow checks on).
 #
 # Each target runs SECONDS (default 15; 0 runs the seeds and the corpus
-# once) on its working corpus
-# (target/fuzz/corpus/TARGET, kept between runs) plus seeds freshly built
-# from the encoders, with bounded memory, input length and time per input.
+# once) on its working corpus (target/fuzz/corpus/TARGET, kept between
+# runs), seeds freshly built from the encoders and the inputs committed in
+# fuzz/corpus/TARGET (regressions), with bounded memory, input length and
+# time per input.
 # One line per target says executions, coverage and the result. A crash,
 # hang or oversized allocation exits non-zero and leaves the input in
 # fuzz/artifacts/TARGET/; replay it with
@@ -19,11 +24,16 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+lint=1
+if [ "${1:-}" = --no-lint ]; then
+  lint=0
+  shift
+fi
 seconds=${1:-15}
 shift || true
 case $seconds in
   '' | *[!0-9]*)
-    echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2
+    echo "usage: scripts/fuzz.sh [--no-lint] [SECONDS] [TARGET...]" >&2
     exit 2
     ;;
 esac
@@ -55,6 +65,11 @@ dict() {
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR="$root/target/fuzz"
+if [ "$lint" = 1 ]; then
+  cargo fmt --manifest-path fuzz/Cargo.toml --check
+  cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+  cargo test --manifest-path fuzz/Cargo.toml --locked --quiet
+fi
 # Sanitizer coverage for libFuzzer, as cargo-fuzz sets it, minus the
 # sanitizers. --target keeps these flags off build scripts and proc macros.
 export RUSTFLAGS="-Cpasses=sancov-module \
@@ -104,9 +119,11 @@ for t in "${targets[@]}"; do
   )
   d=$(dict "$t")
   [ -n "$d" ] && args+=(-dict="$d")
+  dirs=("$corpus" "$seeds")
+  [ -d "fuzz/corpus/$t" ] && dirs+=("fuzz/corpus/$t")
   rc=0
   WEFT_FUZZ_SEEDS="$seeds" TMPDIR="$scratch" \
-    timeout -k 10 $((seconds + 120)) "$bindir/$t" "${args[@]}" "$corpus" "$seeds" >"$log" 2>&1 || rc=$?
+    timeout -k 10 $((seconds + 120)) "$bindir/$t" "${args[@]}" "${dirs[@]}" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
