@@ -126,8 +126,8 @@ for t in "${targets[@]}"; do
     timeout -k 10 $((seconds + 120)) "$bindir/$t" "${args[@]}" "${dirs[@]}" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  cov=$(grep -ao 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  ft=$(grep -ao 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   units=$(find "$corpus" -type f | wc -l)
   if [ "$rc" -eq 0 ]; then
     result=ok
@@ -139,7 +139,7 @@ for t in "${targets[@]}"; do
   printf '%-13s execs=%-9s exec/s=%-7s cov=%-6s ft=%-6s corpus=%-6s %s\n' \
     "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$units" "$result"
   if [ "$rc" -ne 0 ]; then
-    grep -v '^#[0-9]' "$log" | tail -n 30 | sed 's/^/    /' >&2
+    grep -av '^#[0-9]' "$log" | tail -n 30 | sed 's/^/    /' >&2
   fi
 done
 exit "$failed"
