@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
 # (Debian packages, the wasm target), builds the example programs, runs every
-# test of the workspace.
+# test of the workspace, then a bounded run of every fuzz target.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -13,3 +13,5 @@ if [ -x scripts/build-examples.sh ]; then
   scripts/build-examples.sh
 fi
 cargo test --workspace --locked "$@"
+# every decoder of peer bytes, fuzzed for a bounded time (fuzz/ is its own workspace)
+scripts/fuzz.sh 20
