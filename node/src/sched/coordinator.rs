@@ -1257,7 +1257,7 @@ impl Coordinator {
 /// node (fetching, I/O, missing runtime), not of the task itself.
 fn retryable(result: &JobResult) -> bool {
     match &result.error {
-        Some((class, _)) => matches!(class.as_str(), "i/o" | "runtime missing" | "executor"),
+        Some((class, _)) => matches!(class.as_str(), "io" | "runtime-missing" | "executor"),
         None => false,
     }
 }
