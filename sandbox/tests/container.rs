@@ -348,6 +348,12 @@ async fn assigned_gpus_get_their_device_nodes_and_variables() {
         // other preconditions.
         let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
         assert_eq!(rc, 0, "mknod {name}: {}", std::io::Error::last_os_error());
+        // as the driver makes them (the umask narrowed mknod's mode)
+        std::fs::set_permissions(
+            dev.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .expect("chmod");
     }
     let mut config = SandboxConfig::new(state.path().join("sandbox"));
     config.dev_dir = dev;

@@ -138,21 +138,32 @@ async fn a_setuid_file_left_in_outputs_gives_a_local_user_nothing() {
     // No local user can even reach it (0700 task folder) ...
     let reach = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        // a shell of the local user execs it (setpriv's own exec is not one)
+        .args(["/bin/sh", "-c", "exec \"$0\" -c 'id -u'"])
         .arg(&sh)
-        .args(["-c", "id -u"])
         .output()
         .expect("setpriv");
+    let modes: Vec<String> = sh
+        .ancestors()
+        .filter_map(|a| {
+            std::fs::metadata(a)
+                .ok()
+                .map(|m| format!("{} {:o} {}", a.display(), m.mode(), m.uid()))
+        })
+        .collect();
     assert!(
         !reach.status.success(),
-        "a local user reached the task folder"
+        "a local user reached the task folder: {}\n{modes:#?}",
+        String::from_utf8_lossy(&reach.stdout)
     );
     // ... and with the way opened, running it does not change its euid:
     // the volume is nosuid (and the owner is not root anyway).
     open_the_way(s.state.path(), &sh);
     let run = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        // a shell of the local user execs it (setpriv's own exec is not one)
+        .args(["/bin/sh", "-c", "exec \"$0\" -c 'id -u'"])
         .arg(&sh)
-        .args(["-c", "id -u"])
         .output()
         .expect("setpriv");
     assert!(
@@ -438,7 +449,7 @@ const FILL_WAT: &str = r#"
     ;; preopens: 3 = /inputs, 4 = /outputs; O_CREAT|O_TRUNC, all rights
     (local.set $err
       (call $path_open (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 3)
-        (i32.const 9) (i64.const -1) (i64.const -1) (i32.const 0) (i32.const 16)))
+        (i32.const 9) (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 16)))
     (if (local.get $err) (then (call $say (local.get $err)) (return)))
     ;; iovec at 32: 64 KiB from 65536
     (i32.store (i32.const 32) (i32.const 65536))
@@ -584,7 +595,7 @@ fn slow_module(salt: u32) -> WasmModule {
         ));
         for k in 0..400 {
             wat.push_str(&format!(
-                "(i32.add (i32.const {})) (i32.mul (local.get 0)) (i32.store (i32.const {}) ) (i32.load (i32.const {}))\n",
+                "(i32.add (i32.const {})) (i32.mul (local.get 0)) (i32.store (i32.const {}) (local.get 0)) (i32.add (i32.load (i32.const {})))\n",
                 k * 7 + f + salt,
                 (k % 64) * 4,
                 (k % 64) * 4

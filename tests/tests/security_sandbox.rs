@@ -95,7 +95,7 @@ const FILL_WAT: &str = r#"
   (data (i32.const 0) "big")
   (func (export "_start")
     (if (call $path_open (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 3)
-          (i32.const 9) (i64.const -1) (i64.const -1) (i32.const 0) (i32.const 16))
+          (i32.const 9) (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 16))
       (then (call $exit (i32.const 2))))
     (i32.store (i32.const 32) (i32.const 65536))
     (i32.store (i32.const 36) (i32.const 65536))
@@ -176,8 +176,9 @@ fn find_output(work: &Path, name: &str) -> Option<PathBuf> {
 fn run_as_nobody(program: &Path) -> std::process::Output {
     std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        // a shell of the local user execs it (setpriv's own exec is not one)
+        .args(["/bin/sh", "-c", "exec \"$0\" -c 'id -u'"])
         .arg(program)
-        .args(["-c", "id -u"])
         .output()
         .expect("setpriv")
 }
