@@ -24,12 +24,13 @@ fn is_root(test: &str) -> bool {
     false
 }
 
-/// A cluster of `n` nodes, each with a small task disk quota.
+/// A cluster of `n` nodes: node 0, where jobs are submitted, and `n - 1`
+/// workers with a small task disk quota.
 async fn cluster(n: usize) -> Cluster {
-    let mut c = Cluster::start(0, ClusterOptions::default())
+    let mut c = Cluster::start(1, ClusterOptions::default())
         .await
         .expect("cluster");
-    for _ in 0..n {
+    for _ in 1..n {
         c.add_node(|config| config.sandbox.task_disk_quota = QUOTA)
             .await
             .expect("node");
@@ -192,7 +193,7 @@ async fn a_setuid_shell_left_by_a_container_gives_a_local_user_nothing() {
     import_image(&c);
     let id = submit(
         &c,
-        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: setuid}\nspec:\n  task:\n    container: {image: images/busybox:test, command: [sh, -c, \"cp /bin/busybox /outputs/sh && chmod 4755 /outputs/sh && touch /outputs/ready && sleep 600\"]}\n  cache: false\n  timeout: 10m\n",
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: setuid}\nspec:\n  task:\n    container: {image: images/busybox:test, command: [sh, -c, \"cp /bin/busybox /outputs/sh && chmod 4755 /outputs/sh && touch /outputs/ready && sleep 600\"]}\n  constraints: {worker: \"yes\"}\n  cache: false\n  timeout: 10m\n",
     )
     .await;
     // while it runs, find the file on the executor's disk
@@ -297,7 +298,7 @@ async fn an_io_uring_probe_in_a_container_is_refused() {
     }
     let id = submit(
         &c,
-        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: probe}\nspec:\n  task:\n    container: {image: images/busybox:test, command: [sh, -c, \"cp /inputs/probe /tmp/p && chmod 755 /tmp/p && /tmp/p > /outputs/result\"]}\n  inputs: [{from: test/probe:v1, path: /inputs/probe}]\n  outputs: [{path: /outputs/result}]\n  cache: false\n  timeout: 60s\n",
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: probe}\nspec:\n  task:\n    container: {image: images/busybox:test, command: [sh, -c, \"cp /inputs/probe /tmp/p && chmod 755 /tmp/p && /tmp/p > /outputs/result\"]}\n  inputs: [{from: test/probe:v1, path: /inputs/probe}]\n  constraints: {worker: \"yes\"}\n  outputs: [{path: /outputs/result}]\n  cache: false\n  timeout: 60s\n",
     )
     .await;
     let s = wait_done(&c, &id).await;
