@@ -413,6 +413,15 @@ impl Drop for Guard {
     }
 }
 
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // the per-sandbox mount folder, once no root is bound in it
+        if let Ok(dir) = &self.mount_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// What `prepare` made.
 struct Prepared {
     id: String,
