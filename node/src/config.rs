@@ -154,11 +154,27 @@ impl Default for ApiSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxSection {
     /// OCI runtime to use (a name on PATH or a path); default: runc, then crun.
     pub runtime: Option<String>,
+    /// Bytes a task may write to /outputs and /tmp together, held in a
+    /// tmpfs (memory, swappable) per task; 0 for no quota. Default 1 GiB.
+    pub task_disk_quota: u64,
+    /// Run containers in a user namespace (container root is an
+    /// unprivileged host id); turn off only where the kernel refuses them.
+    pub userns: bool,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        SandboxSection {
+            runtime: None,
+            task_disk_quota: weft_sandbox::DEFAULT_TASK_DISK_QUOTA,
+            userns: true,
+        }
+    }
 }
 
 /// A GPU declared in config.

@@ -148,6 +148,19 @@ impl Node {
     pub async fn start(home: Home, config: Config) -> Result<Node, DaemonError> {
         home.ensure()?;
         let lock = LockFile::acquire(&home)?;
+        {
+            // task folders and image roots: no other local user may enter
+            use std::os::unix::fs::PermissionsExt as _;
+            let work = home.work_dir();
+            std::fs::create_dir_all(&work)
+                .and_then(|()| {
+                    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|source| HomeError::Io {
+                    path: work.clone(),
+                    source,
+                })?;
+        }
         let keypair = home.identity()?;
         let peer_id = keypair.public().to_peer_id().to_string();
         let started = Instant::now();
@@ -195,6 +208,10 @@ impl Node {
             .runtime
             .as_ref()
             .map(std::path::PathBuf::from);
+        sandbox_config.task_disk_quota = Some(config.sandbox.task_disk_quota).filter(|q| *q > 0);
+        if !config.sandbox.userns {
+            sandbox_config.userns = None;
+        }
         let sandbox = {
             let c = sandbox_config;
             tokio::task::spawn_blocking(move || Sandbox::new(c))

@@ -6,6 +6,11 @@
 //! Detection never fails the daemon for want of a GPU tool: a missing,
 //! failing or hanging `nvidia-smi` means no detected GPUs (logged), and
 //! declared GPUs are how tests and driverless machines say what they have.
+//!
+//! A GPU's device node is `/dev/nvidia{minor}`, where the minor number is
+//! the driver's (`nvidia-smi --query-gpu=minor_number`, or "Device Minor"
+//! in `/proc/driver/nvidia/gpus/*/information`), which need not equal the
+//! index: [`gpu_minor`] maps one to the other for the executor.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -26,6 +31,30 @@ pub const NVIDIA_SMI_ARGS: [&str; 2] = [
     "--query-gpu=index,uuid,name,memory.total,memory.used",
     "--format=csv,noheader,nounits",
 ];
+
+/// The query for each GPU's device minor number; [`parse_gpu_minors`]
+/// reads its output.
+pub const NVIDIA_SMI_MINOR_ARGS: [&str; 2] = [
+    "--query-gpu=index,minor_number,pci.bus_id",
+    "--format=csv,noheader,nounits",
+];
+
+/// Where the driver describes each GPU it manages.
+const NVIDIA_PROC_GPUS: &str = "/proc/driver/nvidia/gpus";
+
+/// Index to device minor of this machine's NVIDIA GPUs, from the last
+/// detection (the same for every node in this process: it is the machine's).
+static GPU_MINORS: std::sync::RwLock<BTreeMap<u32, u32>> = std::sync::RwLock::new(BTreeMap::new());
+
+/// The device minor number of the GPU with host index `index`, when the
+/// driver reported one; `None` for a GPU only declared in config.
+pub fn gpu_minor(index: u32) -> Option<u32> {
+    GPU_MINORS
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&index)
+        .copied()
+}
 
 /// Why resources could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +119,7 @@ pub async fn detect(
         path: store_dir.to_path_buf(),
         source,
     })?;
+    detect_gpu_minors().await;
     Ok(Resources {
         cpu_cores: cpu_cores(),
         memory_total_bytes,
@@ -97,6 +127,120 @@ pub async fn detect(
         disk_free_bytes,
         gpus: merge_gpus(detect_nvidia().await, declared),
     })
+}
+
+/// Reads the device minor of each NVIDIA GPU (nvidia-smi, with the
+/// driver's `/proc` files for GPUs it gives no minor for) and keeps them
+/// for [`gpu_minor`]. Without a driver, none.
+pub async fn detect_gpu_minors() -> BTreeMap<u32, u32> {
+    let mut command = tokio::process::Command::new("nvidia-smi");
+    command
+        .args(NVIDIA_SMI_MINOR_ARGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let listed = match tokio::time::timeout(NVIDIA_SMI_TIMEOUT, command.output()).await {
+        Ok(Ok(out)) if out.status.success() => {
+            parse_gpu_minors(&String::from_utf8_lossy(&out.stdout))
+        }
+        _ => Vec::new(),
+    };
+    let from_proc = proc_gpu_minors(Path::new(NVIDIA_PROC_GPUS));
+    let minors = resolve_gpu_minors(&listed, &from_proc);
+    *GPU_MINORS.write().unwrap_or_else(|p| p.into_inner()) = minors.clone();
+    minors
+}
+
+/// One line of `nvidia-smi --query-gpu=index,minor_number,pci.bus_id
+/// --format=csv,noheader,nounits`: index, minor (when reported) and bus id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuMinorLine {
+    pub index: u32,
+    pub minor: Option<u32>,
+    pub bus_id: Option<String>,
+}
+
+/// Parses the minor-number query; lines that do not parse are skipped and
+/// `[N/A]` minors are `None`.
+pub fn parse_gpu_minors(text: &str) -> Vec<GpuMinorLine> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let Some(Ok(index)) = fields.first().map(|f| f.parse::<u32>()) else {
+            continue;
+        };
+        let minor = fields.get(1).and_then(|f| f.parse::<u32>().ok());
+        let bus_id = fields
+            .get(2)
+            .filter(|b| !b.is_empty() && !b.starts_with('['))
+            .map(|b| normalize_bus_id(b));
+        out.push(GpuMinorLine {
+            index,
+            minor,
+            bus_id,
+        });
+    }
+    out
+}
+
+/// Reads `Device Minor` and `Bus Location` from one
+/// `/proc/driver/nvidia/gpus/*/information` file.
+pub fn parse_proc_gpu_information(text: &str) -> Option<(String, u32)> {
+    let mut minor = None;
+    let mut bus = None;
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key.trim() {
+            "Device Minor" => minor = value.trim().parse::<u32>().ok(),
+            "Bus Location" => bus = Some(normalize_bus_id(value.trim())),
+            _ => {}
+        }
+    }
+    Some((bus?, minor?))
+}
+
+/// Bus ids as `dddd:bb:dd.f` in lowercase: nvidia-smi prints an 8-digit
+/// domain in capitals (`00000000:3B:00.0`), the driver a 4-digit one.
+fn normalize_bus_id(b: &str) -> String {
+    let b = b.to_ascii_lowercase();
+    match b.split_once(':') {
+        Some((domain, rest)) if domain.len() > 4 => {
+            format!("{}:{rest}", &domain[domain.len() - 4..])
+        }
+        _ => b,
+    }
+}
+
+fn proc_gpu_minors(dir: &Path) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
+        .filter_map(|t| parse_proc_gpu_information(&t))
+        .collect()
+}
+
+/// Index to minor: nvidia-smi's minor where it gives one, else the driver's
+/// for the same bus id. A GPU with neither has no entry (never its index).
+pub fn resolve_gpu_minors(
+    listed: &[GpuMinorLine],
+    from_proc: &[(String, u32)],
+) -> BTreeMap<u32, u32> {
+    listed
+        .iter()
+        .filter_map(|g| {
+            let minor = g.minor.or_else(|| {
+                let bus = g.bus_id.as_ref()?;
+                from_proc.iter().find(|(b, _)| b == bus).map(|(_, m)| *m)
+            })?;
+            Some((g.index, minor))
+        })
+        .collect()
 }
 
 /// Logical CPUs this process may use (honours affinity and cgroup quotas).
@@ -338,6 +482,58 @@ not, a, gpu, line, at all
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn gpu_minors_come_from_the_driver_not_the_index() {
+        // nvidia-smi --query-gpu=index,minor_number,pci.bus_id
+        // --format=csv,noheader,nounits on an 8-GPU host whose minors are
+        // not in index order (MIG or reordered PCI), one without a minor
+        let text = "\
+0, 2, 00000000:18:00.0
+1, 0, 00000000:3B:00.0
+2, [N/A], 00000000:86:00.0
+3, 7, 00000000:AF:00.0
+garbage line
+";
+        let listed = parse_gpu_minors(text);
+        assert_eq!(listed.len(), 4, "{listed:?}");
+        assert_eq!(
+            listed[1],
+            GpuMinorLine {
+                index: 1,
+                minor: Some(0),
+                bus_id: Some("0000:3b:00.0".into())
+            }
+        );
+        assert_eq!(listed[2].minor, None);
+        // /proc/driver/nvidia/gpus/0000:86:00.0/information, as the driver writes it
+        let info = "\
+Model: \t\t NVIDIA H100 80GB HBM3
+IRQ:   \t\t 330
+GPU UUID: \t GPU-5a3e0f7c-1b2d-4e5f-8a9b-0c1d2e3f4a5b
+Video BIOS: \t 96.00.74.00.01
+Bus Type: \t PCIe
+DMA Size: \t 52 bits
+DMA Mask: \t 0xfffffffffffff
+Bus Location: \t 0000:86:00.0
+Device Minor: \t 5
+GPU Excluded:\t No
+";
+        assert_eq!(
+            parse_proc_gpu_information(info),
+            Some(("0000:86:00.0".to_string(), 5))
+        );
+        assert_eq!(parse_proc_gpu_information("Model: x\n"), None);
+        let minors = resolve_gpu_minors(&listed, &[("0000:86:00.0".into(), 5)]);
+        assert_eq!(
+            minors.into_iter().collect::<Vec<_>>(),
+            [(0, 2), (1, 0), (2, 5), (3, 7)]
+        );
+        // no minor anywhere: no entry, never the index
+        let minors = resolve_gpu_minors(&listed[2..3], &[]);
+        assert!(minors.is_empty());
+        assert_eq!(gpu_minor(4242), None);
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //! crashed node are deleted when the next [`ContainerExecutor`] starts.
 //!
 //! The executor needs root: it creates namespaces and cgroups through the
-//! runtime without a user namespace.
+//! runtime. By default the container runs in a user namespace whose root is
+//! an unprivileged host id ([`SandboxConfig::userns`]): its `/outputs` and
+//! `/tmp` are given to that id, and the image root is bind-mounted
+//! read-only under [`SandboxConfig::mount_dir`] (a folder of mode 0710
+//! whose group is the mapped root's) so the mapped root reaches it however
+//! private the node's home is. The runtime opens the bound task folders
+//! itself, so those can stay in a 0700 folder.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -27,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::capture::CaptureSink;
 use crate::oci::{self, BundleSpec, Device, Resources, TmpMount};
-use crate::{ContainerTask, Report, SandboxConfig, SandboxError, Task, TaskKind};
+use crate::{ContainerTask, GpuDevice, IdMap, Report, SandboxConfig, SandboxError, Task, TaskKind};
 
 /// `PATH` given to a task whose environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -73,6 +79,10 @@ struct Setup {
     cgroups: Cgroups,
     dev_dir: PathBuf,
     is_root: bool,
+    userns: Option<IdMap>,
+    /// Where image roots are bound for user-namespaced containers, or why
+    /// that folder cannot be used.
+    mount_dir: Result<PathBuf, String>,
 }
 
 impl ContainerExecutor {
@@ -87,6 +97,13 @@ impl ContainerExecutor {
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let is_root = unsafe { libc::geteuid() } == 0;
+        let mount_dir = match config.userns {
+            Some(map) if is_root && runtime.is_ok() => {
+                make_mount_dir(&config.mount_dir, map).map(|()| config.mount_dir.clone())
+            }
+            Some(_) => Err("the node does not run as root".to_string()),
+            None => Err("no user namespace".to_string()),
+        };
         let setup = Setup {
             runtime,
             root: config.runtime_root.clone(),
@@ -95,6 +112,8 @@ impl ContainerExecutor {
             cgroups: detect_cgroups(Path::new("/sys/fs/cgroup")),
             dev_dir: config.dev_dir.clone(),
             is_root,
+            userns: config.userns,
+            mount_dir,
         };
         setup.sweep();
         Ok(ContainerExecutor {
@@ -104,6 +123,10 @@ impl ContainerExecutor {
 
     pub(crate) fn runtime(&self) -> Option<&ContainerRuntime> {
         self.setup.runtime.as_ref().ok()
+    }
+
+    pub(crate) fn userns(&self) -> Option<IdMap> {
+        self.setup.userns
     }
 
     pub(crate) async fn run(&self, task: Task, cancel: CancellationToken) -> Report {
@@ -131,6 +154,7 @@ impl ContainerExecutor {
             root: self.setup.root.clone(),
             id: prepared.id.clone(),
             bundle: Some(prepared.bundle),
+            root_mount: prepared.root_mount,
         };
         let report = self
             .supervise(&rt, &task, &prepared.id, &guard, prepared.notes, cancel)
@@ -305,12 +329,15 @@ fn classify_runtime_error(task: &Task, msg: &str) -> SandboxError {
     }
 }
 
-/// A container's runtime state and bundle, removed when the run is over.
+/// A container's runtime state, bundle and root mount, removed when the
+/// run is over.
 struct Guard {
     runtime: PathBuf,
     root: PathBuf,
     id: String,
     bundle: Option<tempfile::TempDir>,
+    /// The image root bound under the mount folder.
+    root_mount: Option<PathBuf>,
 }
 
 impl Guard {
@@ -353,6 +380,9 @@ impl Guard {
                 warn!(bundle = %path.display(), "cannot remove the bundle folder");
             }
         }
+        if let Some(m) = self.root_mount.take() {
+            let _ = tokio::task::spawn_blocking(move || unbind_root(&m)).await;
+        }
     }
 }
 
@@ -377,6 +407,18 @@ impl Drop for Guard {
             }
             let _ = bundle.close();
         }
+        if let Some(m) = self.root_mount.take() {
+            unbind_root(&m);
+        }
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // the per-sandbox mount folder, once no root is bound in it
+        if let Ok(dir) = &self.mount_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -385,6 +427,7 @@ struct Prepared {
     id: String,
     bundle: tempfile::TempDir,
     notes: Vec<String>,
+    root_mount: Option<PathBuf>,
 }
 
 impl Setup {
@@ -417,6 +460,15 @@ impl Setup {
             for e in entries.flatten() {
                 warn!(bundle = %e.path().display(), "removing a bundle left by an earlier run");
                 let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        if let Ok(dir) = &self.mount_dir {
+            crate::folders::unmount_under(dir);
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    warn!(root = %e.path().display(), "removing an image root mount left by an earlier run");
+                    unbind_root(&e.path());
+                }
             }
         }
     }
@@ -503,12 +555,11 @@ impl Setup {
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
-        let devices = self.gpu_devices(&ct.gpus, &mut notes);
+        let (devices, present) = self.gpu_devices(&ct.gpus, &mut notes);
         if !ct.gpus.is_empty() {
-            let list = ct
-                .gpus
-                .iter()
-                .map(u32::to_string)
+            // the task's own numbering: 0 to N-1 over the devices it got
+            let list = (0..present)
+                .map(|i| i.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
             env.retain(|(k, _)| {
@@ -523,7 +574,54 @@ impl Setup {
         }
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
+        if let Some(map) = self.userns {
+            for (what, dir) in [
+                ("outputs", Some(&task.outputs)),
+                ("scratch", task.scratch.as_ref()),
+            ] {
+                let Some(dir) = dir else { continue };
+                if let Err(e) = give_to(dir, map) {
+                    let e = SandboxError::io(
+                        format!(
+                            "cannot give the {what} folder {} to the container's root",
+                            dir.display()
+                        ),
+                        e,
+                    );
+                    return fail(e, notes);
+                }
+            }
+        }
         let id = container_id(&task.name);
+        let root_mount = match (self.userns, &self.mount_dir) {
+            (None, _) => None,
+            (Some(_), Err(why)) => {
+                let e = SandboxError::Runtime(format!(
+                    "containers run in a user namespace and the image root folder cannot be used ({why}); \
+                     run the node as root, or turn user namespaces off (sandbox.userns = false) on a host that cannot have them"
+                ));
+                return fail(e, notes);
+            }
+            (Some(_), Ok(dir)) => match bind_root(&rootfs, &dir.join(&id)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let e = SandboxError::io(
+                        format!(
+                            "cannot mount the image root {} for the container",
+                            rootfs.display()
+                        ),
+                        e,
+                    );
+                    return fail(e, notes);
+                }
+            },
+        };
+        let unbind = |notes| {
+            if let Some(m) = &root_mount {
+                unbind_root(m);
+            }
+            notes
+        };
         let bundle = match tempfile::Builder::new()
             .prefix("weft-bundle-")
             .tempdir_in(&self.bundles)
@@ -534,12 +632,12 @@ impl Setup {
                     format!("cannot create a bundle in {}", self.bundles.display()),
                     e,
                 );
-                return fail(e, notes);
+                return fail(e, unbind(notes));
             }
         };
         let cgroups_path = format!("/{}/{}", self.cgroup_parent, id);
         let spec = BundleSpec {
-            rootfs: &rootfs,
+            rootfs: root_mount.as_deref().unwrap_or(&rootfs),
             args: &ct.args,
             env: &env,
             cwd: ct.workdir.as_deref().unwrap_or("/"),
@@ -554,25 +652,37 @@ impl Setup {
             resources,
             devices: &devices,
             arch: std::env::consts::ARCH,
+            userns: self.userns,
         };
         let config = oci::config(&spec);
         let written = serde_json::to_vec_pretty(&config)
             .map_err(std::io::Error::other)
             .and_then(|bytes| std::fs::write(bundle.path().join("config.json"), bytes));
         if let Err(e) = written {
-            return fail(SandboxError::io("cannot write config.json", e), notes);
+            return fail(
+                SandboxError::io("cannot write config.json", e),
+                unbind(notes),
+            );
         }
-        Ok(Prepared { id, bundle, notes })
+        Ok(Prepared {
+            id,
+            bundle,
+            notes,
+            root_mount,
+        })
     }
 
-    /// Device nodes for the assigned GPUs and the driver's shared nodes.
-    fn gpu_devices(&self, gpus: &[u32], notes: &mut Vec<String>) -> Vec<Device> {
+    /// Device nodes for the assigned GPUs (by minor number) and the
+    /// driver's shared nodes, and how many of the GPUs' nodes were found.
+    fn gpu_devices(&self, gpus: &[GpuDevice], notes: &mut Vec<String>) -> (Vec<Device>, usize) {
         let mut devices = Vec::new();
         if gpus.is_empty() {
-            return devices;
+            return (devices, 0);
         }
-        let mut names: Vec<(String, bool)> =
-            gpus.iter().map(|i| (format!("nvidia{i}"), true)).collect();
+        let mut names: Vec<(String, bool)> = gpus
+            .iter()
+            .map(|g| (format!("nvidia{}", g.minor), true))
+            .collect();
         for shared in ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
             names.push((shared.to_string(), false));
         }
@@ -583,6 +693,7 @@ impl Setup {
                     let rdev = m.rdev();
                     devices.push(Device {
                         path: format!("/dev/{name}"),
+                        host: host.to_string_lossy().into_owned(),
                         major: libc::major(rdev) as u64,
                         minor: libc::minor(rdev) as u64,
                     });
@@ -594,7 +705,15 @@ impl Setup {
                 _ => {}
             }
         }
-        devices
+        let present = devices
+            .iter()
+            .filter(|d| {
+                d.path
+                    .strip_prefix("/dev/nvidia")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .count();
+        (devices, present)
     }
 
     /// Peak memory and OOM kills of a container's cgroup, where readable.
@@ -625,6 +744,95 @@ impl Setup {
             })
             .unwrap_or(0);
         (peak, ooms)
+    }
+}
+
+/// Makes the folder image roots are bound under: `/run/weft-sandbox` (mode
+/// 0711, so anyone may pass, no one may list) and `dir` in it, mode 0710
+/// with the mapped root's group: the container's root may pass, other
+/// local users may not.
+fn make_mount_dir(dir: &Path, map: IdMap) -> Result<(), String> {
+    let made = (|| -> std::io::Result<()> {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711))?;
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::lchown(dir, Some(0), Some(map.host_base))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+    })();
+    made.map_err(|e| format!("cannot prepare {}: {e}", dir.display()))
+}
+
+/// Gives a folder the container writes to its mapped root (not what is in it).
+fn give_to(dir: &Path, map: IdMap) -> std::io::Result<()> {
+    let m = std::fs::symlink_metadata(dir)?;
+    if m.uid() != map.host_base || m.gid() != map.host_base {
+        std::os::unix::fs::lchown(dir, Some(map.host_base), Some(map.host_base))?;
+    }
+    Ok(())
+}
+
+fn c_path(p: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
+    })
+}
+
+/// Binds `rootfs` read-only (`nosuid,nodev`) at `at`, a new folder.
+fn bind_root(rootfs: &Path, at: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir(at)?;
+    let src = c_path(rootfs)?;
+    let dst = c_path(at)?;
+    // SAFETY: both are NUL-terminated strings that outlive the calls; the
+    // other pointers may be null for a bind mount.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = std::fs::remove_dir(at);
+        return Err(e);
+    }
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        unbind_root(at);
+        return Err(e);
+    }
+    Ok(at.to_path_buf())
+}
+
+/// Undoes [`bind_root`]: detaches the mount and removes its folder.
+fn unbind_root(at: &Path) {
+    if let Ok(dst) = c_path(at) {
+        // SAFETY: `dst` is NUL-terminated and outlives the call.
+        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+    }
+    if let Err(e) = std::fs::remove_dir(at)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(root = %at.display(), error = %e, "cannot remove an image root mount point");
     }
 }
 

@@ -777,6 +777,16 @@ fn apply_layer(reader: impl Read, root: &Path, opts: &UnpackOptions) -> Result<(
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
+            if hidden.starts_with(".wh.") {
+                continue; // other aufs metadata (`.wh..wh.plnk`, ...): nothing to apply
+            }
+            if hidden.is_empty() || hidden == "." || hidden == ".." {
+                // `.wh..` or `.wh...` would name the folder itself or its
+                // parent (at the top level: the unpack root or above it)
+                return Err(ImageError::Format(format!(
+                    "whiteout {shown:?} names no entry of its folder; the layer is malformed"
+                )));
+            }
             let mut target = parent.to_vec();
             target.push(OsString::from(hidden));
             if parents_are_dirs(root, &target) {
@@ -1396,6 +1406,61 @@ mod tests {
         let (_d, dest, r) = unpack_bytes(&oci(&[(bad, false)], false), &UnpackOptions::default());
         assert!(matches!(r, Err(ImageError::LinkEscape { .. })), "{r:?}");
         assert!(!dest.exists());
+    }
+
+    #[test]
+    fn top_level_whiteouts_stay_inside_the_root() {
+        // `.wh..` and `.wh...` would name the root and its parent: refused,
+        // and neither the root's parent nor anything beside the root goes.
+        for name in [&b".wh.."[..], b".wh...", b"./.wh..", b"bin/.wh.."] {
+            let bad = layer(&[E::File("keep", b"k", 0o644), E::Raw(name, b"")]);
+            let (dir, dest, r) = unpack_bytes(
+                &oci(&[(base_layer(), false), (bad, false)], false),
+                &UnpackOptions::default(),
+            );
+            assert!(
+                matches!(&r, Err(ImageError::Format(m)) if m.contains("whiteout")),
+                "{}: {r:?}",
+                String::from_utf8_lossy(name)
+            );
+            assert!(dir.path().is_dir(), "the root's parent is still there");
+            assert!(
+                dir.path().join("image.tar").is_file(),
+                "a file beside the root is still there"
+            );
+            assert!(!dest.exists(), "the failed unpack left nothing");
+        }
+        // An opaque marker at the top level hides the lower layers' root
+        // entries and keeps the root and what this layer writes.
+        let top = layer(&[
+            E::File(".wh..wh..opq", b"", 0o644),
+            E::File("only", b"o", 0o644),
+        ]);
+        let (dir, dest, r) = unpack_bytes(
+            &oci(&[(base_layer(), false), (top, false)], false),
+            &UnpackOptions::default(),
+        );
+        r.expect("an opaque root unpacks");
+        assert!(dir.path().join("image.tar").is_file());
+        assert_eq!(fs::read(dest.join("only")).expect("only"), b"o");
+        assert!(
+            !dest.join("bin").exists() && !dest.join("etc").exists(),
+            "lower entries hidden"
+        );
+        // aufs metadata entries are skipped, not applied
+        let top = layer(&[
+            E::File(".wh..wh.plnk", b"", 0o644),
+            E::File("bin/.wh..wh.aufs", b"", 0o644),
+        ]);
+        let (_d, dest, r) = unpack_bytes(
+            &oci(&[(base_layer(), false), (top, false)], false),
+            &UnpackOptions::default(),
+        );
+        r.expect("aufs metadata is ignored");
+        assert_eq!(
+            fs::read(dest.join("bin/busybox")).expect("busybox"),
+            b"BUSYBOX"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@
 
 mod capture;
 mod container;
+mod folders;
 pub mod image;
 mod oci;
 mod wasm;
@@ -38,6 +39,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 pub use capture::Captured;
 pub use container::ContainerRuntime;
+pub use folders::{TaskFolders, mount_quota_volume_supported, unmount_under};
 pub use tokio_util::sync::CancellationToken;
 
 /// The WASM runtime this crate embeds, for node adverts.
@@ -64,6 +66,9 @@ pub enum ErrorClass {
     Io,
     /// The caller cancelled the task.
     Cancelled,
+    /// The task filled its disk quota (`/outputs` and `/tmp` together);
+    /// running it elsewhere will fill that node's quota too.
+    DiskQuota,
 }
 
 impl ErrorClass {
@@ -77,6 +82,7 @@ impl ErrorClass {
             ErrorClass::RuntimeMissing => "runtime-missing",
             ErrorClass::Io => "io",
             ErrorClass::Cancelled => "cancelled",
+            ErrorClass::DiskQuota => "disk-quota",
         }
     }
 }
@@ -118,6 +124,10 @@ pub enum SandboxError {
     Cancelled,
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
+    #[error(
+        "disk quota of {quota} bytes for /outputs and /tmp is full; write less, or ask the node's operator for a larger sandbox.task_disk_quota"
+    )]
+    DiskQuota { quota: u64 },
 }
 
 impl SandboxError {
@@ -133,6 +143,7 @@ impl SandboxError {
                 ErrorClass::Io
             }
             SandboxError::Cancelled => ErrorClass::Cancelled,
+            SandboxError::DiskQuota { .. } => ErrorClass::DiskQuota,
         }
     }
 
@@ -204,9 +215,33 @@ impl WasmModule {
         WasmModule { bytes, hash }
     }
 
+    /// Reads a module file of at most [`DEFAULT_MAX_MODULE_BYTES`].
     pub fn from_file(path: &Path) -> Result<WasmModule, SandboxError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| SandboxError::io(format!("cannot read {}", path.display()), e))?;
+        WasmModule::from_file_capped(path, DEFAULT_MAX_MODULE_BYTES)
+    }
+
+    /// Reads a module file, refusing it before reading when it is larger
+    /// than `cap` bytes (and reading at most `cap + 1` bytes in any case, so
+    /// a file that grows meanwhile is refused too).
+    pub fn from_file_capped(path: &Path, cap: u64) -> Result<WasmModule, SandboxError> {
+        use std::io::Read;
+        let shown = || path.display().to_string();
+        let file = std::fs::File::open(path)
+            .map_err(|e| SandboxError::io(format!("cannot read {}", shown()), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| SandboxError::io(format!("cannot read {}", shown()), e))?
+            .len();
+        if len > cap {
+            return Err(module_too_large(len, cap));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(cap.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| SandboxError::io(format!("cannot read {}", shown()), e))?;
+        if bytes.len() as u64 > cap {
+            return Err(module_too_large(bytes.len() as u64, cap));
+        }
         Ok(WasmModule::from_bytes(bytes))
     }
 
@@ -218,6 +253,16 @@ impl WasmModule {
         self.hash
     }
 }
+
+fn module_too_large(len: u64, cap: u64) -> SandboxError {
+    SandboxError::InvalidTask(format!(
+        "the module is {len} bytes, more than this node's limit of {cap} bytes; \
+         build a smaller module or run it on a node with a larger sandbox.max_module_bytes"
+    ))
+}
+
+/// The default largest WASM module a sandbox accepts.
+pub const DEFAULT_MAX_MODULE_BYTES: u64 = 256 << 20;
 
 impl std::fmt::Debug for WasmModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,8 +287,16 @@ pub struct ContainerTask {
     pub env: Vec<(String, String)>,
     /// Absolute working directory inside the container; `/` when absent.
     pub workdir: Option<String>,
-    /// Host GPU indices assigned to this task (`/dev/nvidiaN`).
-    pub gpus: Vec<u32>,
+    /// The GPUs assigned to this task. The task sees them as devices 0 to
+    /// N-1 (`CUDA_VISIBLE_DEVICES`), never by their host indices.
+    pub gpus: Vec<GpuDevice>,
+}
+
+/// A GPU given to a container: its device node is `/dev/nvidia{minor}`
+/// (the driver's minor number, which need not equal the GPU's index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuDevice {
+    pub minor: u32,
 }
 
 /// Limits for one task.
@@ -267,6 +320,10 @@ pub struct Limits {
     pub stderr_cap: usize,
     /// Size of a container's tmpfs `/tmp` when no scratch folder is given.
     pub tmpfs_bytes: u64,
+    /// The disk quota that holds `/outputs` and `/tmp` (see
+    /// [`TaskFolders::quota`]): when set and the task leaves that volume
+    /// full, the task fails with [`ErrorClass::DiskQuota`].
+    pub disk_quota: Option<u64>,
 }
 
 impl Default for Limits {
@@ -280,6 +337,7 @@ impl Default for Limits {
             stdout_cap: 1 << 20,
             stderr_cap: 1 << 20,
             tmpfs_bytes: 256 << 20,
+            disk_quota: None,
         }
     }
 }
@@ -370,6 +428,38 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Compiled modules kept in memory.
     pub module_cache_entries: usize,
+    /// Largest WASM module or component accepted, in bytes.
+    pub max_module_bytes: u64,
+    /// Host ids that container ids map to: container root is host uid and
+    /// gid `host_base`, in a user namespace. `None` runs containers without
+    /// a user namespace (container root is host root, without
+    /// capabilities); only for hosts whose kernel refuses user namespaces.
+    pub userns: Option<IdMap>,
+    /// Where image roots are bind-mounted for containers in a user
+    /// namespace: a folder the mapped root can reach whatever the modes of
+    /// the node's home and its parents.
+    pub mount_dir: PathBuf,
+    /// Bytes a task may write to `/outputs` and `/tmp` together (a tmpfs
+    /// per task, so memory too: see [`TaskFolders`]); `None` for no quota.
+    pub task_disk_quota: Option<u64>,
+}
+
+/// The default per-task disk quota: 1 GiB.
+pub const DEFAULT_TASK_DISK_QUOTA: u64 = 1 << 30;
+
+/// A range of host ids a container's ids 0 to `size - 1` map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub host_base: u32,
+    pub size: u32,
+}
+
+impl IdMap {
+    /// Docker's `userns-remap` shape: 65536 ids from 100000.
+    pub const DEFAULT: IdMap = IdMap {
+        host_base: 100_000,
+        size: 65_536,
+    };
 }
 
 impl SandboxConfig {
@@ -388,8 +478,21 @@ impl SandboxConfig {
             fuel: false,
             epoch_tick: Duration::from_millis(10),
             module_cache_entries: 256,
+            max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
+            userns: Some(IdMap::DEFAULT),
+            mount_dir: default_mount_dir(&state),
+            task_disk_quota: Some(DEFAULT_TASK_DISK_QUOTA),
         }
     }
+}
+
+/// `/run/weft-sandbox/<hash of the state folder>`: one per sandbox, under a
+/// folder every user can search, so the mapped root of a container reaches
+/// image roots mounted there even when the node's home is private.
+fn default_mount_dir(state: &Path) -> PathBuf {
+    let abs = std::path::absolute(state).unwrap_or_else(|_| state.to_path_buf());
+    let h = blake3::hash(abs.as_os_str().as_encoded_bytes());
+    PathBuf::from("/run/weft-sandbox").join(&h.to_hex()[..16])
 }
 
 /// The executors this node offers, for its advert.
@@ -421,6 +524,7 @@ pub struct Sandbox {
 struct Inner {
     wasm: wasm::WasmExecutor,
     container: container::ContainerExecutor,
+    task_disk_quota: Option<u64>,
 }
 
 impl Sandbox {
@@ -438,7 +542,11 @@ impl Sandbox {
             "sandbox ready"
         );
         Ok(Sandbox {
-            inner: Arc::new(Inner { wasm, container }),
+            inner: Arc::new(Inner {
+                wasm,
+                container,
+                task_disk_quota: config.task_disk_quota,
+            }),
         })
     }
 
@@ -455,6 +563,30 @@ impl Sandbox {
         self.inner.wasm.cache_stats()
     }
 
+    /// Reads a WASM module file within this sandbox's size limit
+    /// ([`SandboxConfig::max_module_bytes`]), without reading a larger one.
+    pub fn read_module(&self, path: &Path) -> Result<WasmModule, SandboxError> {
+        WasmModule::from_file_capped(path, self.inner.wasm.max_module_bytes())
+    }
+
+    /// Makes (or reuses) a task's folders under `dir` with this sandbox's
+    /// disk quota, owned by whoever will write them: the mapped root for a
+    /// container (`container: true`) in a user namespace, else the node.
+    pub fn prepare_folders(&self, dir: &Path, container: bool) -> std::io::Result<TaskFolders> {
+        let owner = if container {
+            self.container_ids()
+        } else {
+            None
+        };
+        TaskFolders::prepare(dir, self.inner.task_disk_quota, owner)
+    }
+
+    /// The host ids container root maps to, when containers run in a user
+    /// namespace: task folders a container writes belong to them.
+    pub fn container_ids(&self) -> Option<IdMap> {
+        self.inner.container.userns()
+    }
+
     /// Runs one task to its end, its deadline, or `cancel`.
     ///
     /// The work happens on a task of its own: if the returned future is
@@ -464,6 +596,7 @@ impl Sandbox {
         let started = Instant::now();
         let span = info_span!("task", name = %task.name, kind = task.kind.name());
         let outputs = task.outputs.clone();
+        let quota = task.limits.disk_quota;
         let inner = self.inner.clone();
         let token = cancel.child_token();
         let stop_on_drop = token.clone().drop_guard();
@@ -487,6 +620,17 @@ impl Sandbox {
             ),
         };
         stop_on_drop.disarm();
+        let mut report = report;
+        if let Some(quota) = quota
+            && report
+                .error
+                .as_ref()
+                .is_none_or(|e| e.class() != ErrorClass::Cancelled)
+            && folders::volume_full(&outputs)
+        {
+            report.error = Some(SandboxError::DiskQuota { quota });
+            report.exit_code = None;
+        }
         let failure = report.error.map(|e| Failure {
             class: e.class(),
             message: e.to_string(),

@@ -18,6 +18,14 @@
 //! pre-linked `InstancePre`, and on disk as a serialized `.cwasm`, so a
 //! second start of the same bytes neither compiles nor links.
 //!
+//! A module larger than [`SandboxConfig::max_module_bytes`] is refused.
+//! Compiling counts toward the task's deadline and can be cancelled: it
+//! runs on a thread of its own (one per module being compiled; tasks
+//! wanting the same module wait for the same compile) while the task waits
+//! for it, its deadline or its cancellation. A task that gives up leaves
+//! the compile to finish and fill the cache; no lock is held across a
+//! compile, so other tasks never wait on it.
+//!
 //! Isolation: the guest sees only its arguments, its environment, and three
 //! preopened folders (`/inputs` read-only, `/outputs`, `/tmp`). TCP, UDP and
 //! name lookup are refused; stdin is empty.
@@ -30,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use wasmtime::component::{Component, ResourceTable};
@@ -67,6 +75,7 @@ struct Shared {
     cache: ModuleCache,
     fuel_enabled: bool,
     max_memory: u64,
+    max_module_bytes: u64,
 }
 
 impl WasmExecutor {
@@ -112,10 +121,15 @@ impl WasmExecutor {
                 cache,
                 fuel_enabled: config.fuel,
                 max_memory,
+                max_module_bytes: config.max_module_bytes,
             }),
             slots: Arc::new(Semaphore::new(instances as usize)),
             _ticker: ticker,
         })
+    }
+
+    pub(crate) fn max_module_bytes(&self) -> u64 {
+        self.shared.max_module_bytes
     }
 
     pub(crate) fn cache_stats(&self) -> CacheStats {
@@ -270,7 +284,7 @@ impl ResourceLimiter for Limiter {
 
 /// Runs one task on the current (blocking-pool) thread.
 async fn execute(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     task: Task,
     cancel: CancellationToken,
     memory: u64,
@@ -295,13 +309,19 @@ async fn execute(
         notes,
     };
 
-    let compiled = match shared.compiled(&wasm.module) {
+    // the deadline covers compiling too
+    let timeout = task.limits.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let compiled = tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(SandboxError::Cancelled),
+        () = tokio::time::sleep_until(deadline) => Err(SandboxError::Timeout(timeout)),
+        c = shared.compiled(&wasm.module) => c,
+    };
+    let compiled = match compiled {
         Ok(c) => c,
         Err(e) => return finish(None, Some(e), notes),
     };
-    if cancel.is_cancelled() {
-        return finish(None, Some(SandboxError::Cancelled), notes);
-    }
     let mut builder = WasiCtxBuilder::new();
     let mut argv = Vec::with_capacity(wasm.args.len() + 1);
     argv.push(task.name.as_str());
@@ -340,8 +360,6 @@ async fn execute(
         stats: stats.clone(),
     };
 
-    let timeout = task.limits.timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
     let engine = &shared.engine;
     let fuel_enabled = shared.fuel_enabled;
     let work = async move {
@@ -447,27 +465,96 @@ fn binary_kind(bytes: &[u8]) -> Result<BinaryKind, SandboxError> {
     }
 }
 
+/// A compile in progress: `None` until it ends.
+type CompileResult = Option<Result<Compiled, String>>;
+
 impl Shared {
-    /// The pre-linked code for `module`: from memory, from disk, or compiled.
-    fn compiled(&self, module: &WasmModule) -> Result<Compiled, SandboxError> {
+    /// The pre-linked code for `module`: from memory at once, else from
+    /// disk or compiled on a thread of its own, joined by every task that
+    /// wants the same module. Dropping the returned future leaves the
+    /// compile running to fill the cache.
+    async fn compiled(self: &Arc<Self>, module: &WasmModule) -> Result<Compiled, SandboxError> {
         let key = *module.hash().as_bytes();
         if let Some(c) = self.cache.get(&key) {
             debug!(module = %module.hash().to_hex(), "compiled code found in memory");
             self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c);
         }
-        let kind = binary_kind(module.bytes())?;
-        // One compile at a time (each already uses every core); whoever
-        // waited here may find the code ready.
-        let _compiling = self
-            .cache
-            .compiling
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = self.cache.get(&key) {
-            self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(c);
+        let len = module.bytes().len() as u64;
+        if len > self.max_module_bytes {
+            return Err(crate::module_too_large(len, self.max_module_bytes));
         }
+        let kind = binary_kind(module.bytes())?;
+        let mut rx = {
+            let mut inflight = self
+                .cache
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // checked again under the lock: a compile may have just ended
+            if let Some(c) = self.cache.get(&key) {
+                self.cache.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(c);
+            }
+            match inflight.get(&key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel::<CompileResult>(None);
+                    inflight.insert(key, rx.clone());
+                    let shared = self.clone();
+                    let module = module.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("weft-compile".to_string())
+                        .spawn(move || {
+                            let result =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    shared.compile_now(&module, kind)
+                                }))
+                                .unwrap_or_else(|_| {
+                                    Err(SandboxError::Engine("the compiler panicked".to_string()))
+                                })
+                                .map_err(|e| match e {
+                                    SandboxError::InvalidTask(m) => m,
+                                    other => other.to_string(),
+                                });
+                            let mut inflight = shared
+                                .cache
+                                .inflight
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner());
+                            if let Ok(c) = &result {
+                                shared.cache.insert(key, c.clone());
+                            }
+                            inflight.remove(&key);
+                            let _ = tx.send(Some(result));
+                        });
+                    if let Err(e) = spawned {
+                        inflight.remove(&key);
+                        return Err(SandboxError::io("cannot start a compiler thread", e));
+                    }
+                    rx
+                }
+            }
+        };
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| {
+                SandboxError::Engine("the compiler thread ended without a result".to_string())
+            })?
+            .clone();
+        match done {
+            Some(Ok(c)) => Ok(c),
+            Some(Err(m)) => Err(SandboxError::InvalidTask(m)),
+            None => Err(SandboxError::Engine(
+                "the compiler thread ended without a result".to_string(),
+            )),
+        }
+    }
+
+    /// Loads or compiles `module` on this thread, and pre-links it.
+    fn compile_now(&self, module: &WasmModule, kind: BinaryKind) -> Result<Compiled, SandboxError> {
+        let key = *module.hash().as_bytes();
         let file = self.cache.file(&key, kind);
         let compiled = match kind {
             BinaryKind::Module => {
@@ -519,7 +606,6 @@ impl Shared {
                 Compiled::Component(pre)
             }
         };
-        self.cache.insert(key, compiled.clone());
         Ok(compiled)
     }
 
@@ -583,7 +669,8 @@ struct ModuleCache {
     compat: String,
     capacity: usize,
     entries: Mutex<CacheMap>,
-    compiling: Mutex<()>,
+    /// Compiles in progress, by module hash.
+    inflight: Mutex<HashMap<[u8; 32], watch::Receiver<CompileResult>>>,
     stats: Counters,
 }
 
@@ -613,7 +700,7 @@ impl ModuleCache {
             compat,
             capacity: capacity.max(1),
             entries: Mutex::new(CacheMap::default()),
-            compiling: Mutex::new(()),
+            inflight: Mutex::new(HashMap::new()),
             stats: Counters::default(),
         })
     }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use common::{Dirs, dirs, require_root, test_image};
 use weft_sandbox::image::{ImageConfig, UnpackOptions, unpack};
 use weft_sandbox::{
-    CancellationToken, ContainerTask, ErrorClass, Limits, Outcome, Sandbox, SandboxConfig, Task,
-    TaskKind,
+    CancellationToken, ContainerTask, ErrorClass, GpuDevice, Limits, Outcome, Sandbox,
+    SandboxConfig, Task, TaskKind,
 };
 
 /// Slack for runc's own start and stop on a shared 2-core machine.
@@ -339,15 +339,21 @@ async fn assigned_gpus_get_their_device_nodes_and_variables() {
     let rootfs = state.path().join("rootfs");
     let image = unpack(test_image(), &rootfs, &UnpackOptions::default()).expect("unpacks");
     // Stand-in device nodes (the numbers of /dev/null) where a driver would
-    // put /dev/nvidia0 and /dev/nvidiactl; GPU 1 has no node.
+    // put /dev/nvidia3 and /dev/nvidiactl; the GPU of minor 5 has no node.
     let dev = state.path().join("dev");
     std::fs::create_dir(&dev).expect("mkdir");
-    for name in ["nvidia0", "nvidiactl"] {
+    for name in ["nvidia3", "nvidiactl"] {
         let path = std::ffi::CString::new(dev.join(name).to_str().expect("utf-8")).expect("cstr");
         // SAFETY: `path` is a valid NUL-terminated string; mknod has no
         // other preconditions.
         let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
         assert_eq!(rc, 0, "mknod {name}: {}", std::io::Error::last_os_error());
+        // as the driver makes them (the umask narrowed mknod's mode)
+        std::fs::set_permissions(
+            dev.join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .expect("chmod");
     }
     let mut config = SandboxConfig::new(state.path().join("sandbox"));
     config.dev_dir = dev;
@@ -360,14 +366,15 @@ async fn assigned_gpus_get_their_device_nodes_and_variables() {
             args: vec![
                 "sh".into(),
                 "-c".into(),
-                "test -c /dev/nvidia0 && echo has0; test -e /dev/nvidia1 || echo no1; \
-                 test -c /dev/nvidiactl && echo hasctl; echo x > /dev/nvidia0 && echo usable; \
+                "test -c /dev/nvidia3 && echo has3; test -e /dev/nvidia5 || echo no5; \
+                 test -c /dev/nvidiactl && echo hasctl; echo x > /dev/nvidia3 && echo usable; \
                  echo $CUDA_VISIBLE_DEVICES $NVIDIA_VISIBLE_DEVICES $CUDA_DEVICE_ORDER"
                     .into(),
             ],
             env: image.environment(&[("CUDA_VISIBLE_DEVICES".into(), "7".into())]),
             workdir: Some("/tmp".into()),
-            gpus: vec![0, 1],
+            // by minor number; the task counts its devices from 0
+            gpus: vec![GpuDevice { minor: 3 }, GpuDevice { minor: 5 }],
         }),
         inputs: d.inputs.clone(),
         outputs: d.outputs.clone(),
@@ -378,14 +385,14 @@ async fn assigned_gpus_get_their_device_nodes_and_variables() {
     assert!(out.succeeded(), "{out:?}");
     assert_eq!(
         lines(&out),
-        ["has0", "no1", "hasctl", "usable", "0,1 0,1 PCI_BUS_ID"],
+        ["has3", "no5", "hasctl", "usable", "0 0 PCI_BUS_ID"],
         "{}",
         out.stderr.text()
     );
     assert!(
         out.notes
             .iter()
-            .any(|n| n.contains("nvidia1") && n.contains("not present")),
+            .any(|n| n.contains("nvidia5") && n.contains("not present")),
         "{:?}",
         out.notes
     );

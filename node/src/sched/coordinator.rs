@@ -1661,7 +1661,7 @@ fn answer_from_cache(status: &mut JobStatus, hit: &CacheRecord, now: u64) {
 /// node (fetching, I/O, missing runtime), not of the task itself.
 fn retryable(result: &JobResult) -> bool {
     match &result.error {
-        Some((class, _)) => matches!(class.as_str(), "i/o" | "runtime missing" | "executor"),
+        Some((class, _)) => matches!(class.as_str(), "io" | "runtime-missing" | "executor"),
         None => false,
     }
 }

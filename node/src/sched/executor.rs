@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use weft_protocol::bounds::{MAX_NOTES, MAX_REASON_BYTES, MAX_TEXT_BYTES, clip};
 use weft_protocol::sched::{Assignment, JobId, JobResult, JobState, Needs, Program};
 use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response};
-use weft_sandbox::{ContainerTask, Limits, Sandbox, Task, TaskKind, WasmModule, WasmTask};
+use weft_sandbox::{
+    ContainerTask, GpuDevice, Limits, Sandbox, Task, TaskFolders, TaskKind, WasmTask,
+};
 
 use super::coordinator::CoordinatorHandle;
 use super::records::{ReportRecord, sign_result};
@@ -344,8 +346,14 @@ impl Executor {
     }
 
     pub(crate) async fn run(mut self) {
-        // task folders left by a process that stopped mid-task
+        // task folders left by a process that stopped mid-task, with any
+        // quota volume still mounted in them
         let tasks = self.work_dir.join("tasks");
+        let _ = tokio::task::spawn_blocking({
+            let tasks = tasks.clone();
+            move || weft_sandbox::unmount_under(&tasks)
+        })
+        .await;
         if let Err(e) = tokio::fs::remove_dir_all(&tasks).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -1010,31 +1018,48 @@ impl TaskContext {
             stale,
             reporter: self.reporter.clone(),
         };
-        let (state, reason, result) =
-            match self.execute(&a, &checked, &dir, &cancel, &reports).await {
-                Ok(result) => {
-                    let state = if result.succeeded() {
-                        JobState::Succeeded
-                    } else if cancel.is_cancelled() {
-                        JobState::Cancelled
-                    } else {
-                        JobState::Failed
-                    };
-                    (state, None, Some(result))
-                }
-                Err(Stop::Stale) => {
-                    tracing::info!("the coordinator no longer wants this attempt; stopped");
-                    (JobState::Cancelled, Some("stale attempt".into()), None)
-                }
-                Err(Stop::Executor(why)) => {
-                    tracing::warn!(reason = %why, "task could not run here");
-                    let result = JobResult {
-                        error: Some(("executor".into(), why.clone())),
-                        ..JobResult::default()
-                    };
-                    (JobState::Failed, Some(why), Some(result))
-                }
-            };
+        // the task's folders: outputs and tmp on a quota volume, owned by
+        // whoever writes them (a container's mapped root, or this node)
+        let container = matches!(a.program, Program::Container { .. });
+        let folders = tokio::task::spawn_blocking({
+            let sandbox = self.sandbox.clone();
+            let dir = dir.clone();
+            move || sandbox.prepare_folders(&dir, container)
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+        let executed = match &folders {
+            Ok(f) => self.execute(&a, &checked, f, &cancel, &reports).await,
+            Err(e) => Err(Stop::Executor(format!(
+                "cannot prepare the task folder {}: {e}",
+                dir.display()
+            ))),
+        };
+        let (state, reason, result) = match executed {
+            Ok(result) => {
+                let state = if result.succeeded() {
+                    JobState::Succeeded
+                } else if cancel.is_cancelled() {
+                    JobState::Cancelled
+                } else {
+                    JobState::Failed
+                };
+                (state, None, Some(result))
+            }
+            Err(Stop::Stale) => {
+                tracing::info!("the coordinator no longer wants this attempt; stopped");
+                (JobState::Cancelled, Some("stale attempt".into()), None)
+            }
+            Err(Stop::Executor(why)) => {
+                tracing::warn!(reason = %why, "task could not run here");
+                let result = JobResult {
+                    error: Some(("executor".into(), why.clone())),
+                    ..JobResult::default()
+                };
+                (JobState::Failed, Some(why), Some(result))
+            }
+        };
         // a success is signed: what lets other nodes take it as a cache record
         let result = result.map(|mut r| {
             r.signature = None;
@@ -1052,17 +1077,15 @@ impl TaskContext {
             r
         });
         let _ = reports.send(state, reason, result);
-        // reusable when nothing of this task is left: every entry an empty folder
+        // outputs are imported: the quota volume goes, then the folder is
+        // reusable when nothing of this task is left in it
         let clean = tokio::task::spawn_blocking({
             let dir = dir.clone();
             move || {
-                std::fs::read_dir(&dir).is_ok_and(|entries| {
-                    entries.into_iter().all(|e| {
-                        e.is_ok_and(|e| {
-                            std::fs::read_dir(e.path()).is_ok_and(|mut d| d.next().is_none())
-                        })
-                    })
-                })
+                if let Ok(mut f) = folders {
+                    f.release();
+                }
+                only_empty_folders(&dir, 2)
             }
         })
         .await
@@ -1093,21 +1116,16 @@ impl TaskContext {
         &self,
         a: &Assignment,
         checked: &checks::Checked,
-        dir: &Path,
+        folders: &TaskFolders,
         cancel: &CancellationToken,
         reports: &Reports,
     ) -> Result<JobResult, Stop> {
         let gpus = checked.gpus.clone();
-        let inputs = dir.join("inputs");
-        let outputs = dir.join("outputs");
-        let scratch = dir.join("tmp");
-        if !scratch.is_dir() {
-            for d in [&inputs, &outputs, &scratch] {
-                tokio::fs::create_dir_all(d)
-                    .await
-                    .map_err(|e| Stop::Executor(format!("{}: {e}", d.display())))?;
-            }
-        }
+        let dir = folders.dir();
+        let inputs = folders.inputs().to_path_buf();
+        let outputs = folders.outputs().to_path_buf();
+        let scratch = folders.tmp().to_path_buf();
+        let mut notes: Vec<String> = folders.notes().to_vec();
         // inputs and the program, fetched when not here
         let program_id = match &a.program {
             Program::Wasm { module, .. } => *module,
@@ -1162,15 +1180,25 @@ impl TaskContext {
         }
         let kind = match &a.program {
             Program::Wasm { module, args, env } => {
+                // read within the sandbox's module size limit, never whole
+                // when larger
                 let id = *module;
-                let bytes = self
-                    .blocking(move |store| {
-                        let p = store.blob_path(&id);
-                        std::fs::read(&p).map_err(crate::store::StoreError::io(&p))
-                    })
+                let sandbox = self.sandbox.clone();
+                let read = self
+                    .blocking(move |store| Ok(sandbox.read_module(&store.blob_path(&id))))
                     .await?;
+                let module = match read {
+                    Ok(m) => m,
+                    Err(e) if e.class() == weft_sandbox::ErrorClass::InvalidTask => {
+                        return Ok(JobResult {
+                            error: Some((e.class().as_str().to_string(), e.to_string())),
+                            ..JobResult::default()
+                        });
+                    }
+                    Err(e) => return Err(Stop::Executor(e.to_string())),
+                };
                 TaskKind::Wasm(WasmTask {
-                    module: WasmModule::from_bytes(bytes),
+                    module,
                     args: args.clone(),
                     env: env.clone(),
                 })
@@ -1183,12 +1211,22 @@ impl TaskContext {
                 workdir,
             } => {
                 let (rootfs, config) = self.image(*image).await?;
+                // device nodes go by the driver's minor number, not the index
+                let mut devices = Vec::new();
+                for index in &gpus {
+                    match crate::resources::gpu_minor(*index) {
+                        Some(minor) => devices.push(GpuDevice { minor }),
+                        None => notes.push(format!(
+                            "GPU {index} has no device known to the driver (declared in config?); no device node given"
+                        )),
+                    }
+                }
                 TaskKind::Container(ContainerTask {
                     rootfs,
                     args: config.command_line(command, args),
                     env: config.environment(env),
                     workdir: workdir.clone().or(config.workdir.clone()),
-                    gpus,
+                    gpus: devices,
                 })
             }
         };
@@ -1203,6 +1241,7 @@ impl TaskContext {
                 timeout: Duration::from_millis(a.timeout_ms),
                 memory: Some(a.needs.memory_bytes),
                 cpu_millis: Some(a.needs.cpu_millis),
+                disk_quota: folders.quota(),
                 ..Limits::default()
             },
         };
@@ -1215,7 +1254,10 @@ impl TaskContext {
                 .map(|f| (f.class.as_str().to_string(), f.message.clone())),
             wall_ms: outcome.wall_time.as_millis() as u64,
             peak_memory: outcome.peak_memory,
-            notes: outcome.notes.clone(),
+            notes: notes
+                .into_iter()
+                .chain(outcome.notes.iter().cloned())
+                .collect(),
             ..JobResult::default()
         };
         if outcome.stdout.truncated {
@@ -1398,4 +1440,17 @@ impl TaskContext {
         })
         .await
     }
+}
+
+/// Whether `dir` holds nothing but folders, empty at `depth` levels down
+/// (what a task folder is after its quota volume is gone).
+fn only_empty_folders(dir: &Path, depth: u32) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.into_iter().all(|e| {
+            e.is_ok_and(|e| {
+                e.file_type().is_ok_and(|t| t.is_dir())
+                    && (depth > 0 && only_empty_folders(&e.path(), depth - 1))
+            })
+        })
+    })
 }
