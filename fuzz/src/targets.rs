@@ -415,6 +415,8 @@ pub fn image(data: &[u8]) -> bool {
     }
     let opts = UnpackOptions {
         allow_devices: mode & 0x80 != 0,
+        // the scratch volume is small: a bomb is refused, not written
+        max_unpacked_bytes: Some(8 << 20),
     };
     let mut scratch = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
     let s = scratch.get_or_insert_with(Scratch::new);

@@ -64,13 +64,18 @@ pub fn import(
     let result = (|| {
         std::fs::create_dir_all(&staging).map_err(StoreError::io(&staging))?;
         let rootfs = staging.join(ROOTFS);
-        let config =
-            unpack(archive, &rootfs, &UnpackOptions { allow_devices }).map_err(|source| {
-                ImportError::Unpack {
-                    archive: archive.display().to_string(),
-                    source,
-                }
-            })?;
+        let config = unpack(
+            archive,
+            &rootfs,
+            &UnpackOptions {
+                allow_devices,
+                ..UnpackOptions::default()
+            },
+        )
+        .map_err(|source| ImportError::Unpack {
+            archive: archive.display().to_string(),
+            source,
+        })?;
         let json =
             serde_json::to_vec_pretty(&config).map_err(|e| ImportError::Config(e.to_string()))?;
         let config_path = staging.join(CONFIG);

@@ -89,6 +89,36 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
 pub struct UnpackOptions {
     /// Skip device files and fifos (with a warning) instead of refusing the image.
     pub allow_devices: bool,
+    /// Most bytes all layers may hold once decompressed (`None`:
+    /// [`DEFAULT_MAX_UNPACKED_BYTES`]): a small archive that inflates past
+    /// it is refused before it fills the disk.
+    pub max_unpacked_bytes: Option<u64>,
+}
+
+/// Default bound on the decompressed size of an image's layers together.
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 64 << 30;
+
+/// A layer stream that fails once the image's decompressed budget is spent.
+struct Budgeted<'a, R> {
+    inner: R,
+    left: &'a std::cell::Cell<u64>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Budgeted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let left = self.left.get();
+        if n as u64 > left {
+            return Err(io::Error::other(format!(
+                "the layers decompress to more than {} bytes; the image is refused \
+                 (raise the unpack limit if it is genuine)",
+                self.limit
+            )));
+        }
+        self.left.set(left - n as u64);
+        Ok(n)
+    }
 }
 
 /// How the image says to run it.
@@ -199,6 +229,10 @@ fn unpack_into(
             plan.layers.len()
         )));
     }
+    let limit = opts
+        .max_unpacked_bytes
+        .unwrap_or(DEFAULT_MAX_UNPACKED_BYTES);
+    let budget = std::cell::Cell::new(limit);
     for (i, (layer, diff_id)) in plan.layers.iter().zip(&plan.diff_ids).enumerate() {
         debug!(layer = %layer.name, index = i, "applying layer");
         let blob = outer.blob(&layer.name)?;
@@ -208,9 +242,11 @@ fn unpack_into(
         let diff = match kind {
             Compression::Gzip => {
                 let gz = flate2::read::GzDecoder::new(buffered);
-                apply_verified(gz, diff_id, &layer.name, dest, opts)?
+                apply_verified(gz, diff_id, &layer.name, dest, opts, (&budget, limit))?
             }
-            Compression::None => apply_verified(buffered, diff_id, &layer.name, dest, opts)?,
+            Compression::None => {
+                apply_verified(buffered, diff_id, &layer.name, dest, opts, (&budget, limit))?
+            }
             Compression::Zstd => {
                 return Err(ImageError::Unsupported(format!(
                     "layer {} is zstd-compressed; save the image with gzip or uncompressed layers",
@@ -239,13 +275,22 @@ fn apply_verified<R: Read + IntoVerified>(
     name: &str,
     dest: &Path,
     opts: &UnpackOptions,
+    (left, limit): (&std::cell::Cell<u64>, u64),
 ) -> Result<Verified<Box<dyn Read>>, ImageError> {
     let mut uncompressed = Verified::new(
         layer,
         Some(diff_id.to_string()),
         format!("{name} (uncompressed)"),
     );
-    apply_layer(&mut uncompressed, dest, opts)?;
+    apply_layer(
+        Budgeted {
+            inner: &mut uncompressed,
+            left,
+            limit,
+        },
+        dest,
+        opts,
+    )?;
     // Read to the end so both digests cover every byte.
     io::copy(&mut uncompressed, &mut io::sink()).map_err(io_err(format!("cannot read {name}")))?;
     let (inner, check) = uncompressed.finish();
@@ -806,7 +851,14 @@ fn apply_layer(reader: impl Read, root: &Path, opts: &UnpackOptions) -> Result<(
                 }
                 Err(_) => make_dir(&path)?,
             },
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::GNUSparse => {
+                // holes would be written out as zeros: a tiny entry could
+                // fill the disk
+                return Err(ImageError::Unsupported(format!(
+                    "entry {shown:?} is a sparse file; save the image without sparse files"
+                )));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove_any(&path)?;
                 let mode = entry.header().mode().unwrap_or(0o644);
                 let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
@@ -1409,6 +1461,58 @@ mod tests {
     }
 
     #[test]
+    fn sparse_entries_and_layers_inflating_past_the_budget_are_refused() {
+        // A GNU sparse entry: its holes would be written out as zeros.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_size(0);
+        // a file of 1 GiB, all hole: one empty chunk at its end
+        let gnu = h.as_gnu_mut().expect("a gnu header");
+        gnu.set_real_size(1 << 30);
+        gnu.sparse[0].offset = *b"10000000000\0";
+        gnu.sparse[0].numbytes = *b"00000000000\0";
+        h.set_cksum();
+        b.append_data(&mut h, "holes", io::empty()).expect("sparse");
+        let sparse = b.into_inner().expect("finish");
+        let (_dir, dest, r) = unpack_bytes(
+            &oci(&[(base_layer(), false), (sparse, false)], false),
+            &UnpackOptions::default(),
+        );
+        assert!(
+            matches!(&r, Err(ImageError::Unsupported(m)) if m.contains("sparse")),
+            "{r:?}"
+        );
+        assert!(!dest.exists(), "the failed unpack left nothing");
+        // 4 MiB of zeros gzip to a few KiB: over a 1 MiB budget, refused
+        // before more than the budget reaches the disk.
+        let zeros = vec![0u8; 4 << 20];
+        let bomb = layer(&[E::File("zeros", &zeros, 0o644)]);
+        let archive = oci(&[(base_layer(), false), (bomb, true)], false);
+        assert!(archive.len() < 64 << 10, "the archive is small");
+        let (_dir, dest, r) = unpack_bytes(
+            &archive,
+            &UnpackOptions {
+                max_unpacked_bytes: Some(1 << 20),
+                ..UnpackOptions::default()
+            },
+        );
+        assert!(
+            matches!(&r, Err(ImageError::Io { source, .. }) if source.to_string().contains("decompress to more than 1048576 bytes")),
+            "{r:?}"
+        );
+        assert!(!dest.exists());
+        // the same image within the default budget unpacks
+        let (_dir, dest, r) = unpack_bytes(&archive, &UnpackOptions::default());
+        r.expect("within the budget");
+        assert_eq!(
+            fs::metadata(dest.join("zeros")).expect("zeros").len(),
+            4 << 20
+        );
+    }
+
+    #[test]
     fn top_level_whiteouts_stay_inside_the_root() {
         // `.wh..` and `.wh...` would name the root and its parent: refused,
         // and neither the root's parent nor anything beside the root goes.
@@ -1509,6 +1613,7 @@ mod tests {
             &archive,
             &UnpackOptions {
                 allow_devices: true,
+                ..UnpackOptions::default()
             },
         );
         r.expect("devices skipped");
