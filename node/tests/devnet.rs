@@ -184,3 +184,122 @@ fn train_and_evaluate_across_a_devnet() {
     ok(&["devnet", "down", "--dir", d]);
     assert!(daemons_under(dir.path()).is_empty());
 }
+
+/// The pid of the daemon whose command line names `home`.
+fn daemon_pid(home: &str) -> Option<i32> {
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.iter().any(|a| a == "daemon") && args.iter().any(|a| a == home) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+fn job_state(home: &str, id: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&["--home", home, "job", "status", id, "--json"])).expect("json")
+}
+
+/// A coordinator killed with SIGKILL (no flush, no goodbye) while its job's
+/// result is on its way loses nothing: the executor keeps the final report
+/// until the restarted coordinator acknowledges it, and the job ends
+/// succeeded on its first attempt instead of hanging or running again.
+#[test]
+fn a_coordinator_killed_while_its_result_is_in_flight_keeps_the_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_str().expect("utf8");
+    ok(&["devnet", "up", "--nodes", "2", "--dir", d]);
+    let node1 = format!("{d}/node1");
+    let node2 = format!("{d}/node2");
+    // a module that spins for about a second, then exits 0
+    let wasm = wat::parse_str(
+        r#"(module (func (export "_start") (local i64)
+             (loop (local.set 0 (i64.add (local.get 0) (i64.const 1)))
+                   (br_if 0 (i64.lt_u (local.get 0) (i64.const 1000000000))))))"#,
+    )
+    .expect("wat");
+    let module = dir.path().join("spin.wasm");
+    std::fs::write(&module, wasm).expect("write");
+    ok(&[
+        "--home",
+        &node1,
+        "add",
+        module.to_str().expect("utf8"),
+        "--tag",
+        "examples/spin:v1",
+    ]);
+    let spec = dir.path().join("spin.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: spin}\nspec:\n  task: {wasm: {module: examples/spin:v1}}\n  constraints: {devnet: node2}\n  timeout: 2m\n",
+    )
+    .expect("write");
+    let id = ok(&["--home", &node1, "run", "-f", spec.to_str().expect("utf8")])
+        .trim()
+        .to_string();
+    // kill the coordinator as soon as its executor runs the task
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_state(&node1, &id)["state"] != "running" {
+        assert!(Instant::now() < deadline, "the job never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = daemon_pid(&node1).expect("node1's daemon");
+    // SAFETY: kill(2) on a pid we just read; a stale pid only fails the call
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    // the task (about a second) ends on node 2 while its coordinator is
+    // down: its final report finds no one
+    std::thread::sleep(Duration::from_secs(3));
+    // node 1 comes back on new ports, bootstrapping off node 2
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["--home", &node2, "node"])).expect("json");
+    let home1 = weft_node::home::Home::at(&node1);
+    let mut config = weft_node::config::Config::load(&home1).expect("config");
+    config.network.bootstrap = info["addrs"]
+        .as_array()
+        .expect("addrs")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .filter(|a| a.contains("/tcp/"))
+        .map(|a| format!("{a}/p2p/{}", info["peer_id"].as_str().expect("peer id")))
+        .collect();
+    config.save(&home1).expect("save config");
+    let _ = std::fs::remove_file(home1.api_file());
+    let log = std::fs::File::create(dir.path().join("node1-again.log")).expect("log");
+    let mut again = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["--home", &node1, "daemon"])
+        .env_remove("WEFT_HOME")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("restart node 1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let end = loop {
+        let out = weft(&["--home", &node1, "job", "status", &id, "--json"]);
+        if out.status.success()
+            && let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && status["state"] == "succeeded"
+        {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = again.kill();
+            let log =
+                std::fs::read_to_string(dir.path().join("node1-again.log")).unwrap_or_default();
+            panic!("the result was not recovered within 60 s\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = again.kill();
+    let _ = again.wait();
+    ok(&["devnet", "down", "--dir", d]);
+    assert_eq!(end["attempt"], 1, "recovered, not run again: {end:#}");
+    assert_eq!(end["result"]["exit_code"], 0, "{end:#}");
+}

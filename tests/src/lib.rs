@@ -4,7 +4,10 @@
 //! Scenario tests in `tests/tests/` start a [`Cluster`], act on its nodes
 //! through their handles or their REST APIs, and stop it.
 
+pub mod jobs;
 pub mod rogue;
+
+pub use jobs::{everywhere, now_ms, peer, sleepy_job, submit, wait_done, wait_state};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -5,90 +5,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use weft_node::store::records::BlobKind;
-use weft_protocol::sched::{JobId, JobState, JobStatus, Submission};
-use weft_protocol::{Hash, TagName};
-use weft_tests::{Cluster, ClusterOptions, example_wasm, job};
+use weft_protocol::TagName;
+use weft_protocol::sched::{JobState, JobStatus};
+use weft_tests::{
+    Cluster, ClusterOptions, everywhere, example_wasm, peer, sleepy_job, submit, wait_done,
+    wait_state,
+};
 
 /// A WASI module that exits at once.
 const TRIVIAL_WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
 
-/// Puts `bytes` in every node's store and tags it there.
-fn everywhere(cluster: &Cluster, bytes: &[u8], tag: &str) -> Hash {
-    let name = TagName::new(tag).expect("tag");
-    let mut id = None;
-    for (_, n) in cluster.running() {
-        let (h, _) = n.store().add_bytes(bytes, BlobKind::Raw).expect("add");
-        n.store().set_tag(&name, Some(h)).expect("tag");
-        id = Some(h);
-    }
-    id.expect("a running node")
-}
-
-async fn submit(cluster: &Cluster, i: usize, yaml: &str) -> JobStatus {
-    cluster
-        .node(i)
-        .sched()
-        .submit(Submission {
-            spec: job(yaml),
-            local: false,
-        })
-        .await
-        .expect("submit")
-}
-
-async fn wait_done(cluster: &Cluster, i: usize, id: &JobId, within: Duration) -> JobStatus {
-    let s = cluster
-        .node(i)
-        .sched()
-        .wait(id.clone(), within)
-        .await
-        .expect("status");
-    assert!(
-        s.state.is_terminal(),
-        "job {id} not done within {within:?}: {s:#?}"
-    );
-    s
-}
-
-async fn wait_state(
-    cluster: &Cluster,
-    i: usize,
-    id: &JobId,
-    state: JobState,
-    within: Duration,
-) -> JobStatus {
-    let start = Instant::now();
-    loop {
-        let s = cluster
-            .node(i)
-            .sched()
-            .status(id.clone())
-            .await
-            .expect("status");
-        if s.state == state {
-            return s;
-        }
-        assert!(
-            start.elapsed() < within,
-            "job {id} never reached {state}: {s:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn peer(cluster: &Cluster, i: usize) -> String {
-    cluster.node(i).peer_id().to_string()
-}
-
 fn trivial_job(n: usize) -> String {
     format!(
         "apiVersion: weft/v1\nkind: Job\nmetadata: {{name: trivial-{n}}}\nspec:\n  task:\n    wasm: {{module: test/trivial:v1, args: [\"{n}\"]}}\n  timeout: 30s\n"
-    )
-}
-
-fn sleepy_job(name: &str, secs: u32, extra: &str) -> String {
-    format!(
-        "apiVersion: weft/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  task:\n    wasm: {{module: test/sleepy:v1, args: [\"{secs}\"]}}\n  timeout: 2m\n{extra}"
     )
 }
 

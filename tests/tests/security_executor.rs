@@ -11,7 +11,7 @@ use weft_protocol::sched::{
 };
 use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response, TagName};
 use weft_tests::rogue::Rogue;
-use weft_tests::{Cluster, ClusterOptions, job};
+use weft_tests::{Cluster, ClusterOptions, everywhere, job};
 
 /// A WASI module that exits at once.
 const TRIVIAL_WAT: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
@@ -33,17 +33,6 @@ fn planting_wat() -> String {
       (call $symlink (i32.const 1024) (i32.const {len}) (i32.const 4) (i32.const 16) (i32.const 1)))))"#,
         len = target.len()
     )
-}
-
-fn everywhere(cluster: &Cluster, bytes: &[u8], tag: &str) -> Hash {
-    let name = TagName::new(tag).expect("tag");
-    let mut id = None;
-    for (_, n) in cluster.running() {
-        let (h, _) = n.store().add_bytes(bytes, BlobKind::Raw).expect("add");
-        n.store().set_tag(&name, Some(h)).expect("tag");
-        id = Some(h);
-    }
-    id.expect("a running node")
 }
 
 async fn run_job(cluster: &Cluster, yaml: &str, within: Duration) -> JobStatus {

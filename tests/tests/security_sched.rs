@@ -8,94 +8,15 @@ use std::time::{Duration, Instant};
 
 use weft_node::net::NetEvent;
 use weft_node::sched::{TABLE_BYTES_PER_COORDINATOR, TABLE_ENTRY_OVERHEAD};
-use weft_node::store::records::BlobKind;
 use weft_protocol::sched::{
-    JobGossip, JobId, JobResult, JobState, JobStatus, ResultSignature, Submission, Transition,
-    signed_result,
+    JobGossip, JobId, JobResult, JobState, JobStatus, ResultSignature, Transition, signed_result,
 };
-use weft_protocol::{ErrorCode, Executors, Hash, NodeAdvert, Request, Response, TagName, Topic};
+use weft_protocol::{ErrorCode, Executors, Hash, NodeAdvert, Request, Response, Topic};
 use weft_tests::rogue::Rogue;
-use weft_tests::{Cluster, ClusterOptions, example_wasm, job};
-
-/// Puts `bytes` in every node's store and tags it there.
-fn everywhere(cluster: &Cluster, bytes: &[u8], tag: &str) -> Hash {
-    let name = TagName::new(tag).expect("tag");
-    let mut id = None;
-    for (_, n) in cluster.running() {
-        let (h, _) = n.store().add_bytes(bytes, BlobKind::Raw).expect("add");
-        n.store().set_tag(&name, Some(h)).expect("tag");
-        id = Some(h);
-    }
-    id.expect("a running node")
-}
-
-async fn submit(cluster: &Cluster, i: usize, yaml: &str) -> JobStatus {
-    cluster
-        .node(i)
-        .sched()
-        .submit(Submission {
-            spec: job(yaml),
-            local: false,
-        })
-        .await
-        .expect("submit")
-}
-
-async fn wait_done(cluster: &Cluster, i: usize, id: &JobId, within: Duration) -> JobStatus {
-    let s = cluster
-        .node(i)
-        .sched()
-        .wait(id.clone(), within)
-        .await
-        .expect("status");
-    assert!(
-        s.state.is_terminal(),
-        "job {id} not done within {within:?}: {s:#?}"
-    );
-    s
-}
-
-async fn wait_state(
-    cluster: &Cluster,
-    i: usize,
-    id: &JobId,
-    state: JobState,
-    within: Duration,
-) -> JobStatus {
-    let start = Instant::now();
-    loop {
-        let s = cluster
-            .node(i)
-            .sched()
-            .status(id.clone())
-            .await
-            .expect("status");
-        if s.state == state {
-            return s;
-        }
-        assert!(
-            start.elapsed() < within,
-            "job {id} never reached {state}: {s:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn peer(cluster: &Cluster, i: usize) -> String {
-    cluster.node(i).peer_id().to_string()
-}
-
-fn sleepy_job(name: &str, secs: u32, extra: &str) -> String {
-    format!(
-        "apiVersion: weft/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  task:\n    wasm: {{module: test/sleepy:v1, args: [\"{secs}\"]}}\n  timeout: 2m\n{extra}"
-    )
-}
+use weft_tests::{
+    Cluster, ClusterOptions, everywhere, example_wasm, now_ms, peer, sleepy_job, submit, wait_done,
+    wait_state,
+};
 
 /// A job that writes `/outputs/hello.txt` (holding `word`) and keeps it.
 fn hello_job(name: &str, word: &str, extra: &str) -> String {

@@ -385,6 +385,11 @@ pub(crate) async fn devnet_down(dir: &Path) -> anyhow::Result<ExitCode> {
     while live.iter().any(|n| is_our_daemon(n.pid, &n.home)) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // a node killed mid-task leaves its task volumes mounted (its next
+    // start would sweep them): nothing of the devnet stays mounted
+    for n in &state.nodes {
+        weft_sandbox::unmount_under(&n.home);
+    }
     fs::remove_file(state_path(dir)).with_context(|| format!("{}", state_path(dir).display()))?;
     println!("stopped {} nodes in {}", live.len(), dir.display());
     Ok(ExitCode::SUCCESS)
