@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
@@ -72,8 +72,16 @@ impl Home {
     }
 
     /// Creates the home directory if missing.
+    /// Creates the home if needed and keeps it private (0700): it holds the
+    /// node's keys, its token, its store and its tasks' folders.
     pub fn ensure(&self) -> Result<(), HomeError> {
-        fs::create_dir_all(&self.root).map_err(io_err(&self.root))
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let meta = fs::metadata(&self.root).map_err(io_err(&self.root))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o700))
+                .map_err(io_err(&self.root))?;
+        }
+        Ok(())
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -314,7 +322,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn identity_is_created_once_with_mode_0600() {
@@ -343,6 +350,9 @@ mod tests {
         assert_eq!(home.api_token().expect("read"), Some(a.clone()));
         let meta = fs::metadata(home.api_token_path()).expect("stat");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // and the home around it is private
+        let meta = fs::metadata(home.root()).expect("stat");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
         // the file is the token and a newline
         assert_eq!(
             fs::read(home.api_token_path()).expect("read"),

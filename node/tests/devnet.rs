@@ -291,9 +291,17 @@ fn a_coordinator_killed_while_its_result_is_in_flight_keeps_the_result() {
         }
         if Instant::now() > deadline {
             let _ = again.kill();
-            let log =
+            let last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let log1 =
                 std::fs::read_to_string(dir.path().join("node1-again.log")).unwrap_or_default();
-            panic!("the result was not recovered within 60 s\n{log}");
+            let log2 = std::fs::read_to_string(format!("{node2}/daemon.log")).unwrap_or_default();
+            panic!(
+                "the result was not recovered within 60 s; last status:\n{last}\nnode 1:\n{log1}\nnode 2:\n{log2}"
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     };

@@ -323,8 +323,9 @@ pub(crate) struct Coordinator {
     done: BTreeMap<JobId, ()>,
     table: Table,
     faults: Arc<Faults>,
-    /// Replies to final reports, sent once the job tree is flushed.
-    unflushed: Vec<(oneshot::Sender<Response>, Response)>,
+    /// Replies sent once the job tree is flushed: to submissions (a job
+    /// accepted is a job a crash cannot lose) and to final reports.
+    unflushed: Vec<Durable>,
     flushing: bool,
     peers: Vec<PeerInfo>,
     peers_at: Option<Instant>,
@@ -337,6 +338,9 @@ pub(crate) struct Coordinator {
     loopback: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
 }
+
+/// A reply held until the job tree is flushed.
+type Durable = Box<dyn FnOnce() + Send>;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::error(code, message)
@@ -461,14 +465,15 @@ impl Coordinator {
         }
         self.flush_gossip().await;
         if self.jobs_tree.flush().is_ok() {
-            for (r, response) in self.unflushed.drain(..) {
-                reply(r, response);
+            for send in self.unflushed.drain(..) {
+                send();
             }
         }
     }
 
-    /// Makes the job tree durable, then acknowledges the final reports
-    /// waiting on it: one flush for all that came in meanwhile.
+    /// Makes the job tree durable, then sends the replies waiting on it
+    /// (submissions and final reports): one flush for all that came in
+    /// meanwhile.
     fn start_flush(&mut self) {
         if self.flushing || self.unflushed.is_empty() {
             return;
@@ -480,13 +485,14 @@ impl Coordinator {
         tokio::spawn(async move {
             match tree.flush_async().await {
                 Ok(_) => {
-                    for (r, response) in waiting {
-                        reply(r, response);
+                    for send in waiting {
+                        send();
                     }
                 }
                 Err(error) => {
-                    // unacknowledged: the executor sends its report again
-                    tracing::error!(%error, "cannot flush the job records; final reports not acknowledged");
+                    // unacknowledged: an executor sends its report again, a
+                    // submitter sees its request fail
+                    tracing::error!(%error, "cannot flush the job records; submissions and final reports not acknowledged");
                 }
             }
             let _ = tx.send(Command::Flushed).await;
@@ -513,8 +519,11 @@ impl Coordinator {
                 {
                     self.refresh_peers().await;
                 }
-                let result = self.submit(submission);
-                reply(r, result);
+                match self.submit(submission) {
+                    // acknowledged once its record is on disk
+                    Ok(status) => self.unflushed.push(Box::new(move || reply(r, Ok(status)))),
+                    Err(e) => reply(r, Err(e)),
+                }
             }
             Command::Status { job, reply: r } => {
                 let found = match self.jobs.get(&job) {
@@ -574,7 +583,7 @@ impl Coordinator {
                 let (response, durable) = self.update(&peer, &job, attempt, state, reason, result);
                 if durable {
                     // a terminal state is acknowledged once it is on disk
-                    self.unflushed.push((r, response));
+                    self.unflushed.push(Box::new(move || reply(r, response)));
                 } else {
                     reply(r, response);
                 }
