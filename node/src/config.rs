@@ -205,7 +205,30 @@ impl Config {
 
     /// Parses config text.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check_labels().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    /// The node's labels fit what peers accept in an advert (more, or longer
+    /// ones, would make every peer refuse this node's advert).
+    pub fn check_labels(&self) -> Result<(), ConfigError> {
+        use weft_protocol::bounds::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS};
+        let labels = &self.node.labels;
+        if labels.len() > MAX_LABELS {
+            return Err(ConfigError::Invalid(format!(
+                "node.labels has {} labels; peers accept at most {MAX_LABELS}",
+                labels.len()
+            )));
+        }
+        for (k, v) in labels {
+            if k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES {
+                return Err(ConfigError::Invalid(format!(
+                    "node.labels.{k:.40}: keys may have {MAX_LABEL_KEY_BYTES} bytes and values {MAX_LABEL_VALUE_BYTES}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the config file atomically.
@@ -295,6 +318,15 @@ memory = "80Gi"
         )
         .expect("full");
         assert_eq!(c.node.labels["zone"], "lab-a");
+        // more labels than peers accept are refused here, not by every peer
+        let many: String = (0..=weft_protocol::bounds::MAX_LABELS)
+            .map(|i| format!("l{i} = \"x\"\n"))
+            .collect();
+        let e = Config::parse(&format!("[node.labels]\n{many}")).expect_err("too many");
+        assert!(e.contains("peers accept at most 64"), "{e}");
+        let long = "v".repeat(weft_protocol::bounds::MAX_LABEL_VALUE_BYTES + 1);
+        let e = Config::parse(&format!("[node.labels]\nzone = \"{long}\"\n")).expect_err("long");
+        assert!(e.contains("node.labels.zone"), "{e}");
         assert!(!c.network.mdns);
         assert_eq!(c.api.allowed_hosts, ["weft.lab", "10.0.0.5:4080"]);
         assert_eq!(c.api.path_roots, [PathBuf::from("/srv/data")]);

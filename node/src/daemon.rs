@@ -165,6 +165,7 @@ impl Node {
         let peer_id = keypair.public().to_peer_id().to_string();
         let started = Instant::now();
 
+        config.check_labels()?;
         let api_addr = config.api_addr()?;
         // the API's token: from config, else the home's 0600 file (made once)
         let token: Arc<str> = match config.api.token.as_deref() {
