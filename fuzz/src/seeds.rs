@@ -13,7 +13,7 @@ use weft_protocol::job::GpuRequest;
 use weft_protocol::rpc::{ErrorCode, HaveBlob};
 use weft_protocol::sched::{
     Assignment, ExecutorKind, JobGossip, JobId, JobResult, JobState, JobStatus, Needs, Program,
-    Transition,
+    ResultSignature, Transition,
 };
 use weft_protocol::tag::{Hlc, TagName, TagVersion};
 use weft_protocol::transfer::{GetRequest, GetResponse, GroupRanges};
@@ -110,6 +110,7 @@ fn result() -> JobResult {
         wall_ms: 12,
         peak_memory: Some(4096),
         notes: vec!["memory limit not applied".into()],
+        signature: Some(ResultSignature([7; 64])),
     }
 }
 
@@ -232,6 +233,7 @@ fn advert() -> NodeAdvert {
         labels: [("zone".to_string(), "lab-a".to_string())].into(),
         running_tasks: 1,
         queued_tasks: 2,
+        running: Some(vec![(JobId::new(1, 2), 1)]),
     }
 }
 
