@@ -576,25 +576,7 @@ async fn a_deadline_holds_across_a_coordinator_restart() {
     );
     // a member that claims the task and then says nothing (it lists no
     // attempts, as an older version would, so only the deadline ends it)
-    let node1 = cluster.node(1).advert();
-    let mut rogue = Rogue::join(
-        &cluster,
-        NodeAdvert {
-            arch: node1.arch.clone(),
-            cpu_cores: 4,
-            memory_total_bytes: 8 << 30,
-            memory_free_bytes: 8 << 30,
-            disk_free_bytes: 8 << 30,
-            executors: Executors {
-                wasm: true,
-                container_runtime: None,
-            },
-            labels: [("node".to_string(), "rogue".to_string())].into(),
-            ..NodeAdvert::default()
-        },
-    )
-    .await
-    .expect("rogue");
+    let mut rogue = rogue_executor(&cluster).await;
     let node0: libp2p::PeerId = peer(&cluster, 0).parse().expect("peer id");
     let id = submit(
         &cluster,
@@ -603,29 +585,7 @@ async fn a_deadline_holds_across_a_coordinator_restart() {
     )
     .await
     .id;
-    // it reserves when asked; other requests it does not serve
-    loop {
-        let (_, request, reply) = rogue
-            .next_request(Duration::from_secs(20))
-            .await
-            .expect("a reservation");
-        if matches!(request, Request::Reserve { .. }) {
-            let _ = reply.send(Response::Reserved { queued: 0 });
-            break;
-        }
-        let _ = reply.send(Response::error(ErrorCode::Unsupported, "no"));
-    }
-    let claimed = rogue
-        .request(
-            node0,
-            Request::Claim {
-                job: id.clone(),
-                attempt: 1,
-            },
-        )
-        .await
-        .expect("claim");
-    assert!(matches!(claimed, Response::Assignment(_)), "{claimed:?}");
+    reserve_and_claim(&mut rogue, node0, &id, 1).await;
     let t = Instant::now();
     cluster.stop_node(0).await;
     cluster.restart_node(0).await.expect("restart");
@@ -642,6 +602,136 @@ async fn a_deadline_holds_across_a_coordinator_restart() {
         t.elapsed() >= Duration::from_secs(7),
         "ended before its deadline: {:?}",
         t.elapsed()
+    );
+    rogue.stop().await;
+    cluster.stop().await;
+}
+
+/// A member that looks like a capable WASM executor labelled
+/// `node = rogue`, so jobs constrained to it are reserved on it.
+async fn rogue_executor(cluster: &Cluster) -> Rogue {
+    let node1 = cluster.node(1).advert();
+    Rogue::join(
+        cluster,
+        NodeAdvert {
+            arch: node1.arch.clone(),
+            cpu_cores: 4,
+            memory_total_bytes: 8 << 30,
+            memory_free_bytes: 8 << 30,
+            disk_free_bytes: 8 << 30,
+            executors: Executors {
+                wasm: true,
+                container_runtime: None,
+            },
+            labels: [("node".to_string(), "rogue".to_string())].into(),
+            ..NodeAdvert::default()
+        },
+    )
+    .await
+    .expect("rogue")
+}
+
+/// The rogue takes the next reservation it is asked for (refusing other
+/// requests) and claims `attempt` of `id` from the coordinator `node0`.
+async fn reserve_and_claim(rogue: &mut Rogue, node0: libp2p::PeerId, id: &JobId, attempt: u32) {
+    loop {
+        let (_, request, reply) = rogue
+            .next_request(Duration::from_secs(20))
+            .await
+            .expect("a reservation");
+        if let Request::Reserve { attempt: a, .. } = &request
+            && *a == attempt
+        {
+            let _ = reply.send(Response::Reserved { queued: 0 });
+            break;
+        }
+        let _ = reply.send(Response::error(ErrorCode::Unsupported, "no"));
+    }
+    let claimed = rogue
+        .request(
+            node0,
+            Request::Claim {
+                job: id.clone(),
+                attempt,
+            },
+        )
+        .await
+        .expect("claim");
+    assert!(matches!(claimed, Response::Assignment(_)), "{claimed:?}");
+}
+
+/// Only a job's coordinator cancels it. An executor that reports its
+/// attempt cancelled (as one whose node is stopping does) has lost the
+/// attempt: the job is placed again, not ended as cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_cannot_cancel_a_job_by_itself() {
+    let cluster = Cluster::start(2, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    everywhere(
+        &cluster,
+        &example_wasm("sleepy").expect("sleepy"),
+        "test/sleepy:v1",
+    );
+    let mut rogue = rogue_executor(&cluster).await;
+    let node0: libp2p::PeerId = peer(&cluster, 0).parse().expect("peer id");
+    let id = submit(
+        &cluster,
+        0,
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: stopped}\nspec:\n  task:\n    wasm: {module: test/sleepy:v1, args: [\"1\"]}\n  timeout: 1m\n  retries: 1\n  constraints: {node: \"rogue\"}\n",
+    )
+    .await
+    .id;
+    reserve_and_claim(&mut rogue, node0, &id, 1).await;
+    let answer = rogue
+        .request(
+            node0,
+            Request::TaskUpdate {
+                job: id.clone(),
+                attempt: 1,
+                state: JobState::Cancelled,
+                reason: Some("cancelled".into()),
+                result: Some(Box::new(JobResult {
+                    error: Some(("cancelled".into(), "cancelled".into())),
+                    ..JobResult::default()
+                })),
+            },
+        )
+        .await
+        .expect("answered");
+    assert!(matches!(answer, Response::Ack), "{answer:?}");
+    // the attempt is lost and the job goes on: attempt 2 is reserved
+    reserve_and_claim(&mut rogue, node0, &id, 2).await;
+    let s = cluster
+        .node(0)
+        .sched()
+        .status(id.clone())
+        .await
+        .expect("status");
+    assert!(!s.state.is_terminal(), "{s:#?}");
+    assert_eq!(s.attempt, 2, "{s:#?}");
+    // with no retry left, the same report fails the job; it is not cancelled
+    let answer = rogue
+        .request(
+            node0,
+            Request::TaskUpdate {
+                job: id.clone(),
+                attempt: 2,
+                state: JobState::Cancelled,
+                reason: None,
+                result: None,
+            },
+        )
+        .await
+        .expect("answered");
+    assert!(matches!(answer, Response::Ack), "{answer:?}");
+    let done = wait_done(&cluster, 0, &id, Duration::from_secs(10)).await;
+    assert_eq!(done.state, JobState::Failed, "{done:#?}");
+    assert!(
+        done.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("stopped the task")),
+        "{done:#?}"
     );
     rogue.stop().await;
     cluster.stop().await;

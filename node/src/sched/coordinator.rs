@@ -1181,9 +1181,12 @@ impl Coordinator {
         }
         let mut result = result.unwrap_or_default();
         let succeeded = state == JobState::Succeeded && result.succeeded();
+        // only the coordinator cancels a job, and a cancelled job is over
+        // (answered above): an executor that stopped the task by itself did
+        // so because its node is stopping, a failure of the node
+        let node_stopped = state == JobState::Cancelled;
         if !succeeded
-            && state != JobState::Cancelled
-            && retryable(&result)
+            && (node_stopped || retryable(&result))
             && attempt <= e.submission.spec.spec.retries
         {
             let why = reason.unwrap_or_else(|| "the executor could not run it".into());
@@ -1196,8 +1199,6 @@ impl Coordinator {
         };
         e.status.state = if succeeded {
             JobState::Succeeded
-        } else if state == JobState::Cancelled {
-            JobState::Cancelled
         } else {
             JobState::Failed
         };
@@ -1205,6 +1206,10 @@ impl Coordinator {
         e.status.node = Some(peer.to_string());
         e.status.reason = if succeeded {
             None
+        } else if node_stopped {
+            Some(format!(
+                "the executor {peer} stopped the task (its node is stopping) and no retries are left"
+            ))
         } else {
             Some(reason.unwrap_or_else(|| describe_failure(&result)))
         };
