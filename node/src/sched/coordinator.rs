@@ -1189,8 +1189,15 @@ impl Coordinator {
             && (node_stopped || retryable(&result))
             && attempt <= e.submission.spec.spec.retries
         {
-            let why = reason.unwrap_or_else(|| "the executor could not run it".into());
-            self.retry(id, format!("attempt {attempt} on {peer} failed: {why}"));
+            let why = if node_stopped {
+                format!(
+                    "attempt {attempt} on {peer} was lost: the executor stopped the task (its node is stopping)"
+                )
+            } else {
+                let why = reason.unwrap_or_else(|| "the executor could not run it".into());
+                format!("attempt {attempt} on {peer} failed: {why}")
+            };
+            self.retry(id, why);
             return (Response::Ack, true);
         }
         let e = match self.jobs.get_mut(id) {
