@@ -185,6 +185,22 @@ fn train_and_evaluate_across_a_devnet() {
     assert!(daemons_under(dir.path()).is_empty());
 }
 
+/// Stops every daemon under a devnet folder when dropped, a panicking test
+/// included: the devnet's own and any started by hand on its homes.
+struct Down(std::path::PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = weft(&["devnet", "down", "--dir", &self.0.to_string_lossy()]);
+        for home in ["node1", "node2", "node3"] {
+            if let Some(pid) = daemon_pid(&self.0.join(home).to_string_lossy()) {
+                // SAFETY: kill(2) on a pid just read from /proc
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 /// The pid of the daemon whose command line names `home`.
 fn daemon_pid(home: &str) -> Option<i32> {
     for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
@@ -217,6 +233,8 @@ fn a_coordinator_killed_while_its_result_is_in_flight_keeps_the_result() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().to_str().expect("utf8");
     ok(&["devnet", "up", "--nodes", "2", "--dir", d]);
+    // whatever happens below, no daemon of this test outlives it
+    let _down = Down(dir.path().to_path_buf());
     let node1 = format!("{d}/node1");
     let node2 = format!("{d}/node2");
     // a module that spins for about a second, then exits 0
