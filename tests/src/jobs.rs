@@ -7,7 +7,7 @@ use weft_node::store::records::BlobKind;
 use weft_protocol::sched::{JobId, JobState, JobStatus, Submission};
 use weft_protocol::{Hash, TagName};
 
-use crate::{Cluster, job};
+use crate::{Cluster, ClusterOptions, example_wasm, job};
 
 /// Puts `bytes` in every running node's store and tags it there.
 pub fn everywhere(cluster: &Cluster, bytes: &[u8], tag: &str) -> Hash {
@@ -19,6 +19,20 @@ pub fn everywhere(cluster: &Cluster, bytes: &[u8], tag: &str) -> Hash {
         id = Some(h);
     }
     id.expect("a running node")
+}
+
+/// Starts `n` nodes with the `sleepy` example stored and tagged
+/// `test/sleepy:v1` on each.
+pub async fn sleepy_cluster(n: usize) -> Cluster {
+    let cluster = Cluster::start(n, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    everywhere(
+        &cluster,
+        &example_wasm("sleepy").expect("sleepy"),
+        "test/sleepy:v1",
+    );
+    cluster
 }
 
 /// Submits the job `yaml` to node `i`.

@@ -7,7 +7,9 @@
 pub mod jobs;
 pub mod rogue;
 
-pub use jobs::{everywhere, now_ms, peer, sleepy_job, submit, wait_done, wait_state};
+pub use jobs::{
+    everywhere, now_ms, peer, sleepy_cluster, sleepy_job, submit, wait_done, wait_state,
+};
 
 use std::future::Future;
 use std::time::{Duration, Instant};

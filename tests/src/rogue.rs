@@ -35,6 +35,27 @@ impl Rogue {
         Self::join_with_secret(cluster, cluster.secret(), advert).await
     }
 
+    /// [`Rogue::join`], then waits until every running node lists the
+    /// member (so what it sends next is not refused as from a stranger).
+    pub async fn join_seen(cluster: &Cluster, advert: NodeAdvert) -> anyhow::Result<Rogue> {
+        let rogue = Self::join(cluster, advert).await?;
+        let id = rogue.peer_id().to_string();
+        cluster
+            .wait_until(Duration::from_secs(20), "every node lists the rogue", |c| {
+                let id = id.clone();
+                async move {
+                    for (i, _) in c.running() {
+                        if !c.peers_of(i).await.contains(&id) {
+                            return false;
+                        }
+                    }
+                    true
+                }
+            })
+            .await?;
+        Ok(rogue)
+    }
+
     /// Like [`Rogue::join`] with another secret: a non-member, which the
     /// mesh must never admit.
     pub async fn join_with_secret(

@@ -8,8 +8,8 @@ use weft_node::store::records::BlobKind;
 use weft_protocol::TagName;
 use weft_protocol::sched::{JobState, JobStatus};
 use weft_tests::{
-    Cluster, ClusterOptions, everywhere, example_wasm, peer, sleepy_job, submit, wait_done,
-    wait_state,
+    Cluster, ClusterOptions, everywhere, example_wasm, peer, sleepy_cluster, sleepy_job, submit,
+    wait_done, wait_state,
 };
 
 /// A WASI module that exits at once.
@@ -97,14 +97,7 @@ async fn gpu_jobs_run_only_on_the_gpu_node_one_at_a_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_executor_s_job_completes_elsewhere_with_history() {
-    let mut cluster = Cluster::start(4, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let mut cluster = sleepy_cluster(4).await;
     // keep it off the coordinator (node 0) so stopping the executor leaves
     // the coordinator up
     let workers = "  constraints: {worker: \"yes\"}\n";
@@ -247,14 +240,7 @@ async fn an_impossible_job_waits_with_its_reason_then_runs_when_a_capable_node_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_a_running_wasm_task_and_status_agrees_everywhere() {
-    let cluster = Cluster::start(3, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let cluster = sleepy_cluster(3).await;
     let id = submit(&cluster, 0, &sleepy_job("long", 3600, "")).await.id;
     let running = wait_state(&cluster, 0, &id, JobState::Running, Duration::from_secs(20)).await;
     // the same state seen from a node that is not the coordinator
@@ -306,14 +292,7 @@ async fn cancel_stops_a_running_wasm_task_and_status_agrees_everywhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_resumes_tracking_its_job() {
-    let mut cluster = Cluster::start(3, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let mut cluster = sleepy_cluster(3).await;
     // run it on node 1, coordinated by node 0
     let id = submit(
         &cluster,

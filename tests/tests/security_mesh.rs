@@ -47,29 +47,6 @@ fn update(name: &str, origin: String, wall_ms: u64) -> Vec<u8> {
     .expect("encode")
 }
 
-/// Joins a rogue member and waits until every node lists it.
-async fn rogue(cluster: &Cluster) -> Rogue {
-    let rogue = Rogue::join(cluster, NodeAdvert::default())
-        .await
-        .expect("rogue joins");
-    let id = rogue.peer_id().to_string();
-    cluster
-        .wait_until(Duration::from_secs(10), "every node lists the rogue", |c| {
-            let id = id.clone();
-            async move {
-                for (i, _) in c.running() {
-                    if !c.peers_of(i).await.contains(&id) {
-                        return false;
-                    }
-                }
-                true
-            }
-        })
-        .await
-        .expect("rogue admitted");
-    rogue
-}
-
 /// Publishes as the rogue, retrying while its gossip mesh forms.
 async fn publish(rogue: &Rogue, topic: Topic, data: Vec<u8>) {
     let start = Instant::now();
@@ -124,7 +101,9 @@ async fn oversized_or_foreign_tag_origins_are_refused_and_tags_keep_working() {
     let mut cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let rogue = rogue(&cluster).await;
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     let node0 = cluster.node(0).peer_id().to_string();
 
     // an origin of 100 kB, one just over the bound, and one naming node 0
@@ -207,7 +186,9 @@ async fn far_future_clocks_are_refused_and_clocks_do_not_jump() {
     let cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let mut rogue = rogue(&cluster).await;
+    let mut rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     let me = rogue.peer_id().to_string();
 
     // by gossip: u64::MAX and an hour ahead
@@ -426,7 +407,9 @@ async fn provider_records_from_a_non_member_are_not_stored() {
     drop(swarm);
 
     // a member asking node 0 finds none of them
-    let rogue = rogue(&cluster).await;
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     for k in keys.iter().step_by(64) {
         let found = rogue.net.get_providers(*k).await.expect("lookup");
         assert!(
@@ -482,7 +465,9 @@ async fn replicate_is_capped_and_bounded_per_requester() {
     let cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let rogue = rogue(&cluster).await;
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     let node1: PeerId = cluster.node(1).peer_id().parse().expect("peer id");
     let id = cluster
         .node(0)
@@ -567,7 +552,9 @@ async fn oversized_messages_from_a_rogue_are_refused_and_the_node_stays_healthy(
     let cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let rogue = rogue(&cluster).await;
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     let node0: PeerId = cluster.node(0).peer_id().parse().expect("peer id");
 
     // rpc: a task update with a 1 MiB reason

@@ -14,8 +14,8 @@ use weft_protocol::sched::{
 use weft_protocol::{ErrorCode, Executors, Hash, NodeAdvert, Request, Response, Topic};
 use weft_tests::rogue::Rogue;
 use weft_tests::{
-    Cluster, ClusterOptions, everywhere, example_wasm, now_ms, peer, sleepy_job, submit, wait_done,
-    wait_state,
+    Cluster, ClusterOptions, everywhere, example_wasm, now_ms, peer, sleepy_cluster, sleepy_job,
+    submit, wait_done, wait_state,
 };
 
 /// A job that writes `/outputs/hello.txt` (holding `word`) and keeps it.
@@ -23,29 +23,6 @@ fn hello_job(name: &str, word: &str, extra: &str) -> String {
     format!(
         "apiVersion: weft/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n  task:\n    wasm: {{module: test/hello:v1, args: [\"{word}\"]}}\n  outputs: [{{path: /outputs/hello.txt}}]\n  timeout: 1m\n{extra}"
     )
-}
-
-/// A member that runs nothing and looks like no executor.
-async fn rogue(cluster: &Cluster) -> Rogue {
-    let rogue = Rogue::join(cluster, NodeAdvert::default())
-        .await
-        .expect("rogue joins");
-    let id = rogue.peer_id().to_string();
-    cluster
-        .wait_until(Duration::from_secs(20), "every node sees the rogue", |c| {
-            let id = id.clone();
-            async move {
-                for (i, _) in c.running() {
-                    if !c.peers_of(i).await.contains(&id) {
-                        return false;
-                    }
-                }
-                true
-            }
-        })
-        .await
-        .expect("rogue seen");
-    rogue
 }
 
 /// A status the rogue claims as coordinator, for gossip.
@@ -110,15 +87,10 @@ async fn gossip_and_settle(cluster: &Cluster, rogue: &Rogue, statuses: Vec<JobSt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_success_report_from_a_node_never_assigned_is_refused() {
-    let cluster = Cluster::start(2, ClusterOptions::default())
+    let cluster = sleepy_cluster(2).await;
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
         .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
-    let rogue = rogue(&cluster).await;
+        .expect("rogue joins");
     let id = submit(
         &cluster,
         0,
@@ -231,7 +203,9 @@ async fn forged_cache_records_are_refused_and_the_job_runs_for_real() {
         &example_wasm("hello").expect("hello"),
         "test/hello:v1",
     );
-    let mut rogue = rogue(&cluster).await;
+    let mut rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     let me = rogue.peer_id().to_string();
     let node1 = peer(&cluster, 1);
     // the cache key of the job the test submits at the end, learned from a
@@ -462,14 +436,7 @@ async fn a_cache_hit_whose_outputs_are_gone_everywhere_runs_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_claim_reply_is_noticed_within_seconds() {
-    let cluster = Cluster::start(2, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let cluster = sleepy_cluster(2).await;
     let faults = cluster.node(0).sched().faults();
     faults
         .drop_claim_replies
@@ -513,14 +480,7 @@ async fn a_lost_claim_reply_is_noticed_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_sent_while_its_coordinator_is_down_is_recovered_after_restart() {
-    let mut cluster = Cluster::start(2, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let mut cluster = sleepy_cluster(2).await;
     let id = submit(
         &cluster,
         0,
@@ -566,14 +526,7 @@ async fn a_result_sent_while_its_coordinator_is_down_is_recovered_after_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_holds_across_a_coordinator_restart() {
-    let mut cluster = Cluster::start(2, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let mut cluster = sleepy_cluster(2).await;
     // a member that claims the task and then says nothing (it lists no
     // attempts, as an older version would, so only the deadline ends it)
     let mut rogue = rogue_executor(&cluster).await;
@@ -665,14 +618,7 @@ async fn reserve_and_claim(rogue: &mut Rogue, node0: libp2p::PeerId, id: &JobId,
 /// attempt: the job is placed again, not ended as cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_cannot_cancel_a_job_by_itself() {
-    let cluster = Cluster::start(2, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let cluster = sleepy_cluster(2).await;
     let mut rogue = rogue_executor(&cluster).await;
     let node0: libp2p::PeerId = peer(&cluster, 0).parse().expect("peer id");
     let id = submit(
@@ -739,14 +685,7 @@ async fn an_executor_cannot_cancel_a_job_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_job_statuses_stays_within_one_coordinator_s_share() {
-    let cluster = Cluster::start(1, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let cluster = sleepy_cluster(1).await;
     // this node's own unfinished job (it can run nowhere)
     let own = submit(
         &cluster,
@@ -755,7 +694,9 @@ async fn a_flood_of_job_statuses_stays_within_one_coordinator_s_share() {
     )
     .await
     .id;
-    let rogue = rogue(&cluster).await;
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
+        .await
+        .expect("rogue joins");
     let me = rogue.peer_id().to_string();
     // ~2.5 KiB statuses, half with ids from the far future, well past the
     // rogue's share in total
@@ -825,14 +766,7 @@ async fn a_flood_of_job_statuses_stays_within_one_coordinator_s_share() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_result_survives_an_executor_restart() {
-    let mut cluster = Cluster::start(2, ClusterOptions::default())
-        .await
-        .expect("cluster");
-    everywhere(
-        &cluster,
-        &example_wasm("sleepy").expect("sleepy"),
-        "test/sleepy:v1",
-    );
+    let mut cluster = sleepy_cluster(2).await;
     let id = submit(
         &cluster,
         0,
