@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Dirs, dirs, require_root, test_image};
-use weft_sandbox::image::{ImageConfig, UnpackOptions, unpack};
+use weft_sandbox::image::{UnpackOptions, unpack};
 use weft_sandbox::{
     CancellationToken, ContainerTask, ErrorClass, GpuDevice, Limits, Outcome, Sandbox,
     SandboxConfig, Task, TaskKind,
@@ -18,30 +18,10 @@ use weft_sandbox::{
 /// Slack for runc's own start and stop on a shared 2-core machine.
 const MARGIN: Duration = Duration::from_secs(2);
 
-struct Setup {
-    state: tempfile::TempDir,
-    sandbox: Sandbox,
-    rootfs: PathBuf,
-    image: ImageConfig,
-}
+type Setup = common::ContainerSetup;
 
 fn setup() -> Setup {
-    common::logs();
-    let state = tempfile::tempdir().expect("tmp");
-    let rootfs = state.path().join("rootfs");
-    let image = unpack(test_image(), &rootfs, &UnpackOptions::default()).expect("image unpacks");
-    let config = SandboxConfig::new(state.path().join("sandbox"));
-    let sandbox = Sandbox::new(config).expect("sandbox");
-    assert!(
-        sandbox.executors().container.is_some(),
-        "no OCI runtime found: run scripts/install-deps.sh"
-    );
-    Setup {
-        state,
-        sandbox,
-        rootfs,
-        image,
-    }
+    common::container_setup()
 }
 
 impl Setup {

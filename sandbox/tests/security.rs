@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{require_root, test_image};
-use weft_sandbox::image::{ImageConfig, UnpackOptions, unpack};
+use common::require_root;
 use weft_sandbox::{
     CancellationToken, ContainerTask, ErrorClass, IdMap, Limits, Outcome, Sandbox, SandboxConfig,
     Task, TaskFolders, TaskKind, WasmModule, WasmTask,
@@ -21,35 +20,16 @@ use weft_sandbox::{
 
 const QUOTA: u64 = 2 << 20;
 
-struct Setup {
-    state: tempfile::TempDir,
-    sandbox: Sandbox,
-    rootfs: PathBuf,
-    image: ImageConfig,
-}
+type Setup = common::ContainerSetup;
 
 fn setup() -> Setup {
-    common::logs();
-    let state = tempfile::tempdir().expect("tmp");
-    let rootfs = state.path().join("rootfs");
-    let image = unpack(test_image(), &rootfs, &UnpackOptions::default()).expect("image unpacks");
-    let config = SandboxConfig::new(state.path().join("sandbox"));
+    let setup = common::container_setup();
     assert_eq!(
-        config.userns,
+        SandboxConfig::new(setup.state.path().join("sandbox")).userns,
         Some(IdMap::DEFAULT),
         "user namespaces are the default"
     );
-    let sandbox = Sandbox::new(config).expect("sandbox");
-    assert!(
-        sandbox.executors().container.is_some(),
-        "no OCI runtime: run scripts/install-deps.sh"
-    );
-    Setup {
-        state,
-        sandbox,
-        rootfs,
-        image,
-    }
+    setup
 }
 
 impl Setup {

@@ -148,3 +148,37 @@ pub fn logs() {
             .try_init();
     });
 }
+
+/// A sandbox for container tests, with the busybox test image unpacked
+/// beside it.
+pub struct ContainerSetup {
+    pub state: tempfile::TempDir,
+    pub sandbox: Sandbox,
+    pub rootfs: PathBuf,
+    pub image: weft_sandbox::image::ImageConfig,
+}
+
+/// A fresh [`ContainerSetup`] with the default sandbox config; fails when no
+/// OCI runtime is installed.
+pub fn container_setup() -> ContainerSetup {
+    logs();
+    let state = tempfile::tempdir().expect("tmp");
+    let rootfs = state.path().join("rootfs");
+    let image = weft_sandbox::image::unpack(
+        test_image(),
+        &rootfs,
+        &weft_sandbox::image::UnpackOptions::default(),
+    )
+    .expect("image unpacks");
+    let sandbox = Sandbox::new(SandboxConfig::new(state.path().join("sandbox"))).expect("sandbox");
+    assert!(
+        sandbox.executors().container.is_some(),
+        "no OCI runtime found: run scripts/install-deps.sh"
+    );
+    ContainerSetup {
+        state,
+        sandbox,
+        rootfs,
+        image,
+    }
+}
