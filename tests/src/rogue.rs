@@ -36,22 +36,39 @@ impl Rogue {
     }
 
     /// [`Rogue::join`], then waits until every running node lists the
-    /// member (so what it sends next is not refused as from a stranger).
+    /// member and the member lists every running node (so what it sends
+    /// next is neither refused as from a stranger nor undeliverable for want
+    /// of an address).
     pub async fn join_seen(cluster: &Cluster, advert: NodeAdvert) -> anyhow::Result<Rogue> {
         let rogue = Self::join(cluster, advert).await?;
         let id = rogue.peer_id().to_string();
+        let net = rogue.net.clone();
         cluster
-            .wait_until(Duration::from_secs(20), "every node lists the rogue", |c| {
-                let id = id.clone();
-                async move {
-                    for (i, _) in c.running() {
-                        if !c.peers_of(i).await.contains(&id) {
-                            return false;
+            .wait_until(
+                Duration::from_secs(20),
+                "the rogue and every node list each other",
+                |c| {
+                    let id = id.clone();
+                    let net = net.clone();
+                    async move {
+                        let known: Vec<String> = net
+                            .peers()
+                            .await
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|p| p.peer_id.to_string())
+                            .collect();
+                        for (i, n) in c.running() {
+                            if !known.contains(&n.peer_id().to_string())
+                                || !c.peers_of(i).await.contains(&id)
+                            {
+                                return false;
+                            }
                         }
+                        true
                     }
-                    true
-                }
-            })
+                },
+            )
             .await?;
         Ok(rogue)
     }

@@ -211,7 +211,7 @@ async fn forged_assignments_from_a_rogue_member_are_refused_and_write_nothing() 
     let watched_dir = tempfile::tempdir().expect("tempdir");
     let watched = watched_dir.path().join("authorized_keys");
     std::fs::write(&watched, b"original").expect("write");
-    let mut rogue = Rogue::join(&cluster, NodeAdvert::default())
+    let mut rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
         .await
         .expect("rogue");
     cluster
@@ -321,7 +321,7 @@ async fn a_reserve_flood_from_a_rogue_member_is_bounded_and_honest_jobs_still_ru
     let wasm = wat::parse_str(TRIVIAL_WAT).expect("wat");
     everywhere(&cluster, &wasm, "test/trivial:v1");
     let target: PeerId = cluster.node(1).peer_id().parse().expect("peer id");
-    let rogue = Rogue::join(&cluster, NodeAdvert::default())
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
         .await
         .expect("rogue");
     cluster
@@ -425,7 +425,7 @@ async fn a_member_that_is_not_the_coordinator_cannot_cancel_a_running_task() {
         &weft_tests::example_wasm("sleepy").expect("sleepy"),
         "test/sleepy:v1",
     );
-    let rogue = Rogue::join(&cluster, NodeAdvert::default())
+    let rogue = Rogue::join_seen(&cluster, NodeAdvert::default())
         .await
         .expect("rogue");
     let target: PeerId = cluster.node(1).peer_id().parse().expect("peer id");
