@@ -13,6 +13,7 @@ pub mod codec;
 pub mod hash;
 pub mod job;
 pub mod ledger;
+pub mod pipeline;
 pub mod rpc;
 pub mod sched;
 pub mod tag;
