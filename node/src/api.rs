@@ -18,6 +18,7 @@ mod jobs;
 mod metrics;
 pub mod openapi;
 pub mod paths;
+mod pipelines;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub sched: Option<crate::sched::SchedHandle>,
     /// The data plane, to fetch what is not here.
     pub transfer: Option<crate::transfer::TransferHandle>,
+    /// The pipeline engine, for the pipeline endpoints.
+    pub pipelines: Option<crate::pipeline::PipelineHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.
@@ -179,6 +182,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
+        .merge(pipelines::routes())
         .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())

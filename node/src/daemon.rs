@@ -28,6 +28,7 @@ use crate::api::{self, ApiState, Metrics, NodeView};
 use crate::config::{Config, ConfigError};
 use crate::home::{Home, HomeError, write_atomic};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
+use crate::pipeline::{self, PipelineHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
 use crate::sched::{self, SchedConfig, SchedError, SchedHandle};
 use crate::store::{Store, StoreError};
@@ -108,6 +109,7 @@ pub struct Node {
     store: Store,
     net: NetHandle,
     sched: SchedHandle,
+    pipelines: PipelineHandle,
     transfer: TransferHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
@@ -288,6 +290,15 @@ impl Node {
             tasks.spawn(l);
         }
 
+        // 6. the pipeline engine, over the scheduler
+        let (pipelines, engine) = pipeline::start(
+            sched.clone(),
+            store.clone(),
+            peer_id.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(engine);
+
         tasks.spawn(dispatch(
             events,
             Subsystems {
@@ -335,6 +346,7 @@ impl Node {
             node: Some(view),
             sched: Some(sched.clone()),
             transfer: Some(transfer.clone()),
+            pipelines: Some(pipelines.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -357,6 +369,7 @@ impl Node {
             store,
             net,
             sched,
+            pipelines,
             transfer,
             advert,
             shutdown,
@@ -373,6 +386,11 @@ impl Node {
     /// The scheduler handle.
     pub fn sched(&self) -> &SchedHandle {
         &self.sched
+    }
+
+    /// The pipeline engine's handle.
+    pub fn pipelines(&self) -> &PipelineHandle {
+        &self.pipelines
     }
 
     /// This node's current advert (as gossiped, less what the mesh fills in).

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod home;
 pub mod image;
 pub mod net;
+pub mod pipeline;
 pub mod resources;
 pub mod sched;
 pub mod store;

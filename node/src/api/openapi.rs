@@ -223,6 +223,34 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "get",
+        "/api/v1/pipelines/runs",
+        "Pipeline runs this node knows, newest first",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/pipelines/runs",
+        "Start a pipeline run here: {\"spec\": YAML, \"params\": {K: V}, \"force\": BOOL, \"force_steps\": [STEP]}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/pipelines/runs/{id}",
+        "A pipeline run with its steps (query wait_ms to wait for the end, since=UPDATED_MS for the next change)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/pipelines/runs/{id}/cancel",
+        "Cancel a pipeline run",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
         "/metrics",
         "Prometheus metrics",
         NO_BODY,
@@ -241,7 +269,7 @@ fn params(path: &str) -> Vec<Value> {
                 "schema": {"type": "string"},
                 "description": match name {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
-                    "id" => "a job id (20 hex digits)",
+                    "id" => "a job or pipeline run id (20 hex digits)",
                     _ => "a tag name (NAME:VERSION)",
                 }
             })

@@ -1,0 +1,143 @@
+//! Pipeline endpoints: start a run, list runs, a run's status (with
+//! waiting), cancel.
+//!
+//! Runs are read from this node's ledger, so any node that holds the
+//! ledger answers for any run; a run is started on (and coordinated by)
+//! the node that receives the request.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use weft_protocol::pipeline::PipelineSpec;
+use weft_protocol::sched::JobId;
+
+use super::{ApiError, ApiResult, ApiState};
+use crate::pipeline::{PipelineError, PipelineHandle, StartRequest};
+
+/// Longest a status request may wait.
+const MAX_WAIT_MS: u64 = 300_000;
+
+pub(super) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/api/v1/pipelines/runs", get(list).post(start))
+        .route("/api/v1/pipelines/runs/{id}", get(status))
+        .route("/api/v1/pipelines/runs/{id}/cancel", post(cancel))
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> ApiError {
+        match e {
+            PipelineError::BadSpec(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", m),
+            e @ PipelineError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            PipelineError::Store(e) => e.into(),
+            e @ PipelineError::Stopped => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+fn engine(state: &ApiState) -> ApiResult<&PipelineHandle> {
+    state.pipelines.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this node runs no pipeline engine",
+        )
+    })
+}
+
+fn run_id(s: &str) -> ApiResult<JobId> {
+    s.parse().map_err(ApiError::bad_request)
+}
+
+/// A param's value: text or a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ParamValue {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+/// `POST /api/v1/pipelines/runs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartJson {
+    /// The pipeline spec as YAML text (`uses:` already inlined).
+    spec: String,
+    #[serde(default)]
+    params: BTreeMap<String, ParamValue>,
+    /// Run every step, reusing no cached result.
+    #[serde(default)]
+    force: bool,
+    /// Run these steps without their cached results.
+    #[serde(default)]
+    force_steps: Vec<String>,
+}
+
+async fn start(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
+    let j: StartJson = super::parse_json(&body)?;
+    let spec = PipelineSpec::from_yaml(&j.spec)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", e.to_string()))?;
+    let mut req = StartRequest::new(spec);
+    req.params = j
+        .params
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                ParamValue::Text(s) => s,
+                ParamValue::Number(n) => n.to_string(),
+            };
+            (k, v)
+        })
+        .collect();
+    req.force = j.force;
+    req.force_steps = j.force_steps;
+    let rec = engine(&state)?.start(req).await?;
+    Ok((StatusCode::CREATED, axum::Json(rec)).into_response())
+}
+
+async fn list(State(state): State<ApiState>) -> ApiResult<Response> {
+    Ok(axum::Json(engine(&state)?.runs().await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    /// Wait up to this long for the run to end.
+    wait_ms: Option<u64>,
+    /// With `wait_ms`: answer at the first change after this `updated_ms`.
+    since: Option<u64>,
+}
+
+async fn status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<StatusQuery>,
+) -> ApiResult<Response> {
+    let id = run_id(&id)?;
+    let e = engine(&state)?;
+    let rec = match q.wait_ms {
+        Some(ms) if ms > 0 => {
+            e.wait(&id, q.since, Duration::from_millis(ms.min(MAX_WAIT_MS)))
+                .await?
+        }
+        _ => e.run(&id).await?,
+    };
+    Ok(axum::Json(rec).into_response())
+}
+
+async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = run_id(&id)?;
+    Ok(axum::Json(engine(&state)?.cancel(id).await?).into_response())
+}

@@ -1,0 +1,721 @@
+//! The engine's actor: owns the runs this node coordinates.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use weft_protocol::Hash;
+use weft_protocol::TagName;
+use weft_protocol::ledger::{
+    Entry, EntryBody, PipelineRunRecord, PipelineState, StepRecord, StepState,
+};
+use weft_protocol::pipeline::{Params, PipelineSpec, Source, Step};
+use weft_protocol::sched::{JobId, JobState, JobStatus, RunContext};
+
+use super::steps::{self, Registration, StepJob};
+use super::{PipelineError, StartRequest};
+use crate::sched::SchedHandle;
+use crate::store::Store;
+
+/// Where a task writes its metrics when its spec names no file.
+const DEFAULT_METRICS_FILE: &str = "/outputs/metrics.json";
+
+/// Events from step tasks waiting in the engine's inbox.
+const EVENT_QUEUE: usize = 1024;
+
+pub(super) enum Command {
+    Start {
+        req: Box<StartRequest>,
+        params: Params,
+        reply: oneshot::Sender<Result<PipelineRunRecord, PipelineError>>,
+    },
+    Cancel {
+        run: JobId,
+        reply: oneshot::Sender<Result<PipelineRunRecord, PipelineError>>,
+    },
+}
+
+/// What step tasks report.
+pub(super) enum Event {
+    /// A step's job was submitted and has not ended yet.
+    Submitted {
+        run: JobId,
+        step: String,
+        job: JobId,
+    },
+    /// A step's work ended.
+    Done {
+        run: JobId,
+        step: String,
+        outcome: Outcome,
+    },
+}
+
+pub(super) enum Outcome {
+    /// The step's job ended (in any terminal state), with its metrics.
+    Job {
+        status: Box<JobStatus>,
+        metrics: BTreeMap<String, f64>,
+    },
+    /// The step's registration ended: what it did, or why it failed.
+    Registered(Result<String, String>),
+    /// The step could not be run.
+    Error(String),
+}
+
+/// What a finished step left for the steps after it.
+struct Finished {
+    job: Option<JobId>,
+    outputs: Vec<(String, Hash)>,
+    metrics: BTreeMap<String, f64>,
+    cached: bool,
+}
+
+/// A run this node coordinates.
+struct Run {
+    spec: Arc<PipelineSpec>,
+    params: Params,
+    force_all: bool,
+    force_steps: BTreeSet<String>,
+    pinned: Vec<(TagName, Hash)>,
+    record: PipelineRunRecord,
+    finished: HashMap<String, Finished>,
+    /// Steps a gate reads, with the metric keys it reads.
+    gate_keys: HashMap<String, Vec<String>>,
+    cancelled: bool,
+}
+
+impl Run {
+    fn index(&self, step: &str) -> Option<usize> {
+        self.record.steps.iter().position(|s| s.name == step)
+    }
+
+    fn state(&self, step: &str) -> Option<StepState> {
+        self.index(step).map(|i| self.record.steps[i].state)
+    }
+
+    /// The id of a finished step's named output.
+    fn output(&self, step: &str, output: &str) -> Option<Hash> {
+        let path = self
+            .spec
+            .step(step)?
+            .job
+            .as_ref()?
+            .outputs
+            .iter()
+            .find(|o| o.name.as_deref() == Some(output))?
+            .path
+            .as_str()
+            .to_string();
+        self.finished
+            .get(step)?
+            .outputs
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, h)| *h)
+    }
+}
+
+fn terminal(s: StepState) -> bool {
+    !matches!(s, StepState::Waiting | StepState::Running)
+}
+
+fn ok(s: StepState) -> bool {
+    matches!(s, StepState::Ran | StepState::Cached)
+}
+
+pub(super) struct Engine {
+    sched: SchedHandle,
+    store: Store,
+    me: String,
+    rx: mpsc::Receiver<Command>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    runs: HashMap<JobId, Run>,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    pub(super) fn new(
+        sched: SchedHandle,
+        store: Store,
+        me: String,
+        rx: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> Engine {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        Engine {
+            sched,
+            store,
+            me,
+            rx,
+            events_tx,
+            events_rx,
+            runs: HashMap::new(),
+            shutdown,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut ledger = self.store.subscribe_ledger();
+        self.fail_abandoned();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                Some(cmd) = self.rx.recv() => self.handle(cmd),
+                Some(ev) = self.events_rx.recv() => self.event(ev),
+                heard = ledger.recv() => match heard {
+                    Ok(entry) => self.heard(entry),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(missed = n, "pipeline engine lagged behind the ledger");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+    }
+
+    /// Runs this node left running when it stopped cannot be resumed (their
+    /// specs were in memory): they end as failed.
+    fn fail_abandoned(&mut self) {
+        let runs = match self.store.pipeline_runs() {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read pipeline runs at start");
+                return;
+            }
+        };
+        for mut rec in runs {
+            if rec.coordinator != self.me || rec.state != PipelineState::Running {
+                continue;
+            }
+            let now = crate::store::now_ms();
+            for s in &mut rec.steps {
+                if !terminal(s.state) {
+                    s.state = StepState::Cancelled;
+                    s.ended_ms = Some(now);
+                    s.reason = Some("the coordinator stopped".into());
+                }
+            }
+            rec.state = PipelineState::Failed;
+            rec.reason = Some(
+                "the coordinator stopped while the run went on; run the pipeline again \
+                 (steps that finished are cached)"
+                    .into(),
+            );
+            rec.updated_ms = now;
+            tracing::info!(run = %rec.id, "pipeline run abandoned by a restart marked failed");
+            if let Err(error) = self.store.ledger_append(EntryBody::PipelineRun(rec)) {
+                tracing::warn!(%error, "cannot record an abandoned pipeline run");
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Start { req, params, reply } => {
+                let r = self.start(*req, params);
+                let _ = reply.send(r);
+            }
+            Command::Cancel { run, reply } => {
+                let r = self.cancel_request(run);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn start(
+        &mut self,
+        req: StartRequest,
+        params: Params,
+    ) -> Result<PipelineRunRecord, PipelineError> {
+        let now = crate::store::now_ms();
+        let id = JobId::new(now, rand::random());
+        let spec = Arc::new(req.spec);
+        let mut gate_keys: HashMap<String, Vec<String>> = HashMap::new();
+        for s in &spec.steps {
+            for c in s.when.iter().flat_map(|g| &g.conditions) {
+                gate_keys
+                    .entry(c.step.clone())
+                    .or_default()
+                    .push(c.metric.clone());
+            }
+        }
+        let record = PipelineRunRecord {
+            id: id.clone(),
+            pipeline: spec.name.to_string(),
+            experiment: spec.experiment.as_ref().map(|e| e.to_string()),
+            coordinator: self.me.clone(),
+            state: PipelineState::Running,
+            params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            trigger: req.trigger,
+            steps: spec
+                .steps
+                .iter()
+                .map(|s| StepRecord {
+                    name: s.name.clone(),
+                    state: StepState::Waiting,
+                    needs: s.needs.clone(),
+                    job: None,
+                    started_ms: None,
+                    ended_ms: None,
+                    reason: None,
+                })
+                .collect(),
+            reason: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        tracing::info!(run = %id, pipeline = %record.pipeline, steps = record.steps.len(), "pipeline run started");
+        self.runs.insert(
+            id.clone(),
+            Run {
+                spec,
+                params,
+                force_all: req.force,
+                force_steps: req.force_steps.into_iter().collect(),
+                pinned: req.pinned,
+                record,
+                finished: HashMap::new(),
+                gate_keys,
+                cancelled: false,
+            },
+        );
+        self.advance(&id);
+        // as it stands once the first steps started (or, when every step
+        // ended at once, as written)
+        match self.runs.get(&id) {
+            Some(r) => Ok(r.record.clone()),
+            None => self
+                .store
+                .pipeline_run(&id)?
+                .ok_or(PipelineError::NotFound(id)),
+        }
+    }
+
+    /// Starts every step whose needs are met, skips those that cannot run,
+    /// ends the run when every step is over, and records the run.
+    fn advance(&mut self, id: &JobId) {
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        let now = crate::store::now_ms();
+        let spec = run.spec.clone();
+        let mut launch: Vec<&Step> = Vec::new();
+        for (i, step) in spec.steps.iter().enumerate() {
+            if run.record.steps[i].state != StepState::Waiting || run.cancelled {
+                continue;
+            }
+            let mut blocked: Option<String> = None;
+            let mut ready = true;
+            for n in &step.needs {
+                match run.state(n) {
+                    Some(StepState::Failed) => blocked = Some(format!("step {n} failed")),
+                    Some(StepState::Cancelled) => blocked = Some(format!("step {n} was cancelled")),
+                    Some(StepState::Skipped) => blocked = Some(format!("step {n} was skipped")),
+                    Some(s) if ok(s) => {}
+                    _ => ready = false,
+                }
+                if blocked.is_some() {
+                    break;
+                }
+            }
+            let rec = &mut run.record.steps[i];
+            if let Some(why) = blocked {
+                rec.state = StepState::Skipped;
+                rec.ended_ms = Some(now);
+                rec.reason = Some(why);
+                continue;
+            }
+            if !ready {
+                continue;
+            }
+            let finished = &run.finished;
+            let metric = |s: &str, k: &str| finished.get(s).and_then(|f| f.metrics.get(k).copied());
+            match step.gate_holds(&run.params, &metric) {
+                Ok(true) => launch.push(step),
+                Ok(false) => {
+                    let seen: Vec<String> = step
+                        .when
+                        .iter()
+                        .flat_map(|g| &g.conditions)
+                        .filter_map(|c| {
+                            metric(&c.step, &c.metric).map(|v| format!("{} = {v}", c.metric))
+                        })
+                        .collect();
+                    rec.state = StepState::Skipped;
+                    rec.ended_ms = Some(now);
+                    rec.reason = Some(format!(
+                        "gate {:?} did not hold ({})",
+                        step.when
+                            .as_ref()
+                            .map(|g| g.text.as_str())
+                            .unwrap_or_default(),
+                        seen.join(", ")
+                    ));
+                }
+                Err(why) => {
+                    rec.state = StepState::Failed;
+                    rec.started_ms = Some(now);
+                    rec.ended_ms = Some(now);
+                    rec.reason = Some(why);
+                }
+            }
+        }
+        for step in launch {
+            self.launch(id, step);
+        }
+        self.settle(id);
+    }
+
+    /// Starts one step: its job, or its registration.
+    fn launch(&mut self, id: &JobId, step: &Step) {
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        let Some(i) = run.index(&step.name) else {
+            return;
+        };
+        let now = crate::store::now_ms();
+        run.record.steps[i].state = StepState::Running;
+        run.record.steps[i].started_ms = Some(now);
+        let events = self.events_tx.clone();
+        if let Some(job) = &step.job {
+            let force = run.force_all || run.force_steps.contains(&step.name);
+            let r: &Run = run;
+            let built = step.job_spec(
+                &r.spec,
+                &r.params,
+                &|s: &str, o: &str| r.output(s, o),
+                &r.pinned,
+                force,
+            );
+            let spec = match built {
+                Ok(s) => s,
+                Err(e) => {
+                    let rec = &mut run.record.steps[i];
+                    rec.state = StepState::Failed;
+                    rec.ended_ms = Some(now);
+                    rec.reason = Some(e.to_string());
+                    return;
+                }
+            };
+            let context = RunContext {
+                experiment: run.record.experiment.clone(),
+                params: run.record.params.clone(),
+                pipeline_run: Some(id.clone()),
+                step: Some(step.name.clone()),
+            };
+            let task = StepJob {
+                run: id.clone(),
+                step: step.name.clone(),
+                spec,
+                context,
+                gate_keys: run.gate_keys.get(&step.name).cloned().unwrap_or_default(),
+                metrics_path: job
+                    .metrics
+                    .as_ref()
+                    .map_or(DEFAULT_METRICS_FILE, |m| m.as_str())
+                    .to_string(),
+            };
+            tokio::spawn(steps::run_job(
+                self.sched.clone(),
+                self.store.clone(),
+                task,
+                events,
+            ));
+        } else if let Some(reg) = self.registration(id, step) {
+            tokio::spawn(steps::run_registration(self.store.clone(), reg, events));
+        }
+    }
+
+    /// What a step's `register:` registers, once its job (if any) is done.
+    fn registration(&self, id: &JobId, step: &Step) -> Option<Registration> {
+        let run = self.runs.get(id)?;
+        let r = step.register.as_ref()?;
+        let (artifact, made_by) = match &r.from {
+            Source::Step { step: s, output } => (
+                Ok(run.output(s, output)?),
+                run.finished.get(s).and_then(|f| f.job.clone()),
+            ),
+            Source::Artifact(a) => (Err(a.clone()), None),
+        };
+        Some(Registration {
+            run: id.clone(),
+            step: step.name.clone(),
+            model: r.model.clone(),
+            artifact,
+            made_by,
+            source: r.from.to_string(),
+            alias: r.alias.clone(),
+            reason: format!(
+                "promoted by pipeline {} run {id} step {}",
+                run.record.pipeline, step.name
+            ),
+        })
+    }
+
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Submitted { run, step, job } => {
+                let Some(r) = self.runs.get_mut(&run) else {
+                    return;
+                };
+                if let Some(i) = r.index(&step) {
+                    r.record.steps[i].job = Some(job.clone());
+                }
+                if r.cancelled {
+                    tokio::spawn(steps::cancel_job(self.sched.clone(), job));
+                }
+                self.write(&run);
+            }
+            Event::Done { run, step, outcome } => {
+                self.step_done(&run, &step, outcome);
+                self.advance(&run);
+            }
+        }
+    }
+
+    fn step_done(&mut self, id: &JobId, name: &str, outcome: Outcome) {
+        let registration = {
+            let Some(run) = self.runs.get_mut(id) else {
+                return;
+            };
+            let Some(i) = run.index(name) else {
+                return;
+            };
+            let now = crate::store::now_ms();
+            let cancelled = run.cancelled;
+            let rec = &mut run.record.steps[i];
+            match outcome {
+                Outcome::Error(why) => {
+                    rec.state = StepState::Failed;
+                    rec.ended_ms = Some(now);
+                    rec.reason = Some(why);
+                    None
+                }
+                Outcome::Registered(Ok(what)) => {
+                    let cached = run.finished.get(name).is_some_and(|f| f.cached);
+                    rec.state = if cached {
+                        StepState::Cached
+                    } else {
+                        StepState::Ran
+                    };
+                    rec.ended_ms = Some(now);
+                    rec.reason = Some(what);
+                    run.finished.entry(name.to_string()).or_insert(Finished {
+                        job: None,
+                        outputs: Vec::new(),
+                        metrics: BTreeMap::new(),
+                        cached: false,
+                    });
+                    None
+                }
+                Outcome::Registered(Err(why)) => {
+                    rec.state = StepState::Failed;
+                    rec.ended_ms = Some(now);
+                    rec.reason = Some(why);
+                    None
+                }
+                Outcome::Job { status, metrics } => {
+                    rec.job = Some(status.id.clone());
+                    let result = status.result.clone().unwrap_or_default();
+                    match status.state {
+                        JobState::Succeeded => {
+                            run.finished.insert(
+                                name.to_string(),
+                                Finished {
+                                    job: Some(status.id.clone()),
+                                    outputs: result.outputs.clone(),
+                                    metrics,
+                                    cached: result.cached,
+                                },
+                            );
+                            let has_register =
+                                run.spec.step(name).is_some_and(|s| s.register.is_some());
+                            if has_register && !cancelled {
+                                // still running: its registration follows
+                                Some(name.to_string())
+                            } else {
+                                let rec = &mut run.record.steps[i];
+                                rec.state = if result.cached {
+                                    StepState::Cached
+                                } else {
+                                    StepState::Ran
+                                };
+                                rec.ended_ms = Some(now);
+                                None
+                            }
+                        }
+                        JobState::Cancelled => {
+                            rec.state = StepState::Cancelled;
+                            rec.ended_ms = Some(now);
+                            rec.reason = status.reason.clone();
+                            None
+                        }
+                        _ => {
+                            rec.state = StepState::Failed;
+                            rec.ended_ms = Some(now);
+                            rec.reason = Some(steps::failure(&status));
+                            None
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(step_name) = registration {
+            let spec = self.runs.get(id).map(|r| r.spec.clone());
+            let reg = spec
+                .as_ref()
+                .and_then(|s| s.step(&step_name))
+                .and_then(|s| self.registration(id, s));
+            match reg {
+                Some(reg) => {
+                    tokio::spawn(steps::run_registration(
+                        self.store.clone(),
+                        reg,
+                        self.events_tx.clone(),
+                    ));
+                }
+                None => {
+                    if let Some(run) = self.runs.get_mut(id)
+                        && let Some(i) = run.index(&step_name)
+                    {
+                        let rec = &mut run.record.steps[i];
+                        rec.state = StepState::Failed;
+                        rec.ended_ms = Some(crate::store::now_ms());
+                        rec.reason = Some("the output to register was not produced".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the run once every step is over, and records it.
+    fn settle(&mut self, id: &JobId) {
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        let over = run.record.steps.iter().all(|s| terminal(s.state));
+        if over {
+            let failed: Vec<&StepRecord> = run
+                .record
+                .steps
+                .iter()
+                .filter(|s| s.state == StepState::Failed)
+                .collect();
+            if run.cancelled {
+                run.record.state = PipelineState::Cancelled;
+            } else if let Some(first) = failed.first() {
+                run.record.state = PipelineState::Failed;
+                run.record.reason = Some(format!(
+                    "step {} failed{}",
+                    first.name,
+                    first
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                ));
+            } else {
+                run.record.state = PipelineState::Succeeded;
+            }
+        }
+        self.write(id);
+        if over && let Some(run) = self.runs.remove(id) {
+            tracing::info!(run = %id, state = ?run.record.state, "pipeline run over");
+        }
+    }
+
+    /// Writes the run's record to the ledger.
+    fn write(&mut self, id: &JobId) {
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        run.record.updated_ms = crate::store::now_ms().max(run.record.updated_ms);
+        if let Err(error) = self
+            .store
+            .ledger_append(EntryBody::PipelineRun(run.record.clone()))
+        {
+            tracing::error!(run = %id, %error, "cannot record a pipeline run");
+        }
+    }
+
+    /// Cancels a run coordinated here; marks its waiting steps cancelled
+    /// and cancels the jobs of its running ones.
+    fn cancel_here(&mut self, id: &JobId, why: String) {
+        let Some(run) = self.runs.get_mut(id) else {
+            return;
+        };
+        if run.cancelled {
+            return;
+        }
+        run.cancelled = true;
+        run.record.state = PipelineState::Cancelled;
+        run.record.reason = Some(why);
+        let now = crate::store::now_ms();
+        for s in &mut run.record.steps {
+            match s.state {
+                StepState::Waiting => {
+                    s.state = StepState::Cancelled;
+                    s.ended_ms = Some(now);
+                    s.reason = Some("the run was cancelled".into());
+                }
+                StepState::Running => {
+                    if let Some(job) = &s.job {
+                        tokio::spawn(steps::cancel_job(self.sched.clone(), job.clone()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        tracing::info!(run = %id, "pipeline run cancelled");
+        self.settle(id);
+    }
+
+    fn cancel_request(&mut self, id: JobId) -> Result<PipelineRunRecord, PipelineError> {
+        if self.runs.contains_key(&id) {
+            self.cancel_here(&id, "cancelled".into());
+            return match self.runs.get(&id) {
+                Some(r) => Ok(r.record.clone()),
+                None => self
+                    .store
+                    .pipeline_run(&id)?
+                    .ok_or(PipelineError::NotFound(id)),
+            };
+        }
+        let mut rec = self
+            .store
+            .pipeline_run(&id)?
+            .ok_or_else(|| PipelineError::NotFound(id.clone()))?;
+        if rec.state != PipelineState::Running {
+            return Ok(rec);
+        }
+        // another node's run (or one this node no longer tracks): the
+        // request is a ledger entry its coordinator acts on
+        rec.state = PipelineState::Cancelled;
+        rec.reason = Some(format!("cancel asked by node {}", self.me));
+        rec.updated_ms = crate::store::now_ms();
+        self.store
+            .ledger_append(EntryBody::PipelineRun(rec.clone()))?;
+        Ok(rec)
+    }
+
+    /// An entry stored here: another node asking to cancel a run of ours.
+    fn heard(&mut self, entry: Entry) {
+        if entry.origin == self.me {
+            return;
+        }
+        if let EntryBody::PipelineRun(p) = entry.body
+            && p.coordinator == self.me
+            && p.state == PipelineState::Cancelled
+            && self.runs.contains_key(&p.id)
+        {
+            let why = p
+                .reason
+                .unwrap_or_else(|| format!("cancel asked by node {}", entry.origin));
+            self.cancel_here(&p.id, why);
+        }
+    }
+}

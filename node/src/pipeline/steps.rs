@@ -1,0 +1,344 @@
+//! What a step does away from the engine's loop: its job submitted and
+//! followed to its end, its metrics read, a model registered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use weft_protocol::Hash;
+use weft_protocol::JobSpec;
+use weft_protocol::ledger::{AliasMove, AliasName, EntryBody, ModelName, ModelVersion};
+use weft_protocol::sched::{JobId, JobResult, JobStatus, RunContext, Submission};
+
+use super::engine::{Event, Outcome};
+use crate::sched::SchedHandle;
+use crate::store::{Store, StoreError};
+
+/// How long one wait on a job lasts before it is asked again (a job ends
+/// by its own timeout; this only bounds one call).
+const WAIT_SLICE: Duration = Duration::from_secs(3600);
+
+/// Largest metrics file read for a gate.
+const MAX_METRICS_FILE: u64 = 1024 * 1024;
+
+/// A step's job: what to submit and what to read back.
+pub(super) struct StepJob {
+    pub run: JobId,
+    pub step: String,
+    pub spec: JobSpec,
+    pub context: RunContext,
+    /// The metrics a gate downstream reads; when the result lacks one,
+    /// the metrics file among the step's outputs is read.
+    pub gate_keys: Vec<String>,
+    /// Where the task writes its metrics.
+    pub metrics_path: String,
+}
+
+/// Submits the step's job, reports its id, waits for its end, and reports
+/// the outcome with the step's metrics.
+pub(super) async fn run_job(
+    sched: SchedHandle,
+    store: Store,
+    job: StepJob,
+    events: mpsc::Sender<Event>,
+) {
+    let StepJob {
+        run,
+        step,
+        spec,
+        context,
+        gate_keys,
+        metrics_path,
+    } = job;
+    let submitted = sched
+        .submit(Submission {
+            spec,
+            local: false,
+            run: Some(context),
+        })
+        .await;
+    let mut status = match submitted {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = events
+                .send(Event::Done {
+                    run,
+                    step,
+                    outcome: Outcome::Error(format!("the scheduler refused the step's job: {e}")),
+                })
+                .await;
+            return;
+        }
+    };
+    if !status.state.is_terminal() {
+        let _ = events
+            .send(Event::Submitted {
+                run: run.clone(),
+                step: step.clone(),
+                job: status.id.clone(),
+            })
+            .await;
+    }
+    while !status.state.is_terminal() {
+        match sched.wait(status.id.clone(), WAIT_SLICE).await {
+            Ok(s) => status = s,
+            Err(e) => {
+                let _ = events
+                    .send(Event::Done {
+                        run,
+                        step,
+                        outcome: Outcome::Error(format!("lost track of job {}: {e}", status.id)),
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+    let metrics = match &status.result {
+        Some(r) if !gate_keys.is_empty() => {
+            step_metrics(&sched, &store, r, &metrics_path, &gate_keys).await
+        }
+        Some(r) => latest(r),
+        None => BTreeMap::new(),
+    };
+    let _ = events
+        .send(Event::Done {
+            run,
+            step,
+            outcome: Outcome::Job {
+                status: Box::new(status),
+                metrics,
+            },
+        })
+        .await;
+}
+
+/// The last value of each metric a result reports.
+fn latest(result: &JobResult) -> BTreeMap<String, f64> {
+    let mut out: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for m in &result.metrics {
+        match out.get(&m.key) {
+            Some((step, _)) if *step > m.step => {}
+            _ => {
+                out.insert(m.key.clone(), (m.step, m.value));
+            }
+        }
+    }
+    out.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+/// The metrics of a finished step: those its result reports, and when a key
+/// a gate needs is missing, those of its metrics file when the step keeps
+/// that file as (or inside) one of its outputs.
+async fn step_metrics(
+    sched: &SchedHandle,
+    store: &Store,
+    result: &JobResult,
+    metrics_path: &str,
+    wanted: &[String],
+) -> BTreeMap<String, f64> {
+    let mut out = latest(result);
+    if wanted.iter().all(|k| out.contains_key(k)) {
+        return out;
+    }
+    let Some((hash, rel)) = result.outputs.iter().find_map(|(path, h)| {
+        if metrics_path == path {
+            Some((*h, String::new()))
+        } else {
+            metrics_path
+                .strip_prefix(path.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                .map(|r| (*h, r.to_string()))
+        }
+    }) else {
+        return out;
+    };
+    if let Err(error) = sched.fetch(hash).await {
+        tracing::debug!(%hash, %error, "a step's metrics file cannot be fetched");
+        return out;
+    }
+    let s = store.clone();
+    let read = tokio::task::spawn_blocking(move || read_metrics_file(&s, hash, &rel)).await;
+    match read {
+        Ok(Ok(file)) => {
+            for (k, v) in file {
+                out.entry(k).or_insert(v);
+            }
+        }
+        Ok(Err(error)) => tracing::debug!(%hash, %error, "a step's metrics file is unreadable"),
+        Err(error) => tracing::debug!(%error, "reading a step's metrics file failed"),
+    }
+    out
+}
+
+/// Reads `rel` below the tree `root` (or `root` itself when `rel` is empty)
+/// as a JSON object of numbers and lists of numbers (the last point counts).
+fn read_metrics_file(
+    store: &Store,
+    root: Hash,
+    rel: &str,
+) -> Result<BTreeMap<String, f64>, String> {
+    let mut h = root;
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        let tree = store.read_tree(&h).map_err(|e| e.to_string())?;
+        h = tree
+            .get(part)
+            .map(|e| e.hash)
+            .ok_or_else(|| format!("no {part} in the output"))?;
+    }
+    if store.blob_size(&h).map_err(|e| e.to_string())? > MAX_METRICS_FILE {
+        return Err("the metrics file is larger than 1 MiB".into());
+    }
+    let bytes = std::fs::read(store.blob_path(&h)).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let obj = v
+        .as_object()
+        .ok_or("the metrics file is not a JSON object")?;
+    let mut out = BTreeMap::new();
+    for (k, v) in obj {
+        let n = match v {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::Array(a) => a.last().and_then(|x| x.as_f64()),
+            _ => None,
+        };
+        if let Some(n) = n.filter(|n| n.is_finite()) {
+            out.insert(k.clone(), n);
+        }
+    }
+    Ok(out)
+}
+
+/// What a `register:` step registers.
+pub(super) struct Registration {
+    pub run: JobId,
+    pub step: String,
+    pub model: ModelName,
+    /// The artifact, when it came from a step; else the reference to resolve.
+    pub artifact: Result<Hash, weft_protocol::ArtifactRef>,
+    /// The job that made it, when known.
+    pub made_by: Option<JobId>,
+    /// As the spec wrote it.
+    pub source: String,
+    pub alias: Option<AliasName>,
+    /// Why the alias moves.
+    pub reason: String,
+}
+
+/// Registers the model (and moves its alias) and reports the outcome.
+pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc::Sender<Event>) {
+    let Registration {
+        run,
+        step,
+        model,
+        artifact,
+        made_by,
+        source,
+        alias,
+        reason,
+    } = r;
+    let done = tokio::task::spawn_blocking(move || {
+        let artifact = match artifact {
+            Ok(h) => h,
+            Err(r) => store.resolve(&r)?,
+        };
+        register_and_promote(
+            &store,
+            &model,
+            artifact,
+            made_by,
+            Some(source),
+            alias.as_ref(),
+            &reason,
+        )
+        .map(|(version, moved)| match (alias, moved) {
+            (Some(a), Some(from)) => {
+                format!("registered {model} version {version}; {a} moved from {from} to {version}")
+            }
+            (Some(a), None) => {
+                format!("registered {model} version {version}; {a} set to {version}")
+            }
+            (None, _) => format!("registered {model} version {version}"),
+        })
+    })
+    .await;
+    let outcome = match done {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(e)) => Err(format!("registering failed: {e}")),
+        Err(e) => Err(format!("registering failed: {e}")),
+    };
+    let _ = events
+        .send(Event::Done {
+            run,
+            step,
+            outcome: Outcome::Registered(outcome),
+        })
+        .await;
+}
+
+/// Registers `artifact` as the next version of `model` and, when asked,
+/// points `alias` at it; answers the version and where the alias pointed
+/// before.
+// registry: replaced by `LedgerHandle::register_model` and
+// `LedgerHandle::move_alias` (gossiped, with the numbering barrier) once
+// the ledger is replicated.
+pub fn register_and_promote(
+    store: &Store,
+    model: &ModelName,
+    artifact: Hash,
+    run: Option<JobId>,
+    source: Option<String>,
+    alias: Option<&AliasName>,
+    reason: &str,
+) -> Result<(u64, Option<u64>), StoreError> {
+    let entry = store.ledger_append(EntryBody::ModelVersion(ModelVersion {
+        name: model.clone(),
+        artifact,
+        run,
+        source,
+    }))?;
+    let version = store
+        .model_version_number(&entry)?
+        .ok_or_else(|| StoreError::NotFound(format!("the version of {model} just registered")))?;
+    let Some(alias) = alias else {
+        return Ok((version, None));
+    };
+    let from = store
+        .alias_history(model, alias)?
+        .last()
+        .and_then(|m| m.version);
+    store.ledger_append(EntryBody::Alias(AliasMove {
+        name: model.clone(),
+        alias: alias.clone(),
+        version: Some(version),
+        from,
+        reason: Some(reason.to_string()),
+    }))?;
+    Ok((version, from))
+}
+
+/// Cancels a step's job, logging a failure (the job's end still reaches
+/// the engine through its step task).
+pub(super) async fn cancel_job(sched: SchedHandle, job: JobId) {
+    if let Err(error) = sched.cancel(job.clone()).await {
+        tracing::warn!(%job, %error, "cannot cancel a pipeline step's job");
+    }
+}
+
+/// A job status's reason for a failed step.
+pub(super) fn failure(status: &JobStatus) -> String {
+    let error = status
+        .result
+        .as_ref()
+        .and_then(|r| r.error.as_ref())
+        .map(|(class, msg)| format!("{class}: {msg}"));
+    let exit = status
+        .result
+        .as_ref()
+        .and_then(|r| r.exit_code)
+        .filter(|c| *c != 0)
+        .map(|c| format!("exit code {c}"));
+    error
+        .or(exit)
+        .or_else(|| status.reason.clone())
+        .unwrap_or_else(|| format!("job {} {}", status.id, status.state))
+}
