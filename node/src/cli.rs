@@ -10,6 +10,7 @@ mod fetch;
 mod job_cmds;
 mod mesh_cmds;
 mod output;
+mod pipeline_cmds;
 mod store_cmds;
 
 pub(crate) use output::human_bytes;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Jobs: list, status, logs, cancel (from any node of the mesh).
     #[command(subcommand)]
     Job(JobCmd),
+    /// Pipelines (kind: Pipeline): run, list runs, status, cancel.
+    #[command(subcommand)]
+    Pipeline(PipelineCmd),
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
     /// This node's id, addresses and advert (needs a running daemon).
@@ -206,6 +210,34 @@ pub enum JobCmd {
     },
     /// Cancel a job (stops its running task).
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCmd {
+    /// Start a run of a pipeline (a YAML pipeline spec); this node coordinates it.
+    Run {
+        /// The pipeline spec.
+        #[arg(short, long = "file")]
+        file: PathBuf,
+        /// Follow the run to its end; exit non-zero unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Override a param: NAME=VALUE, repeatable.
+        #[arg(long = "param", value_parser = pipeline_cmds::parse_param)]
+        params: Vec<(String, String)>,
+        /// Run every step, reusing no cached result.
+        #[arg(long)]
+        force: bool,
+        /// Run this step without its cached result; repeatable.
+        #[arg(long = "force-step", value_name = "STEP")]
+        force_steps: Vec<String>,
+    },
+    /// Pipeline runs this node knows, newest first.
+    Ls,
+    /// A run's steps in dependency order, with state, duration and job.
+    Status { run: String },
+    /// Cancel a run: its running steps are cancelled, the rest never start.
+    Cancel { run: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,6 +391,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 JobCmd::Status { id } => job_cmds::status(&home, &id, cli.json).await,
                 JobCmd::Logs { id, follow } => job_cmds::logs(&home, &id, follow, cli.json).await,
                 JobCmd::Cancel { id } => job_cmds::cancel(&home, &id, cli.json).await,
+            },
+            Command::Pipeline(cmd) => match cmd {
+                PipelineCmd::Run {
+                    file,
+                    wait,
+                    params,
+                    force,
+                    force_steps,
+                } => {
+                    pipeline_cmds::run(&home, &file, wait, &params, force, &force_steps, cli.json)
+                        .await
+                }
+                PipelineCmd::Ls => pipeline_cmds::ls(&home, cli.json).await,
+                PipelineCmd::Status { run } => pipeline_cmds::status(&home, &run, cli.json).await,
+                PipelineCmd::Cancel { run } => pipeline_cmds::cancel(&home, &run, cli.json).await,
             },
             Command::Peers => mesh_cmds::peers(&home, cli.json).await,
             Command::Node => mesh_cmds::node(&home).await,

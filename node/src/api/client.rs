@@ -266,6 +266,65 @@ impl ApiClient {
     pub async fn call_empty(&self, method: reqwest::Method, path: &str) -> Result<(), ClientError> {
         self.send(self.request(method, path)).await.map(|_| ())
     }
+
+    /// `POST /api/v1/pipelines/runs`: starts a run of `spec` (YAML, `uses:`
+    /// inlined) on the daemon, which coordinates it.
+    pub async fn pipeline_start(
+        &self,
+        spec: &str,
+        params: &[(String, String)],
+        force: bool,
+        force_steps: &[String],
+    ) -> Result<weft_protocol::ledger::PipelineRunRecord, ClientError> {
+        let params: serde_json::Map<String, serde_json::Value> = params
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let body = serde_json::json!({
+            "spec": spec, "params": params, "force": force, "force_steps": force_steps,
+        });
+        self.call(reqwest::Method::POST, "/api/v1/pipelines/runs", &body)
+            .await
+    }
+
+    /// `GET /api/v1/pipelines/runs`: every run the daemon knows, newest first.
+    pub async fn pipeline_runs(
+        &self,
+    ) -> Result<Vec<weft_protocol::ledger::PipelineRunRecord>, ClientError> {
+        self.get("/api/v1/pipelines/runs").await
+    }
+
+    /// `GET /api/v1/pipelines/runs/{id}`, waiting up to `wait_ms` for its
+    /// end (or, with `since`, its next change after that `updated_ms`).
+    pub async fn pipeline_run(
+        &self,
+        id: &str,
+        wait_ms: Option<u64>,
+        since: Option<u64>,
+    ) -> Result<weft_protocol::ledger::PipelineRunRecord, ClientError> {
+        let mut path = format!("/api/v1/pipelines/runs/{}", segment(id));
+        let mut sep = '?';
+        if let Some(ms) = wait_ms {
+            path.push_str(&format!("{sep}wait_ms={ms}"));
+            sep = '&';
+        }
+        if let Some(s) = since {
+            path.push_str(&format!("{sep}since={s}"));
+        }
+        self.get(&path).await
+    }
+
+    /// `POST /api/v1/pipelines/runs/{id}/cancel`.
+    pub async fn pipeline_cancel(
+        &self,
+        id: &str,
+    ) -> Result<weft_protocol::ledger::PipelineRunRecord, ClientError> {
+        self.call_no_body(
+            reqwest::Method::POST,
+            &format!("/api/v1/pipelines/runs/{}/cancel", segment(id)),
+        )
+        .await
+    }
 }
 
 /// The token a client of `home`'s daemon sends, and whether it came from
