@@ -42,7 +42,7 @@ use weft_protocol::ledger::{EntryBody, PipelineRunRecord, PipelineState};
 use weft_protocol::pipeline::PipelineSpec;
 use weft_protocol::sched::JobId;
 
-pub use steps::register_and_promote;
+pub use steps::{Registered, register_and_promote};
 
 use crate::sched::SchedHandle;
 use crate::store::{Store, StoreError};

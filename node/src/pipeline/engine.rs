@@ -58,8 +58,9 @@ pub(super) enum Outcome {
         status: Box<JobStatus>,
         metrics: BTreeMap<String, f64>,
     },
-    /// The step's registration ended: what it did, or why it failed.
-    Registered(Result<String, String>),
+    /// The step's registration ended: what it did and whether it changed
+    /// anything, or why it failed.
+    Registered(Result<(String, bool), String>),
     /// The step could not be run.
     Error(String),
 }
@@ -495,8 +496,10 @@ impl Engine {
                     rec.reason = Some(why);
                     None
                 }
-                Outcome::Registered(Ok(what)) => {
-                    let cached = run.finished.get(name).is_some_and(|f| f.cached);
+                Outcome::Registered(Ok((what, changed))) => {
+                    // nothing new: as good as a cache hit (when its job, if
+                    // any, was one too)
+                    let cached = !changed && run.finished.get(name).is_none_or(|f| f.cached);
                     rec.state = if cached {
                         StepState::Cached
                     } else {

@@ -250,14 +250,22 @@ pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc
             alias.as_ref(),
             &reason,
         )
-        .map(|(version, moved)| match (alias, moved) {
-            (Some(a), Some(from)) => {
-                format!("registered {model} version {version}; {a} moved from {from} to {version}")
+        .map(|r| {
+            let mut text = if r.created {
+                format!("registered {model} version {}", r.version)
+            } else {
+                format!("{model} version {} already holds it", r.version)
+            };
+            if let Some(a) = &alias {
+                match (r.alias_moved, r.alias_from) {
+                    (true, Some(from)) => {
+                        text.push_str(&format!("; {a} moved from {from} to {}", r.version))
+                    }
+                    (true, None) => text.push_str(&format!("; {a} set to {}", r.version)),
+                    (false, _) => text.push_str(&format!("; {a} is {} already", r.version)),
+                }
             }
-            (Some(a), None) => {
-                format!("registered {model} version {version}; {a} set to {version}")
-            }
-            (None, _) => format!("registered {model} version {version}"),
+            (text, r.created || r.alias_moved)
         })
     })
     .await;
@@ -275,12 +283,28 @@ pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc
         .await;
 }
 
-/// Registers `artifact` as the next version of `model` and, when asked,
-/// points `alias` at it; answers the version and where the alias pointed
-/// before.
-// registry: replaced by `LedgerHandle::register_model` and
-// `LedgerHandle::move_alias` (gossiped, with the numbering barrier) once
-// the ledger is replicated.
+/// What [`register_and_promote`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// The version that holds the artifact.
+    pub version: u64,
+    /// Whether that version was created now (else an existing version
+    /// already held the artifact).
+    pub created: bool,
+    /// Where the alias pointed before, when one was given.
+    pub alias_from: Option<u64>,
+    /// Whether the alias moved now.
+    pub alias_moved: bool,
+}
+
+/// Registers `artifact` as the next version of `model` unless a version
+/// already holds it (so a re-run of an unchanged pipeline registers
+/// nothing new), and, when asked, points `alias` at that version unless it
+/// points there already.
+// registry: the two appends are replaced by `LedgerHandle::register_model`
+// and `LedgerHandle::move_alias` (gossiped, with the numbering barrier)
+// once the ledger is replicated; the checks for an existing version and a
+// current alias stay.
 pub fn register_and_promote(
     store: &Store,
     model: &ModelName,
@@ -289,31 +313,56 @@ pub fn register_and_promote(
     source: Option<String>,
     alias: Option<&AliasName>,
     reason: &str,
-) -> Result<(u64, Option<u64>), StoreError> {
-    let entry = store.ledger_append(EntryBody::ModelVersion(ModelVersion {
-        name: model.clone(),
-        artifact,
-        run,
-        source,
-    }))?;
-    let version = store
-        .model_version_number(&entry)?
-        .ok_or_else(|| StoreError::NotFound(format!("the version of {model} just registered")))?;
+) -> Result<Registered, StoreError> {
+    let existing = store
+        .model_versions(model)?
+        .into_iter()
+        .rev()
+        .find(|v| v.artifact == artifact)
+        .map(|v| v.version);
+    let (version, created) = match existing {
+        Some(v) => (v, false),
+        None => {
+            let entry = store.ledger_append(EntryBody::ModelVersion(ModelVersion {
+                name: model.clone(),
+                artifact,
+                run,
+                source,
+            }))?;
+            let v = store.model_version_number(&entry)?.ok_or_else(|| {
+                StoreError::NotFound(format!("the version of {model} just registered"))
+            })?;
+            (v, true)
+        }
+    };
     let Some(alias) = alias else {
-        return Ok((version, None));
+        return Ok(Registered {
+            version,
+            created,
+            alias_from: None,
+            alias_moved: false,
+        });
     };
     let from = store
         .alias_history(model, alias)?
         .last()
         .and_then(|m| m.version);
-    store.ledger_append(EntryBody::Alias(AliasMove {
-        name: model.clone(),
-        alias: alias.clone(),
-        version: Some(version),
-        from,
-        reason: Some(reason.to_string()),
-    }))?;
-    Ok((version, from))
+    let alias_moved = from != Some(version);
+    if alias_moved {
+        store.ledger_append(EntryBody::Alias(AliasMove {
+            name: model.clone(),
+            alias: alias.clone(),
+            version: Some(version),
+            from,
+            reason: Some(reason.to_string()),
+        }))?;
+    }
+    Ok(Registered {
+        version,
+        created,
+        alias_from: from,
+        alias_moved,
+    })
 }
 
 /// Cancels a step's job, logging a failure (the job's end still reaches
