@@ -79,6 +79,10 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             })
             .collect(),
         "image" => images(),
+        "pipeline_yaml" => PIPELINE_SPECS
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -497,6 +501,51 @@ spec:
   timeout: 1h30m
   retries: 2
   cache: true
+"#,
+];
+
+const PIPELINE_SPECS: &[&str] = &[
+    r#"apiVersion: weft/v1
+kind: Pipeline
+metadata: {name: iris, experiment: iris}
+spec:
+  params: {epochs: "500", min: 0.9}
+  triggers: [{tag: datasets/iris:v1}]
+  steps:
+    split:
+      task: {wasm: {module: examples/split:v1}}
+      inputs: [{from: datasets/iris:v1, path: /inputs/data}]
+      outputs: [{name: parts, path: /outputs}]
+    train:
+      task: {wasm: {module: examples/train:v1, args: ["--epochs", "${params.epochs}"]}}
+      inputs: [{from: steps.split.outputs.parts, path: /inputs/data}]
+      outputs: [{name: model, path: /outputs/model, tag: models/iris-latest:v1}]
+    evaluate:
+      task: {wasm: {module: examples/evaluate:v1, env: {SEED: "${params.epochs}"}}}
+      inputs:
+        - {from: steps.train.outputs.model, path: /inputs/model}
+        - {from: models/iris@champion, path: /inputs/champion}
+      outputs: [{name: metrics, path: /outputs}]
+      metrics: /outputs/metrics.json
+    promote:
+      when: "steps.evaluate.metrics.accuracy >= ${params.min} and steps.evaluate.metrics.loss < 1"
+      register: {model: iris, from: steps.train.outputs.model, alias: champion}
+"#,
+    r#"apiVersion: weft/v1
+kind: Pipeline
+metadata: {name: fan}
+spec:
+  steps:
+    a:
+      task: {container: {image: images/busybox:1.36, command: [sh, -c], args: ["echo a"]}}
+      resources: {cpu: 500m, memory: 64Mi}
+      constraints: {zone: lab-a}
+      timeout: 1m
+      retries: 0
+      cache: false
+    b:
+      task: {wasm: {module: m:v1}}
+      needs: [a]
 "#,
 ];
 

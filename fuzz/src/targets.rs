@@ -37,6 +37,7 @@ pub const ALL: &[&str] = &[
     "job_yaml",
     "job_cbor",
     "image",
+    "pipeline_yaml",
 ];
 
 /// Runs target `name` on `data`.
@@ -51,6 +52,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "job_yaml" => job_yaml(data),
         "job_cbor" => job_cbor(data),
         "image" => image(data),
+        "pipeline_yaml" => pipeline_yaml(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -383,6 +385,35 @@ pub fn job_yaml(data: &[u8]) -> bool {
     assert_eq!(back, spec, "a spec changed in a YAML round trip:\n{yaml}");
     let cbor = spec.to_cbor().expect("a parsed spec encodes");
     assert_eq!(JobSpec::from_cbor(&cbor).expect("decodes"), spec);
+    true
+}
+
+/// A pipeline spec as YAML (what the API receives), on any UTF-8: a spec
+/// that parses has its steps in dependency order, and each step's job
+/// builds from the defaults.
+pub fn pipeline_yaml(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let Ok(p) = weft_protocol::pipeline::PipelineSpec::from_yaml(text) else {
+        return false;
+    };
+    let params = p.params_with(&[]).expect("the defaults are valid params");
+    let any = |_: &str, _: &str| Some(Hash::EMPTY);
+    for (i, s) in p.steps.iter().enumerate() {
+        for n in &s.needs {
+            let at = p.steps.iter().position(|x| x.name == *n);
+            assert!(
+                at.is_some_and(|j| j < i),
+                "{} needs {n}, not before it",
+                s.name
+            );
+        }
+        if s.job.is_some() {
+            s.job_spec(&p, &params, &any, &[], false)
+                .expect("a checked step builds its job");
+        }
+    }
     true
 }
 
