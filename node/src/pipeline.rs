@@ -38,7 +38,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use weft_protocol::Hash;
 use weft_protocol::TagName;
-use weft_protocol::ledger::{EntryBody, PipelineRunRecord, PipelineState};
+use weft_protocol::ledger::{Entry, EntryBody, EntryKind, PipelineRunRecord, PipelineState};
 use weft_protocol::pipeline::PipelineSpec;
 use weft_protocol::sched::JobId;
 
@@ -185,28 +185,52 @@ impl PipelineHandle {
         timeout: Duration,
     ) -> Result<PipelineRunRecord, PipelineError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        // subscribed before reading, so no change falls in between
+        // subscribed before reading, so no change falls in between; then
+        // each entry about the run is the news (the newest by clock wins,
+        // as in the ledger's own view)
         let mut rx = self.store.subscribe_ledger();
-        loop {
-            let rec = self.run(id).await?;
-            let changed = since.is_some_and(|s| rec.updated_ms > s);
-            if rec.state != PipelineState::Running || changed {
-                return Ok(rec);
+        let mut newest = self.newest(id).await?;
+        let done = |e: &Entry| match &e.body {
+            EntryBody::PipelineRun(p) => {
+                p.state != PipelineState::Running || since.is_some_and(|s| p.updated_ms > s)
             }
-            loop {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Err(_) => return Ok(rec),
-                    Ok(Ok(e)) => {
-                        if matches!(&e.body, EntryBody::PipelineRun(p) if p.id == *id) {
-                            break;
-                        }
+            _ => false,
+        };
+        loop {
+            if done(&newest) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => break,
+                Ok(Ok(e)) => {
+                    if matches!(&e.body, EntryBody::PipelineRun(p) if p.id == *id)
+                        && e.order(&newest).is_gt()
+                    {
+                        newest = e;
                     }
-                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
-                    Ok(Err(broadcast::error::RecvError::Closed)) => {
-                        return Err(PipelineError::Stopped);
-                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    newest = self.newest(id).await?;
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(PipelineError::Stopped);
                 }
             }
         }
+        match newest.body {
+            EntryBody::PipelineRun(p) => Ok(p),
+            _ => Err(PipelineError::NotFound(id.clone())),
+        }
+    }
+
+    /// The newest entry of a run.
+    async fn newest(&self, id: &JobId) -> Result<Entry, PipelineError> {
+        let store = self.store.clone();
+        let subject = id.to_string();
+        tokio::task::spawn_blocking(move || store.ledger_subject(EntryKind::PipelineRun, &subject))
+            .await
+            .map_err(|_| PipelineError::Stopped)??
+            .pop()
+            .ok_or_else(|| PipelineError::NotFound(id.clone()))
     }
 }
