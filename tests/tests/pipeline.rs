@@ -616,3 +616,121 @@ spec:
     );
     cluster.stop().await;
 }
+
+/// Copies every ledger entry about pipeline runs from node `from` to node
+/// `to`, as the ledger's gossip does.
+fn carry_runs(cluster: &Cluster, from: usize, to: usize) {
+    let entries = cluster
+        .node(from)
+        .store()
+        .ledger_kind(weft_protocol::ledger::EntryKind::PipelineRun)
+        .expect("entries");
+    for e in entries {
+        cluster.node(to).store().ledger_merge(&e).expect("merge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_another_node_reaches_the_coordinator_through_the_ledger() {
+    let cluster = cluster().await;
+    let yaml = r#"
+apiVersion: weft/v1
+kind: Pipeline
+metadata: {name: far}
+spec:
+  steps:
+    nap:
+      task: {wasm: {module: test/sleepy:v1, args: ["60"]}}
+      timeout: 2m
+    after:
+      task: {wasm: {module: test/hello:v1, args: ["after"]}}
+      needs: [nap]
+"#;
+    let run = start(&cluster, 0, yaml, &[]).await;
+    let id = run.id.clone();
+    cluster
+        .wait_until(Duration::from_secs(20), "the nap has a job", |c| {
+            let id = id.clone();
+            async move {
+                c.node(0)
+                    .pipelines()
+                    .run(&id)
+                    .await
+                    .is_ok_and(|r| step(&r, "nap").job.is_some())
+            }
+        })
+        .await
+        .expect("submitted");
+    // node 1 knows the run from the ledger and answers for it
+    carry_runs(&cluster, 0, 1);
+    let heard = cluster
+        .node(1)
+        .pipelines()
+        .run(&run.id)
+        .await
+        .expect("heard");
+    assert_eq!(heard.coordinator, cluster.node(0).peer_id());
+    let asked = cluster
+        .node(1)
+        .pipelines()
+        .cancel(run.id.clone())
+        .await
+        .expect("cancel");
+    assert_eq!(asked.state, PipelineState::Cancelled);
+    assert!(
+        asked
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains(cluster.node(1).peer_id())),
+        "{asked:#?}"
+    );
+    // the request reaches the coordinator as an entry: it cancels the job
+    carry_runs(&cluster, 1, 0);
+    let id = run.id.clone();
+    cluster
+        .wait_until(Duration::from_secs(15), "the coordinator cancelled", |c| {
+            let id = id.clone();
+            async move {
+                c.node(0).pipelines().run(&id).await.is_ok_and(|r| {
+                    r.coordinator == c.node(0).peer_id()
+                        && step(&r, "nap").state == StepState::Cancelled
+                        && step(&r, "after").state == StepState::Cancelled
+                })
+            }
+        })
+        .await
+        .expect("cancelled by the coordinator");
+    let rec = cluster.node(0).pipelines().run(&run.id).await.expect("run");
+    assert_eq!(rec.state, PipelineState::Cancelled);
+    let job = step(&rec, "nap").job.clone().expect("job");
+    let s = cluster.node(0).sched().status(job).await.expect("status");
+    assert_eq!(s.state, JobState::Cancelled, "{s:#?}");
+    // a request that comes after the run ended changes nothing: the
+    // coordinator writes how it ended again
+    let quick = yaml.replace("[\"60\"]", "[\"1\"]");
+    let run = start(&cluster, 0, &quick, &[]).await;
+    carry_runs(&cluster, 0, 1);
+    let done = wait_over(&cluster, 0, &run.id).await;
+    assert_eq!(done.state, PipelineState::Succeeded, "{done:#?}");
+    let late = cluster
+        .node(1)
+        .pipelines()
+        .cancel(run.id.clone())
+        .await
+        .expect("cancel");
+    assert_eq!(late.state, PipelineState::Cancelled);
+    carry_runs(&cluster, 1, 0);
+    let id = run.id.clone();
+    cluster
+        .wait_until(Duration::from_secs(10), "the end is written again", |c| {
+            let id = id.clone();
+            async move {
+                c.node(0).pipelines().run(&id).await.is_ok_and(|r| {
+                    r.state == PipelineState::Succeeded && r.updated_ms >= late.updated_ms
+                })
+            }
+        })
+        .await
+        .expect("written again");
+    cluster.stop().await;
+}

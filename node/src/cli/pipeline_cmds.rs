@@ -117,7 +117,9 @@ async fn follow(
 
 fn step_line(s: &StepRecord) -> String {
     let mut out = state_text(s).to_string();
-    if let Some(d) = step_duration(s) {
+    if s.ended_ms.is_some()
+        && let Some(d) = step_duration(s)
+    {
         out.push_str(&format!(" in {d}"));
     }
     if let Some(j) = &s.job {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use weft_protocol::Hash;
 use weft_protocol::TagName;
 use weft_protocol::ledger::{
-    Entry, EntryBody, PipelineRunRecord, PipelineState, StepRecord, StepState,
+    Entry, EntryBody, EntryKind, PipelineRunRecord, PipelineState, StepRecord, StepState,
 };
 use weft_protocol::pipeline::{Params, PipelineSpec, Source, Step};
 use weft_protocol::sched::{JobId, JobState, JobStatus, RunContext};
@@ -710,15 +710,39 @@ impl Engine {
         if entry.origin == self.me {
             return;
         }
-        if let EntryBody::PipelineRun(p) = entry.body
-            && p.coordinator == self.me
-            && p.state == PipelineState::Cancelled
-            && self.runs.contains_key(&p.id)
-        {
+        let EntryBody::PipelineRun(p) = entry.body else {
+            return;
+        };
+        if p.coordinator != self.me || p.state != PipelineState::Cancelled {
+            return;
+        }
+        if self.runs.contains_key(&p.id) {
             let why = p
                 .reason
                 .unwrap_or_else(|| format!("cancel asked by node {}", entry.origin));
             self.cancel_here(&p.id, why);
+            return;
+        }
+        // the run ended before the request came: its own last record is
+        // written again, so the newest entry tells how it really ended
+        let mine = self
+            .store
+            .ledger_subject(EntryKind::PipelineRun, p.id.as_str())
+            .map(|all| {
+                all.into_iter()
+                    .rev()
+                    .find(|e| e.origin == self.me)
+                    .map(|e| e.body)
+            });
+        match mine {
+            Ok(Some(EntryBody::PipelineRun(mut last))) if last.state != PipelineState::Running => {
+                last.updated_ms = crate::store::now_ms().max(last.updated_ms);
+                if let Err(error) = self.store.ledger_append(EntryBody::PipelineRun(last)) {
+                    tracing::warn!(run = %p.id, %error, "cannot record a pipeline run again");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(run = %p.id, %error, "cannot read a pipeline run"),
         }
     }
 }
