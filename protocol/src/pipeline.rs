@@ -78,6 +78,19 @@ pub const MAX_NAME_BYTES: usize = 64;
 /// Longest param value.
 pub const MAX_PARAM_VALUE_BYTES: usize = 4096;
 
+/// Most bytes of param names and values together (a run's record carries
+/// them, and must fit in one ledger entry).
+pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
+
+/// Most bytes a run's record may spend on its steps, as estimated by
+/// [`STEP_RECORD_BYTES`] plus names (with the params, well within one
+/// ledger entry of [`crate::ledger::MAX_ENTRY_BYTES`]).
+pub const MAX_STEPS_RECORD_BYTES: usize = 176 * 1024;
+
+/// What one step costs in a run's record besides its names: field names,
+/// state, job id, times and a reason of at most 300 bytes.
+pub const STEP_RECORD_BYTES: usize = 420;
+
 /// Why a pipeline spec (or a param override) was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PipelineError {
@@ -357,6 +370,7 @@ impl PipelineSpec {
             }
             out.insert(k.clone(), v.clone());
         }
+        check_params_size(&out)?;
         Ok(out)
     }
 
@@ -371,6 +385,19 @@ impl PipelineSpec {
         }
         out
     }
+}
+
+fn check_params_size(params: &Params) -> Result<(), PipelineError> {
+    let total: usize = params.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_PARAMS_BYTES {
+        return Err(field(
+            "spec.params",
+            format!(
+                "the params hold {total} bytes, more than the most a run records, {MAX_PARAMS_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn listing<'a>(names: impl Iterator<Item = &'a String>) -> String {
@@ -1138,6 +1165,25 @@ fn check(wire: PipelineWire) -> Result<PipelineSpec, PipelineError> {
         }
     }
 
+    check_params_size(&defaults)?;
+    let record: usize = steps
+        .iter()
+        .map(|(name, (_, edges))| {
+            STEP_RECORD_BYTES
+                + name.len()
+                + edges.list.iter().map(|(n, _)| n.len() + 2).sum::<usize>()
+        })
+        .sum();
+    if record > MAX_STEPS_RECORD_BYTES {
+        return Err(field(
+            "spec.steps",
+            format!(
+                "the steps and what they wait for would take about {record} bytes in each \
+                 record of a run, more than {MAX_STEPS_RECORD_BYTES}; use fewer steps, \
+                 shorter names or fewer needs"
+            ),
+        ));
+    }
     let order = topological(&steps)?;
     let mut ordered = Vec::with_capacity(order.len());
     for name in order {
@@ -1790,6 +1836,39 @@ spec:
         );
         // nothing to inline: the text as it was
         assert_eq!(inline_uses(EXAMPLE, &read).expect("same"), EXAMPLE);
+    }
+
+    #[test]
+    fn a_pipeline_too_large_to_record_is_refused() {
+        let mut yaml = String::from(
+            "apiVersion: weft/v1\nkind: Pipeline\nmetadata: {name: big}\nspec:\n  steps:\n",
+        );
+        let name = |i: usize| format!("{i:0>60}");
+        for i in 0..120 {
+            yaml.push_str(&format!(
+                "    {}:\n      task: {{wasm: {{module: m:v1}}}}\n",
+                name(i)
+            ));
+            if i > 0 {
+                let needs: Vec<String> = (0..i).map(name).collect();
+                yaml.push_str(&format!("      needs: [{}]\n", needs.join(", ")));
+            }
+        }
+        let (path, message) = err(&yaml);
+        assert_eq!(path, "spec.steps");
+        assert!(message.contains("fewer needs"), "{message}");
+        let big = "x".repeat(MAX_PARAM_VALUE_BYTES);
+        let params: Vec<String> = (0..20).map(|i| format!("p{i}: {big}")).collect();
+        let yaml = edit(
+            "params: {epochs: \"500\"}",
+            &format!("params: {{epochs: \"500\", {}}}", params.join(", ")),
+        );
+        let (path, message) = err(&yaml);
+        assert_eq!(path, "spec.params");
+        assert!(
+            message.contains("more than the most a run records"),
+            "{message}"
+        );
     }
 
     #[test]

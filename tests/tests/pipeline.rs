@@ -317,7 +317,7 @@ async fn records_heard(cluster: &Cluster, coordinator: usize, i: usize, rec: &Pi
 async fn a_rerun_on_another_node_is_fully_cached_and_a_changed_input_reruns_exactly_downstream() {
     let cluster = cluster().await;
     everywhere(&cluster, b"alpha beta beta", "datasets/a:v1");
-    everywhere(&cluster, b"gamma delta", "datasets/b:v1");
+    let old_b = everywhere(&cluster, b"gamma delta", "datasets/b:v1");
     let first = start(&cluster, 0, COUNTS, &[]).await;
     let first = wait_over(&cluster, 0, &first.id).await;
     assert_eq!(first.state, PipelineState::Succeeded, "{first:#?}");
@@ -348,6 +348,21 @@ async fn a_rerun_on_another_node_is_fully_cached_and_a_changed_input_reruns_exac
             ("only_a", StepState::Cached)
         ],
         "{changed:#?}"
+    );
+    // a run pinned to b's old id (as a trigger pins the change it saw)
+    // takes that id whatever the tag says now: every step is a hit
+    let mut req = StartRequest::new(spec(COUNTS));
+    req.pinned = vec![(TagName::new("datasets/b:v1").expect("tag"), old_b)];
+    req.trigger = Some(format!("tag datasets/b:v1 -> {old_b}"));
+    let pinned = cluster.node(1).pipelines().start(req).await.expect("start");
+    let pinned = wait_over(&cluster, 1, &pinned.id).await;
+    assert!(
+        pinned.steps.iter().all(|s| s.state == StepState::Cached),
+        "{pinned:#?}"
+    );
+    assert_eq!(
+        pinned.trigger,
+        Some(format!("tag datasets/b:v1 -> {old_b}"))
     );
     // --force-step b: b runs again though unchanged; its output is the
     // same content, so both is a hit

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weft_protocol::Hash;
 use weft_protocol::TagName;
 use weft_protocol::ledger::{
     Entry, EntryBody, EntryKind, PipelineRunRecord, PipelineState, StepRecord, StepState,
 };
 use weft_protocol::pipeline::{Params, PipelineSpec, Source, Step};
 use weft_protocol::sched::{JobId, JobState, JobStatus, RunContext};
+use weft_protocol::{ArtifactRef, Hash};
 
 use super::steps::{self, Registration, StepJob};
 use super::{PipelineError, StartRequest};
@@ -20,6 +20,30 @@ use crate::store::Store;
 
 /// Where a task writes its metrics when its spec names no file.
 const DEFAULT_METRICS_FILE: &str = "/outputs/metrics.json";
+
+/// Longest reason kept for a step in a run's record (the job keeps the
+/// whole of it), so that a record of the most steps fits in one entry.
+const MAX_STEP_REASON: usize = 300;
+
+/// Longest reason kept for a run.
+const MAX_RUN_REASON: usize = 1024;
+
+/// Longest trigger kept for a run (the ledger's bound).
+const MAX_TRIGGER: usize = 512;
+
+/// Shortens a text to at most `max` bytes, at a character boundary.
+pub(super) fn clip(text: &mut Option<String>, max: usize) {
+    if let Some(t) = text
+        && t.len() > max
+    {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        t.truncate(end);
+        t.push('…');
+    }
+}
 
 /// Events from step tasks waiting in the engine's inbox.
 const EVENT_QUEUE: usize = 1024;
@@ -440,6 +464,12 @@ impl Engine {
                 Ok(run.output(s, output)?),
                 run.finished.get(s).and_then(|f| f.job.clone()),
             ),
+            Source::Artifact(ArtifactRef::Tag(t)) => {
+                match run.pinned.iter().find(|(name, _)| name == t) {
+                    Some((_, h)) => (Ok(*h), None),
+                    None => (Err(ArtifactRef::Tag(t.clone())), None),
+                }
+            }
             Source::Artifact(a) => (Err(a.clone()), None),
         };
         Some(Registration {
@@ -637,6 +667,12 @@ impl Engine {
             return;
         };
         run.record.updated_ms = crate::store::now_ms().max(run.record.updated_ms);
+        // within the ledger's bounds (the full reasons stay in the jobs)
+        for s in &mut run.record.steps {
+            clip(&mut s.reason, MAX_STEP_REASON);
+        }
+        clip(&mut run.record.reason, MAX_RUN_REASON);
+        clip(&mut run.record.trigger, MAX_TRIGGER);
         if let Err(error) = self
             .store
             .ledger_append(EntryBody::PipelineRun(run.record.clone()))
@@ -744,5 +780,25 @@ impl Engine {
             Ok(_) => {}
             Err(error) => tracing::warn!(run = %p.id, %error, "cannot read a pipeline run"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn texts_are_clipped_at_a_character_boundary() {
+        let mut t = Some("aé".repeat(200));
+        clip(&mut t, 300);
+        let t = t.expect("text");
+        assert!(t.len() <= 300, "{}", t.len());
+        assert!(t.ends_with('…'));
+        let mut short = Some("ok".to_string());
+        clip(&mut short, 300);
+        assert_eq!(short.as_deref(), Some("ok"));
+        let mut none = None;
+        clip(&mut none, 3);
+        assert_eq!(none, None);
     }
 }

@@ -18,6 +18,9 @@ use crate::store::{Store, StoreError};
 /// by its own timeout; this only bounds one call).
 const WAIT_SLICE: Duration = Duration::from_secs(3600);
 
+/// Longest source and alias-move reason the ledger keeps.
+const MAX_LEDGER_TEXT: usize = weft_protocol::bounds::MAX_TEXT_BYTES;
+
 /// Largest metrics file read for a gate.
 const MAX_METRICS_FILE: u64 = 1024 * 1024;
 
@@ -241,14 +244,19 @@ pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc
             Ok(h) => h,
             Err(r) => store.resolve(&r)?,
         };
+        // within the ledger's bounds for a version's source and a move's reason
+        let mut source = Some(source);
+        super::engine::clip(&mut source, MAX_LEDGER_TEXT);
+        let mut reason = Some(reason);
+        super::engine::clip(&mut reason, MAX_LEDGER_TEXT);
         register_and_promote(
             &store,
             &model,
             artifact,
             made_by,
-            Some(source),
+            source,
             alias.as_ref(),
-            &reason,
+            reason.as_deref().unwrap_or_default(),
         )
         .map(|r| {
             let mut text = if r.created {
