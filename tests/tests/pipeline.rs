@@ -749,3 +749,52 @@ spec:
         .expect("written again");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_by_a_restarted_coordinator_ends_failed_and_says_why() {
+    let mut cluster = cluster().await;
+    let yaml = r#"
+apiVersion: weft/v1
+kind: Pipeline
+metadata: {name: left}
+spec:
+  steps:
+    nap:
+      task: {wasm: {module: test/sleepy:v1, args: ["60"]}}
+      constraints: {worker: "yes"}
+      timeout: 2m
+    after:
+      task: {wasm: {module: test/hello:v1, args: ["after"]}}
+      needs: [nap]
+"#;
+    let run = start(&cluster, 2, yaml, &[]).await;
+    assert_eq!(run.state, PipelineState::Running);
+    cluster.stop_node(2).await;
+    cluster.restart_node(2).await.expect("restart");
+    let id = run.id.clone();
+    cluster
+        .wait_until(Duration::from_secs(10), "the run is marked failed", |c| {
+            let id = id.clone();
+            async move {
+                c.node(2)
+                    .pipelines()
+                    .run(&id)
+                    .await
+                    .is_ok_and(|r| r.state == PipelineState::Failed)
+            }
+        })
+        .await
+        .expect("marked");
+    let rec = cluster.node(2).pipelines().run(&run.id).await.expect("run");
+    assert!(
+        rec.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("the coordinator stopped")),
+        "{rec:#?}"
+    );
+    assert!(
+        rec.steps.iter().all(|s| s.state == StepState::Cancelled),
+        "{rec:#?}"
+    );
+    cluster.stop().await;
+}

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weft_protocol::TagName;
 use weft_protocol::ledger::{
@@ -158,6 +159,8 @@ pub(super) struct Engine {
     events_tx: mpsc::Sender<Event>,
     events_rx: mpsc::Receiver<Event>,
     runs: HashMap<JobId, Run>,
+    /// Step tasks: jobs followed, registrations, cancels.
+    tasks: JoinSet<()>,
     shutdown: CancellationToken,
 }
 
@@ -178,6 +181,7 @@ impl Engine {
             events_tx,
             events_rx,
             runs: HashMap::new(),
+            tasks: JoinSet::new(),
             shutdown,
         }
     }
@@ -190,6 +194,7 @@ impl Engine {
                 _ = self.shutdown.cancelled() => break,
                 Some(cmd) = self.rx.recv() => self.handle(cmd),
                 Some(ev) = self.events_rx.recv() => self.event(ev),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 heard = ledger.recv() => match heard {
                     Ok(entry) => self.heard(entry),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -199,6 +204,8 @@ impl Engine {
                 },
             }
         }
+        // the runs end with this node (marked failed at its next start)
+        self.tasks.shutdown().await;
     }
 
     /// Runs this node left running when it stopped cannot be resumed (their
@@ -444,14 +451,14 @@ impl Engine {
                     .map_or(DEFAULT_METRICS_FILE, |m| m.as_str())
                     .to_string(),
             };
-            tokio::spawn(steps::run_job(
+            self.tasks.spawn(steps::run_job(
                 self.sched.clone(),
                 self.store.clone(),
                 task,
                 events,
             ));
         } else if let Some(reg) = self.registration(id, step) {
-            tokio::spawn(steps::run_registration(self.store.clone(), reg, events));
+            self.tasks.spawn(steps::run_registration(self.store.clone(), reg, events));
         }
     }
 
@@ -497,7 +504,7 @@ impl Engine {
                     r.record.steps[i].job = Some(job.clone());
                 }
                 if r.cancelled {
-                    tokio::spawn(steps::cancel_job(self.sched.clone(), job));
+                    self.tasks.spawn(steps::cancel_job(self.sched.clone(), job));
                 }
                 self.write(&run);
             }
@@ -605,7 +612,7 @@ impl Engine {
                 .and_then(|s| self.registration(id, s));
             match reg {
                 Some(reg) => {
-                    tokio::spawn(steps::run_registration(
+                    self.tasks.spawn(steps::run_registration(
                         self.store.clone(),
                         reg,
                         self.events_tx.clone(),
@@ -703,7 +710,7 @@ impl Engine {
                 }
                 StepState::Running => {
                     if let Some(job) = &s.job {
-                        tokio::spawn(steps::cancel_job(self.sched.clone(), job.clone()));
+                        self.tasks.spawn(steps::cancel_job(self.sched.clone(), job.clone()));
                     }
                 }
                 _ => {}
