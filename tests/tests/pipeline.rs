@@ -798,3 +798,39 @@ spec:
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_cannot_start_fails_and_its_dependents_are_skipped() {
+    let cluster = Cluster::start(1, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    let yaml = r#"
+apiVersion: weft/v1
+kind: Pipeline
+metadata: {name: long}
+spec:
+  params: {p: short}
+  steps:
+    a:
+      task: {wasm: {module: test/hello:v1, args: ["x${params.p}"]}}
+    b:
+      task: {wasm: {module: test/hello:v1, args: ["b"]}}
+      needs: [a]
+"#;
+    // the override makes a's argument longer than any argument may be
+    let long = "y".repeat(weft_protocol::pipeline::MAX_PARAM_VALUE_BYTES);
+    let run = start(&cluster, 0, yaml, &[("p", &long)]).await;
+    assert_eq!(run.state, PipelineState::Failed, "{run:#?}");
+    assert_eq!(
+        states(&run),
+        [("a", StepState::Failed), ("b", StepState::Skipped)]
+    );
+    assert!(
+        step(&run, "a")
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("spec.steps.a.task.wasm.args[0]")),
+        "{run:#?}"
+    );
+    cluster.stop().await;
+}

@@ -329,8 +329,16 @@ impl Engine {
     /// Starts every step whose needs are met, skips those that cannot run,
     /// ends the run when every step is over, and records the run.
     fn advance(&mut self, id: &JobId) {
+        // a step that fails as it starts decides its dependents at once
+        while self.pass(id) {}
+        self.settle(id);
+    }
+
+    /// One pass over the waiting steps in order; answers whether a step it
+    /// started ended at once (so another pass is due).
+    fn pass(&mut self, id: &JobId) -> bool {
         let Some(run) = self.runs.get_mut(id) else {
-            return;
+            return false;
         };
         let now = crate::store::now_ms();
         let spec = run.spec.clone();
@@ -395,19 +403,21 @@ impl Engine {
                 }
             }
         }
+        let mut ended = false;
         for step in launch {
-            self.launch(id, step);
+            ended |= self.launch(id, step);
         }
-        self.settle(id);
+        ended
     }
 
-    /// Starts one step: its job, or its registration.
-    fn launch(&mut self, id: &JobId, step: &Step) {
+    /// Starts one step: its job, or its registration. Answers whether the
+    /// step ended at once (it could not be started: failed).
+    fn launch(&mut self, id: &JobId, step: &Step) -> bool {
         let Some(run) = self.runs.get_mut(id) else {
-            return;
+            return false;
         };
         let Some(i) = run.index(&step.name) else {
-            return;
+            return false;
         };
         let now = crate::store::now_ms();
         run.record.steps[i].state = StepState::Running;
@@ -430,7 +440,7 @@ impl Engine {
                     rec.state = StepState::Failed;
                     rec.ended_ms = Some(now);
                     rec.reason = Some(e.to_string());
-                    return;
+                    return true;
                 }
             };
             let context = RunContext {
@@ -457,8 +467,19 @@ impl Engine {
                 task,
                 events,
             ));
+            false
         } else if let Some(reg) = self.registration(id, step) {
-            self.tasks.spawn(steps::run_registration(self.store.clone(), reg, events));
+            self.tasks
+                .spawn(steps::run_registration(self.store.clone(), reg, events));
+            false
+        } else {
+            if let Some(run) = self.runs.get_mut(id) {
+                let rec = &mut run.record.steps[i];
+                rec.state = StepState::Failed;
+                rec.ended_ms = Some(now);
+                rec.reason = Some("the output to register was not produced".into());
+            }
+            true
         }
     }
 
@@ -710,7 +731,8 @@ impl Engine {
                 }
                 StepState::Running => {
                     if let Some(job) = &s.job {
-                        self.tasks.spawn(steps::cancel_job(self.sched.clone(), job.clone()));
+                        self.tasks
+                            .spawn(steps::cancel_job(self.sched.clone(), job.clone()));
                     }
                 }
                 _ => {}
