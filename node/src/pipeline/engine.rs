@@ -191,6 +191,9 @@ impl Engine {
         self.fail_abandoned();
         loop {
             tokio::select! {
+                // first: a step task that ends because this node stops must
+                // not decide how its run ended
+                biased;
                 _ = self.shutdown.cancelled() => break,
                 Some(cmd) = self.rx.recv() => self.handle(cmd),
                 Some(ev) = self.events_rx.recv() => self.event(ev),

@@ -85,6 +85,8 @@ pub(super) async fn run_job(
     while !status.state.is_terminal() {
         match sched.wait(status.id.clone(), WAIT_SLICE).await {
             Ok(s) => status = s,
+            // this node stops: the run is marked at its next start
+            Err(crate::sched::SchedError::Stopped) => return,
             Err(e) => {
                 let _ = events
                     .send(Event::Done {
