@@ -156,22 +156,34 @@ impl PipelineHandle {
             .await
     }
 
-    /// A run as this node's ledger last heard of it.
+    /// A run as this node's ledger last heard of it (see [`counts`]).
     pub async fn run(&self, id: &JobId) -> Result<PipelineRunRecord, PipelineError> {
-        let store = self.store.clone();
-        let wanted = id.clone();
-        tokio::task::spawn_blocking(move || store.pipeline_run(&wanted))
-            .await
-            .map_err(|_| PipelineError::Stopped)??
-            .ok_or_else(|| PipelineError::NotFound(id.clone()))
+        match self.newest(id).await?.body {
+            EntryBody::PipelineRun(p) => Ok(p),
+            _ => Err(PipelineError::NotFound(id.clone())),
+        }
     }
 
     /// Every run this node knows, newest first.
     pub async fn runs(&self) -> Result<Vec<PipelineRunRecord>, PipelineError> {
         let store = self.store.clone();
-        let mut all = tokio::task::spawn_blocking(move || store.pipeline_runs())
-            .await
-            .map_err(|_| PipelineError::Stopped)??;
+        let entries =
+            tokio::task::spawn_blocking(move || store.ledger_kind(EntryKind::PipelineRun))
+                .await
+                .map_err(|_| PipelineError::Stopped)??;
+        // entries come subject by subject, each in (hlc, origin) order
+        let mut all: Vec<PipelineRunRecord> = Vec::new();
+        for e in entries {
+            if !counts(&e) {
+                continue;
+            }
+            if let EntryBody::PipelineRun(p) = e.body {
+                match all.last_mut() {
+                    Some(last) if last.id == p.id => *last = p,
+                    _ => all.push(p),
+                }
+            }
+        }
         all.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(all)
     }
@@ -204,6 +216,7 @@ impl PipelineHandle {
                 Err(_) => break,
                 Ok(Ok(e)) => {
                     if matches!(&e.body, EntryBody::PipelineRun(p) if p.id == *id)
+                        && counts(&e)
                         && e.order(&newest).is_gt()
                     {
                         newest = e;
@@ -223,14 +236,42 @@ impl PipelineHandle {
         }
     }
 
-    /// The newest entry of a run.
+    /// The newest entry of a run that counts.
     async fn newest(&self, id: &JobId) -> Result<Entry, PipelineError> {
         let store = self.store.clone();
-        let subject = id.to_string();
-        tokio::task::spawn_blocking(move || store.ledger_subject(EntryKind::PipelineRun, &subject))
+        let wanted = id.clone();
+        tokio::task::spawn_blocking(move || view(&store, &wanted))
             .await
             .map_err(|_| PipelineError::Stopped)??
-            .pop()
             .ok_or_else(|| PipelineError::NotFound(id.clone()))
+    }
+}
+
+/// A run's newest entry that [`counts`], as this node's ledger holds it.
+fn view(store: &Store, id: &JobId) -> Result<Option<Entry>, StoreError> {
+    Ok(store
+        .ledger_subject(EntryKind::PipelineRun, id.as_str())?
+        .into_iter()
+        .rfind(counts))
+}
+
+/// A run's record as this node's ledger shows it.
+fn record(store: &Store, id: &JobId) -> Result<Option<PipelineRunRecord>, StoreError> {
+    Ok(view(store, id)?.and_then(|e| match e.body {
+        EntryBody::PipelineRun(p) => Some(p),
+        _ => None,
+    }))
+}
+
+/// Whether a run's entry counts for its view: one its coordinator wrote,
+/// or a cancel request from another node. A record another node writes in
+/// any other state (a run's progress claimed by a node that does not
+/// coordinate it) is ignored.
+fn counts(e: &Entry) -> bool {
+    match &e.body {
+        EntryBody::PipelineRun(p) => {
+            p.coordinator == e.origin || p.state == PipelineState::Cancelled
+        }
+        _ => false,
     }
 }

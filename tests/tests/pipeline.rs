@@ -685,6 +685,22 @@ spec:
         .await
         .expect("heard");
     assert_eq!(heard.coordinator, cluster.node(0).peer_id());
+    // progress claimed by a node that does not coordinate the run is not
+    // the run's: its view stays as its coordinator wrote it
+    let mut forged = heard.clone();
+    forged.state = PipelineState::Succeeded;
+    cluster
+        .node(1)
+        .store()
+        .ledger_append(weft_protocol::EntryBody::PipelineRun(forged))
+        .expect("append");
+    carry_runs(&cluster, 1, 0);
+    for i in [0, 1] {
+        let seen = cluster.node(i).pipelines().run(&run.id).await.expect("run");
+        assert_eq!(seen.state, PipelineState::Running, "node {i}: {seen:#?}");
+        let listed = cluster.node(i).pipelines().runs().await.expect("runs");
+        assert_eq!(listed[0].state, PipelineState::Running, "node {i}");
+    }
     let asked = cluster
         .node(1)
         .pipelines()

@@ -322,10 +322,7 @@ impl Engine {
         // ended at once, as written)
         match self.runs.get(&id) {
             Some(r) => Ok(r.record.clone()),
-            None => self
-                .store
-                .pipeline_run(&id)?
-                .ok_or(PipelineError::NotFound(id)),
+            None => super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id)),
         }
     }
 
@@ -750,16 +747,11 @@ impl Engine {
             self.cancel_here(&id, "cancelled".into());
             return match self.runs.get(&id) {
                 Some(r) => Ok(r.record.clone()),
-                None => self
-                    .store
-                    .pipeline_run(&id)?
-                    .ok_or(PipelineError::NotFound(id)),
+                None => super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id)),
             };
         }
-        let mut rec = self
-            .store
-            .pipeline_run(&id)?
-            .ok_or_else(|| PipelineError::NotFound(id.clone()))?;
+        let mut rec =
+            super::record(&self.store, &id)?.ok_or_else(|| PipelineError::NotFound(id.clone()))?;
         if rec.state != PipelineState::Running {
             return Ok(rec);
         }
