@@ -52,6 +52,8 @@ pub struct ApiState {
     pub sched: Option<crate::sched::SchedHandle>,
     /// The data plane, to fetch what is not here.
     pub transfer: Option<crate::transfer::TransferHandle>,
+    /// The ledger, for models, runs, lineage and pipelines.
+    pub ledger: Option<crate::ledger::LedgerHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.

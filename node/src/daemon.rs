@@ -27,6 +27,7 @@ use weft_protocol::{ErrorCode, NodeAdvert, Request, Response, Topic};
 use crate::api::{self, ApiState, Metrics, NodeView};
 use crate::config::{Config, ConfigError};
 use crate::home::{Home, HomeError, write_atomic};
+use crate::ledger::{self, LedgerEvent, LedgerHandle};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
 use crate::sched::{self, SchedConfig, SchedError, SchedHandle};
@@ -109,6 +110,7 @@ pub struct Node {
     net: NetHandle,
     sched: SchedHandle,
     transfer: TransferHandle,
+    ledger: LedgerHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -264,6 +266,9 @@ impl Node {
         // 4. tag replication
         let (tags, replicator) = tags::replicator(store.clone(), net.clone(), shutdown.clone());
         tasks.spawn(replicator);
+        let (ledger, ledger_loop) =
+            ledger::replicator(store.clone(), Some(net.clone()), shutdown.clone());
+        tasks.spawn(ledger_loop);
 
         // 5. the scheduler
         let (sched, loops) = sched::start(
@@ -293,6 +298,7 @@ impl Node {
             Subsystems {
                 store: store.clone(),
                 tags,
+                ledger: ledger.clone(),
                 sched: sched.clone(),
                 transfer: transfer.clone(),
             },
@@ -335,6 +341,7 @@ impl Node {
             node: Some(view),
             sched: Some(sched.clone()),
             transfer: Some(transfer.clone()),
+            ledger: Some(ledger.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -358,6 +365,7 @@ impl Node {
             net,
             sched,
             transfer,
+            ledger,
             advert,
             shutdown,
             tasks,
@@ -371,6 +379,11 @@ impl Node {
     }
 
     /// The scheduler handle.
+    /// The ledger: model versions, aliases, runs, lineage, pipeline runs.
+    pub fn ledger(&self) -> &LedgerHandle {
+        &self.ledger
+    }
+
     pub fn sched(&self) -> &SchedHandle {
         &self.sched
     }
@@ -431,6 +444,7 @@ impl Node {
 struct Subsystems {
     store: Store,
     tags: TagsHandle,
+    ledger: LedgerHandle,
     sched: SchedHandle,
     transfer: TransferHandle,
 }
@@ -454,6 +468,10 @@ async fn answer(subsystems: Subsystems, peer: libp2p::PeerId, request: Request) 
     match request {
         Request::Ping { nonce } => Response::Pong { nonce },
         Request::TagSync { after } => tags::answer_sync(&subsystems.store, after).await,
+        Request::LedgerSync { after } => ledger::answer_sync(&subsystems.store, after).await,
+        Request::LedgerPush { entries } => {
+            ledger::answer_push(&subsystems.store, peer, entries).await
+        }
         request @ (Request::Has { .. } | Request::Replicate { .. }) => {
             subsystems.transfer.answer(peer, request).await
         }
@@ -506,12 +524,18 @@ async fn dispatch(
                 source,
                 data,
             } => subsystems.sched.gossip(source, data),
+            NetEvent::Gossip {
+                topic: Topic::Ledger,
+                source,
+                data,
+            } => subsystems.ledger.send(LedgerEvent::Gossip { source, data }),
             NetEvent::Gossip { topic, source, .. } => {
                 tracing::debug!(%topic, %source, "gossip not handled");
             }
             NetEvent::PeerUp(peer) => {
                 tracing::info!(%peer, "peer up");
                 subsystems.tags.send(TagEvent::PeerUp(peer));
+                subsystems.ledger.send(LedgerEvent::PeerUp(peer));
                 subsystems.sched.peer_up();
             }
             NetEvent::PeerGone(peer) => {
