@@ -16,6 +16,7 @@ pub mod client;
 pub mod guard;
 mod jobs;
 mod metrics;
+mod models;
 pub mod openapi;
 pub mod paths;
 mod transfers;
@@ -181,6 +182,7 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
+        .merge(models::routes())
         .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())

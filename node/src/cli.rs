@@ -9,6 +9,7 @@ mod backend;
 mod fetch;
 mod job_cmds;
 mod mesh_cmds;
+mod model_cmds;
 mod output;
 mod store_cmds;
 
@@ -76,6 +77,9 @@ pub enum Command {
     /// Jobs: list, status, logs, cancel (from any node of the mesh).
     #[command(subcommand)]
     Job(JobCmd),
+    /// The model registry: versions and aliases (from any node of the mesh).
+    #[command(subcommand)]
+    Model(ModelCmd),
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
     /// This node's id, addresses and advert (needs a running daemon).
@@ -206,6 +210,29 @@ pub enum JobCmd {
     },
     /// Cancel a job (stops its running task).
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Register the next version of NAME; prints models/NAME:N.
+    Register {
+        name: String,
+        /// An id, a tag, models/OTHER@ALIAS or models/OTHER:N, or a run's
+        /// output JOB_ID:/outputs/model.
+        reference: String,
+    },
+    /// Point NAME@ALIAS at a version.
+    Alias {
+        /// NAME@ALIAS, e.g. iris@champion.
+        target: String,
+        version: String,
+    },
+    /// Move NAME@ALIAS back to where it pointed before its last move.
+    Rollback { target: String },
+    /// Models with their version count and aliases.
+    Ls,
+    /// A model's versions (artifact, run, metrics) and its aliases' history.
+    Show { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -359,6 +386,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 JobCmd::Status { id } => job_cmds::status(&home, &id, cli.json).await,
                 JobCmd::Logs { id, follow } => job_cmds::logs(&home, &id, follow, cli.json).await,
                 JobCmd::Cancel { id } => job_cmds::cancel(&home, &id, cli.json).await,
+            },
+            Command::Model(cmd) => match cmd {
+                ModelCmd::Register { name, reference } => {
+                    model_cmds::register(&home, &name, &reference, cli.json).await
+                }
+                ModelCmd::Alias { target, version } => {
+                    model_cmds::alias(&home, &target, &version, cli.json).await
+                }
+                ModelCmd::Rollback { target } => {
+                    model_cmds::rollback(&home, &target, cli.json).await
+                }
+                ModelCmd::Ls => model_cmds::ls(&home, cli.json).await,
+                ModelCmd::Show { name } => model_cmds::show(&home, &name, cli.json).await,
             },
             Command::Peers => mesh_cmds::peers(&home, cli.json).await,
             Command::Node => mesh_cmds::node(&home).await,

@@ -223,6 +223,41 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "get",
+        "/api/v1/models",
+        "Registered models: version count and aliases",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/models",
+        "Register the next version of a model: {\"name\", \"ref\": ID|TAG|models/NAME@ALIAS|JOB_ID:/PATH}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/models/{name}",
+        "A model's versions (artifact, run, metrics) and aliases with their history",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "put",
+        "/api/v1/models/{name}/aliases/{alias}",
+        "Point an alias at a version: {\"version\": N}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/models/{name}/aliases/{alias}/rollback",
+        "Move an alias back to where it pointed before its last move",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
         "/metrics",
         "Prometheus metrics",
         NO_BODY,
@@ -242,6 +277,10 @@ fn params(path: &str) -> Vec<Value> {
                 "description": match name {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
                     "id" => "a job id (20 hex digits)",
+                    "alias" => "a model's alias (e.g. champion)",
+                    "name" if path.starts_with("/api/v1/models/") => {
+                        "a model name (e.g. iris; '/' percent-encoded)"
+                    }
                     _ => "a tag name (NAME:VERSION)",
                 }
             })

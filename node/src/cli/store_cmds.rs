@@ -102,6 +102,7 @@ pub(crate) async fn run(
         | Command::Peers
         | Command::Run { .. }
         | Command::Job(_)
+        | Command::Model(_)
         | Command::Node
         | Command::Devnet(_) => {
             anyhow::bail!("not an artifact command")
