@@ -83,6 +83,16 @@ async fn register(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respo
     let b: RegisterBody = super::parse_json(&body)?;
     let name = model_name(&b.name)?;
     let r = registry::register(ledger(&state)?, state.sched.as_ref(), name, &b.reference).await?;
+    // the version is pinned here: bring its files here too, so the pin keeps
+    // a copy (best effort: the registration stands without it)
+    if let Some(t) = &state.transfer {
+        let (store, id) = (state.store.clone(), r.artifact);
+        if !blocking(move || crate::transfer::complete_locally(&store, &id)).await?
+            && let Err(e) = t.fetch(r.artifact).await
+        {
+            tracing::warn!(model = %r.name, artifact = %r.artifact, error = %e, "registered version not fetched here");
+        }
+    }
     Ok((StatusCode::CREATED, axum::Json(r)).into_response())
 }
 

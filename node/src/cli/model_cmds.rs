@@ -137,7 +137,13 @@ pub(crate) async fn show(home: &Home, name: &str, json: bool) -> anyhow::Result<
     }
     println!("model {}", m.name);
     let mut t = Table::new(&[
-        "VERSION", "ARTIFACT", "RUN", "BY", "REGISTERED", "ALIASES", "METRICS",
+        "VERSION",
+        "ARTIFACT",
+        "RUN",
+        "BY",
+        "REGISTERED",
+        "ALIASES",
+        "METRICS",
     ]);
     for v in &m.versions {
         t.row(vec![
@@ -164,7 +170,13 @@ pub(crate) async fn show(home: &Home, name: &str, json: bool) -> anyhow::Result<
     t.print()?;
     let mut out = std::io::stdout().lock();
     for a in &m.aliases {
-        writeln!(out, "\nalias {}@{} -> {}", m.name, a.alias, version(a.version))?;
+        writeln!(
+            out,
+            "\nalias {}@{} -> {}",
+            m.name,
+            a.alias,
+            version(a.version)
+        )?;
         for h in &a.history {
             writeln!(
                 out,
