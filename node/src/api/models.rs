@@ -1,6 +1,7 @@
 //! Model registry endpoints: register a version, list and show models, move
-//! and roll back aliases (see `ledger::registry`). Names carry `/`, so
-//! clients percent-encode them as one path segment.
+//! and roll back aliases (see `ledger::registry`). Names carry `/`, so each
+//! takes the rest of the path: `/api/v1/models/team/iris`,
+//! `/api/v1/model-aliases/team/iris@champion`.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,12 +22,9 @@ use crate::ledger::registry::{
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/v1/models", get(list).post(register))
-        .route("/api/v1/models/{name}", get(show))
-        .route("/api/v1/models/{name}/aliases/{alias}", put(set_alias))
-        .route(
-            "/api/v1/models/{name}/aliases/{alias}/rollback",
-            post(rollback),
-        )
+        .route("/api/v1/models/{*name}", get(show))
+        .route("/api/v1/model-aliases/{*target}", put(set_alias))
+        .route("/api/v1/model-rollbacks/{*target}", post(rollback))
 }
 
 impl From<RegistryError> for ApiError {
@@ -58,8 +56,8 @@ fn model_name(s: &str) -> ApiResult<ModelName> {
     ModelName::new(s).map_err(ApiError::bad_request)
 }
 
-fn alias_name(s: &str) -> ApiResult<AliasName> {
-    AliasName::new(s).map_err(ApiError::bad_request)
+fn alias_ref(s: &str) -> ApiResult<(ModelName, AliasName)> {
+    registry::parse_alias_ref(s).map_err(ApiError::bad_request)
 }
 
 /// `POST /api/v1/models`'s body.
@@ -72,7 +70,7 @@ struct RegisterBody {
     reference: String,
 }
 
-/// `PUT /api/v1/models/{name}/aliases/{alias}`'s body.
+/// `PUT /api/v1/model-aliases/{name@alias}`'s body.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AliasBody {
@@ -111,10 +109,10 @@ async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> ApiRes
 
 async fn set_alias(
     State(state): State<ApiState>,
-    Path((name, alias)): Path<(String, String)>,
+    Path(target): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    let (name, alias) = alias_ref(&target)?;
     let b: AliasBody = super::parse_json(&body)?;
     let moved = registry::set_alias(ledger(&state)?, name, alias, b.version).await?;
     Ok(axum::Json(moved).into_response())
@@ -122,9 +120,9 @@ async fn set_alias(
 
 async fn rollback(
     State(state): State<ApiState>,
-    Path((name, alias)): Path<(String, String)>,
+    Path(target): Path<String>,
 ) -> ApiResult<Response> {
-    let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    let (name, alias) = alias_ref(&target)?;
     let moved = registry::rollback(ledger(&state)?, name, alias).await?;
     Ok(axum::Json(moved).into_response())
 }
@@ -158,7 +156,7 @@ impl ApiClient {
         self.get(&format!("/api/v1/models/{}", segment(name))).await
     }
 
-    /// `PUT /api/v1/models/{name}/aliases/{alias}`.
+    /// `PUT /api/v1/model-aliases/{name@alias}`.
     pub async fn move_alias(
         &self,
         name: &str,
@@ -168,23 +166,21 @@ impl ApiClient {
         self.call(
             reqwest::Method::PUT,
             &format!(
-                "/api/v1/models/{}/aliases/{}",
-                segment(name),
-                segment(alias)
+                "/api/v1/model-aliases/{}",
+                segment(&format!("{name}@{alias}"))
             ),
             &AliasBody { version },
         )
         .await
     }
 
-    /// `POST /api/v1/models/{name}/aliases/{alias}/rollback`.
+    /// `POST /api/v1/model-rollbacks/{name@alias}`.
     pub async fn rollback_alias(&self, name: &str, alias: &str) -> Result<AliasMoved, ClientError> {
         self.call_no_body(
             reqwest::Method::POST,
             &format!(
-                "/api/v1/models/{}/aliases/{}/rollback",
-                segment(name),
-                segment(alias)
+                "/api/v1/model-rollbacks/{}",
+                segment(&format!("{name}@{alias}"))
             ),
         )
         .await

@@ -244,15 +244,15 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "put",
-        "/api/v1/models/{name}/aliases/{alias}",
-        "Point an alias at a version: {\"version\": N}",
+        "/api/v1/model-aliases/{target}",
+        "Point an alias (NAME@ALIAS) at a version: {\"version\": N}",
         JSON_BODY,
         JSON
     ),
     ep!(
         "post",
-        "/api/v1/models/{name}/aliases/{alias}/rollback",
-        "Move an alias back to where it pointed before its last move",
+        "/api/v1/model-rollbacks/{target}",
+        "Move an alias (NAME@ALIAS) back to where it pointed before its last move",
         NO_BODY,
         JSON
     ),
@@ -277,10 +277,8 @@ fn params(path: &str) -> Vec<Value> {
                 "description": match name {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
                     "id" => "a job id (20 hex digits)",
-                    "alias" => "a model's alias (e.g. champion)",
-                    "name" if path.starts_with("/api/v1/models/") => {
-                        "a model name (e.g. iris; '/' percent-encoded)"
-                    }
+                    "target" => "a model's alias: NAME@ALIAS (e.g. iris@champion)",
+                    "name" if path.starts_with("/api/v1/models/") => "a model name (e.g. iris)",
                     _ => "a tag name (NAME:VERSION)",
                 }
             })

@@ -577,6 +577,64 @@ mod tests {
         assert!(err.contains("spec.triggers"), "{err}");
     }
 
+    #[tokio::test]
+    async fn keep_writes_a_definition_only_when_it_changes_what_fires() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(dir.path(), "12D3KooWA").expect("open");
+        let (ledger, _loop) = super::super::replicator(store, None, CancellationToken::new());
+        let with = "spec:\n  triggers: [{tag: datasets/iris}]\n";
+        let without = "spec: {steps: {}}\n";
+        // no triggers, nothing kept before: nothing to keep
+        assert!(
+            keep(&ledger, "p", without, vec![])
+                .await
+                .expect("keep")
+                .is_none()
+        );
+        let first = keep(&ledger, "p", with, vec![]).await.expect("keep");
+        assert!(first.is_some());
+        // the same again: not rewritten
+        assert!(
+            keep(&ledger, "p", with, vec![])
+                .await
+                .expect("keep")
+                .is_none()
+        );
+        // new params: a new definition
+        let params = vec![("lr".to_string(), "0.1".to_string())];
+        assert!(
+            keep(&ledger, "p", with, params)
+                .await
+                .expect("keep")
+                .is_some()
+        );
+        // resubmitted without triggers: turned off
+        keep(&ledger, "p", without, vec![])
+            .await
+            .expect("keep")
+            .expect("an inactive definition");
+        let (_, def) = definition(&ledger, "p").await.expect("read").expect("kept");
+        assert!(!def.active);
+        set_active(&ledger, "p", true).await.expect("on");
+        assert!(
+            definition(&ledger, "p")
+                .await
+                .expect("read")
+                .expect("kept")
+                .1
+                .active
+        );
+        let err = set_active(&ledger, "q", false)
+            .await
+            .expect_err("never kept");
+        assert!(err.to_string().contains("spec.triggers"), "{err}");
+        assert!(
+            keep(&ledger, "p", "spec:\n  triggers: [{tag: 'a b'}]\n", vec![])
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn one_owner_per_event_whatever_the_order_of_nodes() {
         let tag = TagName::new("datasets/iris:v1").expect("tag");
