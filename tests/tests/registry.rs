@@ -6,13 +6,14 @@ use std::time::{Duration, Instant};
 use weft_node::api::client::{ApiClient, ClientError, segment};
 use weft_node::store::records::BlobKind;
 use weft_protocol::ledger::{
-    Entry, EntryBody, LedgerGossip, ModelName, ModelVersion, PipelineRunRecord, PipelineState,
+    Entry, EntryBody, LedgerGossip, Metric, ModelName, ModelVersion, PipelineRunRecord,
+    PipelineState, RunEvent,
 };
-use weft_protocol::sched::JobId;
+use weft_protocol::sched::{JobId, JobState};
 use weft_protocol::tag::MAX_CLOCK_SKEW_MS;
 use weft_protocol::{ErrorCode, Hash, Hlc, NodeAdvert, Request, Response, TagName, Topic};
 use weft_tests::rogue::Rogue;
-use weft_tests::{Cluster, ClusterOptions, now_ms};
+use weft_tests::{Cluster, ClusterOptions, everywhere, example_wasm, now_ms, submit, wait_done};
 
 fn client(cluster: &Cluster, i: usize) -> ApiClient {
     ApiClient::from_home(cluster.node(i).home()).expect("client")
@@ -401,5 +402,99 @@ async fn ledger_entries_a_member_forges_are_refused() {
         None
     );
     rogue.stop().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_output_registers_with_its_run_and_metrics() {
+    let cluster = Cluster::start(3, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    everywhere(
+        &cluster,
+        &example_wasm("wordcount").expect("wordcount"),
+        "test/wordcount:v1",
+    );
+    let words = tempfile::tempdir().expect("tempdir");
+    std::fs::write(words.path().join("a.txt"), "one two two\n").expect("write");
+    let s0 = cluster.node(0).store();
+    let input = s0
+        .add_path(words.path(), &Default::default(), &())
+        .expect("add")
+        .id;
+    s0.set_tag(
+        &TagName::new("datasets/words:v1").expect("tag"),
+        Some(input),
+    )
+    .expect("tag");
+    let job = submit(
+        &cluster,
+        0,
+        "apiVersion: weft/v1\nkind: Job\nmetadata: {name: count}\nspec:\n  task:\n    wasm: {module: test/wordcount:v1, args: [\"--input\", \"/inputs/words\", \"--out\", \"/outputs/model/counts.json\"]}\n  inputs: [{from: datasets/words:v1, path: /inputs/words}]\n  outputs: [{path: /outputs/model}]\n",
+    )
+    .await
+    .id;
+    let done = wait_done(&cluster, 0, &job, Duration::from_secs(30)).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:#?}");
+    let output = done.result.as_ref().expect("result").outputs[0].1;
+    // the run's metrics, as the coordinator records them
+    cluster
+        .node(0)
+        .ledger()
+        .append(EntryBody::Run(RunEvent {
+            run: job.clone(),
+            start: None,
+            params: vec![],
+            metrics: [(0.5, 0), (0.75, 1)]
+                .into_iter()
+                .map(|(value, step)| Metric {
+                    key: "accuracy".into(),
+                    value,
+                    step,
+                    timestamp_ms: now_ms(),
+                })
+                .collect(),
+            tags: vec![],
+            end: None,
+        }))
+        .await
+        .expect("run entry");
+
+    // registered from node 2, which did not coordinate the job
+    let c2 = client(&cluster, 2);
+    let r = c2
+        .register_model("counts", &format!("{job}:/outputs/model"))
+        .await
+        .expect("register a run's output");
+    assert_eq!(
+        (r.version, r.artifact, r.run.as_ref()),
+        (1, output, Some(&job))
+    );
+    // pinned there, with its files
+    let s2 = cluster.node(2).store();
+    assert!(s2.list_pins().expect("pins").iter().any(|p| p.id == output));
+    assert!(
+        s2.has(&output).expect("has"),
+        "the registered version was fetched"
+    );
+    cluster
+        .wait_until(Duration::from_secs(10), "node 2 holds the run", |c| {
+            let job = job.clone();
+            async move { c.node(2).store().run_view(&job).ok().flatten().is_some() }
+        })
+        .await
+        .expect("run replicated");
+    let shown = c2.model("counts").await.expect("show");
+    let v = &shown.versions[0];
+    assert_eq!(v.version.run.as_ref(), Some(&job));
+    assert_eq!(v.metrics.get("accuracy"), Some(&0.75), "{:?}", v.metrics);
+    // a path the job has no output at is named
+    let (status, detail) = api_error(
+        c2.register_model("counts", &format!("{job}:/outputs/other"))
+            .await
+            .expect_err("no such output"),
+    );
+    assert_eq!(status, 404);
+    assert!(detail.contains("/outputs/model"), "{detail}");
     cluster.stop().await;
 }
