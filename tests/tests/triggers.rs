@@ -1,6 +1,7 @@
 //! Continuous training: a tag move starts a triggered pipeline once across
 //! the mesh, however many nodes watch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +27,15 @@ struct Call {
 
 /// Plugs a recording starter into every node.
 fn record_starts(cluster: &Cluster) -> Arc<Mutex<Vec<Call>>> {
+    record_starts_failing(cluster, Arc::new(AtomicBool::new(false)))
+}
+
+/// Plugs a recording starter into every node; it fails while `fail` is set.
+fn record_starts_failing(cluster: &Cluster, fail: Arc<AtomicBool>) -> Arc<Mutex<Vec<Call>>> {
     let calls = Arc::new(Mutex::new(Vec::new()));
     for (i, n) in cluster.running() {
         let calls = calls.clone();
+        let fail = fail.clone();
         let starter: Starter = Arc::new(move |def, tag, target, trigger| {
             let mut calls = calls.lock().expect("calls");
             let run = JobId::new(now_ms(), calls.len() as u32);
@@ -40,7 +47,14 @@ fn record_starts(cluster: &Cluster) -> Arc<Mutex<Vec<Call>>> {
                 trigger,
                 run: run.clone(),
             });
-            let started: Started = Box::pin(async move { Ok(run) });
+            let failing = fail.load(Ordering::SeqCst);
+            let started: Started = Box::pin(async move {
+                if failing {
+                    Err("the pipeline engine is down".to_string())
+                } else {
+                    Ok(run)
+                }
+            });
             started
         });
         n.triggers().set_starter(starter);
@@ -212,5 +226,70 @@ async fn an_inactive_pipeline_does_not_fire() {
         [("probe", probe)],
         "{seen:#?}"
     );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_node_left_is_taken_over_once() {
+    let mut cluster = Cluster::start(3, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    for (_, n) in cluster.running() {
+        n.triggers().set_stale_after(Duration::from_millis(1500));
+    }
+    // the owner claims the change, then fails to start the run and leaves
+    let fail = Arc::new(AtomicBool::new(true));
+    let calls = record_starts_failing(&cluster, fail.clone());
+    keep(&cluster, "iris", "datasets/iris").await;
+    let target = move_tag(&cluster, 1, "datasets/iris:v2", b"iris");
+    cluster
+        .wait_until(Duration::from_secs(10), "the owner tried to start", |_| {
+            let calls = calls.clone();
+            async move { !calls.lock().expect("calls").is_empty() }
+        })
+        .await
+        .expect("owner acted");
+    let owner = calls.lock().expect("calls")[0].node;
+    fail.store(false, Ordering::SeqCst);
+    cluster.stop_node(owner).await;
+
+    // another node takes over once the claim is stale and its writer gone
+    let took_over = cluster
+        .wait_until(
+            Duration::from_secs(15),
+            "another node started the run",
+            |c| {
+                let calls = calls.clone();
+                async move {
+                    calls.lock().expect("calls").len() >= 2
+                        && c.running().all(|(_, node)| {
+                            triggered_runs(node.store()).is_ok_and(|r| !r.is_empty())
+                        })
+                }
+            },
+        )
+        .await;
+    let seen = calls.lock().expect("calls").clone();
+    took_over.unwrap_or_else(|e| panic!("{e}: {seen:#?}"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = calls.lock().expect("calls").clone();
+    assert_eq!(seen.len(), 2, "one failed start, one takeover: {seen:#?}");
+    assert_ne!(seen[1].node, owner);
+    assert_eq!(
+        (seen[1].pipeline.as_str(), seen[1].target),
+        ("iris", target)
+    );
+    for (i, n) in cluster.running() {
+        assert_eq!(
+            triggered_runs(n.store()).expect("claims"),
+            vec![(
+                "iris".to_string(),
+                tag("datasets/iris:v2"),
+                target,
+                seen[1].run.clone()
+            )],
+            "node {i}"
+        );
+    }
     cluster.stop().await;
 }

@@ -29,6 +29,7 @@
 //! (pulled by the push) keeping them from running twice.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +45,7 @@ use super::{LedgerError, LedgerHandle, now_ms};
 
 /// How long a claim without a run stands for a writer that has left.
 pub const STALE: Duration = Duration::from_secs(30);
-/// How often a node looks for claims whose writer left.
+/// How often, at most, a node looks for claims whose writer left.
 const SWEEP: Duration = Duration::from_secs(5);
 
 /// Starts a pipeline for a tag change: the definition, the tag, its new
@@ -212,9 +213,20 @@ pub fn owner<'a>(
 }
 
 /// Handle to the watcher: where the daemon plugs in the pipeline engine.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TriggersHandle {
     starter: Arc<Mutex<Option<Starter>>>,
+    /// [`STALE`], in ms (tests shorten it).
+    stale_ms: Arc<AtomicU64>,
+}
+
+impl Default for TriggersHandle {
+    fn default() -> Self {
+        TriggersHandle {
+            starter: Arc::default(),
+            stale_ms: Arc::new(AtomicU64::new(STALE.as_millis() as u64)),
+        }
+    }
 }
 
 impl TriggersHandle {
@@ -222,6 +234,23 @@ impl TriggersHandle {
     /// no event (the others, once owners, do).
     pub fn set_starter(&self, starter: Starter) {
         *self.starter.lock().unwrap_or_else(|p| p.into_inner()) = Some(starter);
+    }
+
+    /// Shortens how long a claim without a run stands once its writer has
+    /// left (tests of a takeover).
+    #[doc(hidden)]
+    pub fn set_stale_after(&self, after: Duration) {
+        self.stale_ms
+            .store(after.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn stale_ms(&self) -> u64 {
+        self.stale_ms.load(Ordering::Relaxed)
+    }
+
+    /// How often to look for claims whose writer left.
+    fn sweep_every(&self) -> Duration {
+        Duration::from_millis(self.stale_ms() / 2).clamp(Duration::from_millis(100), SWEEP)
     }
 
     fn starter(&self) -> Option<Starter> {
@@ -276,8 +305,7 @@ impl Event {
 impl Watcher {
     async fn run(self, mut changes: broadcast::Receiver<TagUpdate>, shutdown: CancellationToken) {
         let mut acting = tokio::task::JoinSet::new();
-        let mut sweep = tokio::time::interval(SWEEP);
-        sweep.tick().await;
+        let mut sweep = Box::pin(tokio::time::sleep(self.handle.sweep_every()));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -291,7 +319,8 @@ impl Watcher {
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
-                _ = sweep.tick() => {
+                _ = &mut sweep => {
+                    sweep.set(tokio::time::sleep(self.handle.sweep_every()));
                     let w = self.clone();
                     acting.spawn(async move { w.sweep().await });
                 }
@@ -414,7 +443,7 @@ impl Watcher {
         if t.run.is_some() {
             return false;
         }
-        let old = now_ms().saturating_sub(claim.hlc.wall_ms) > STALE.as_millis() as u64;
+        let old = now_ms().saturating_sub(claim.hlc.wall_ms) > self.handle.stale_ms();
         let me = self.ledger.store().origin();
         let gone = if claim.origin == me {
             !self
