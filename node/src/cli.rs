@@ -225,7 +225,9 @@ pub enum ModelCmd {
     Alias {
         /// NAME@ALIAS, e.g. iris@champion.
         target: String,
-        version: String,
+        /// The version number it points at.
+        #[arg(value_name = "VERSION")]
+        number: String,
     },
     /// Move NAME@ALIAS back to where it pointed before its last move.
     Rollback { target: String },
@@ -391,8 +393,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ModelCmd::Register { name, reference } => {
                     model_cmds::register(&home, &name, &reference, cli.json).await
                 }
-                ModelCmd::Alias { target, version } => {
-                    model_cmds::alias(&home, &target, &version, cli.json).await
+                ModelCmd::Alias { target, number } => {
+                    model_cmds::alias(&home, &target, &number, cli.json).await
                 }
                 ModelCmd::Rollback { target } => {
                     model_cmds::rollback(&home, &target, cli.json).await
