@@ -194,3 +194,30 @@ pub(crate) async fn show(home: &Home, name: &str, json: bool) -> anyhow::Result<
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use crate::cli::{Cli, Command, ModelCmd};
+
+    #[test]
+    fn the_command_line_is_consistent_and_parses_model_commands() {
+        // clap's own checks (unique argument names, no clash with --version)
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["weft", "model", "alias", "iris@champion", "3", "--json"])
+            .expect("parse");
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Model(ModelCmd::Alias { ref target, ref number })
+                if target == "iris@champion" && number == "3"
+        ));
+    }
+
+    #[test]
+    fn node_ids_are_shortened_to_their_tail() {
+        assert_eq!(super::short("12D3KooWabcdefgh"), "abcdefgh");
+        assert_eq!(super::short("abc"), "abc");
+    }
+}
