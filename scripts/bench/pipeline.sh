@@ -47,6 +47,8 @@ quiet() {
   "$@" >"$dir/last.log" 2>&1 || { cat "$dir/last.log" >&2; echo "error: failed: $*" >&2; exit 1; }
 }
 
+# shellcheck source=scripts/pipeline-json.sh
+. "$root/scripts/pipeline-json.sh"
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 secs() { python3 -c "import sys; print(f'{int(sys.argv[1]) / 1000:.3f}')" "$1"; }
 
@@ -133,45 +135,6 @@ echo "plain chain:          ${plain_chain_s} s for $steps jobs with weft run --w
   done
 } >"$dir/fanout.yaml"
 
-# The id, state, own duration and step states of a pipeline run, from the
-# JSON of `pipeline run --json` or `pipeline status --json`.
-run_field() { # FILE id|state|duration_ms|cached|steps
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-what = sys.argv[2]
-run = doc.get("run") if isinstance(doc.get("run"), dict) else doc
-def first(d, keys):
-    for k in keys:
-        if isinstance(d, dict) and d.get(k) is not None:
-            return d[k]
-    return None
-def steps(d):
-    s = first(d, ["steps"]) or []
-    items = s.values() if isinstance(s, dict) else s
-    return [x for x in items if isinstance(x, dict)]
-def state(x):
-    s = first(x, ["state", "status"])
-    return s.get("state") if isinstance(s, dict) else s
-if what == "id":
-    v = first(run, ["id", "run_id", "run"]) or first(doc, ["id", "run_id"])
-    print(v if isinstance(v, str) else "")
-elif what == "state":
-    print(state(run) or "")
-elif what == "duration_ms":
-    d = first(run, ["duration_ms"])
-    if d is None:
-        start = first(run, ["started_ms", "start_ms", "created_ms", "submitted_ms"])
-        end = first(run, ["ended_ms", "end_ms", "finished_ms", "done_ms", "completed_ms"])
-        d = end - start if isinstance(start, int) and isinstance(end, int) else None
-    print("n/a" if d is None else d)
-elif what == "cached":
-    print(sum(1 for x in steps(run) if state(x) == "cached"))
-elif what == "steps":
-    print(len(steps(run)))
-PY
-}
-
 pipeline_run() { # NODE FILE OUT_JSON -> the command's wall time in ms
   local t0 t1
   t0=$(now_ms)
@@ -182,9 +145,9 @@ pipeline_run() { # NODE FILE OUT_JSON -> the command's wall time in ms
   fi
   t1=$(now_ms)
   local state
-  state=$(run_field "$3" state)
+  state=$(pj_run "$3" state)
   case $state in
-    ""|succeeded|done|completed) ;;
+    "" | succeeded | done | completed) ;;
     *) echo "error: pipeline run of $2 ended $state" >&2; cat "$3" >&2; exit 1 ;;
   esac
   echo $((t1 - t0))
@@ -198,23 +161,23 @@ status_of() { # NODE RUN OUT_JSON
 chain_ms=$(pipeline_run 1 "$dir/chain.yaml" "$dir/chain1.json")
 chain_first_s=$(secs "$chain_ms")
 check_trail 3 bench/chain-last:v1 $((steps + 1))
-run1=$(run_field "$dir/chain1.json" id)
+run1=$(pj_run "$dir/chain1.json" id)
 own1=n/a
 if [ -n "$run1" ]; then
   status_of 1 "$run1" "$dir/status1.json"
-  own1=$(run_field "$dir/status1.json" duration_ms)
+  own1=$(pj_run "$dir/status1.json" duration_ms)
 fi
 echo "chain, first run:     ${chain_first_s} s for $steps steps (the run's own duration: $own1 ms)"
 
 # 3. chain, fully cached, on node 1 then on node 2
 for n in 1 2; do
   ms=$(pipeline_run "$n" "$dir/chain.yaml" "$dir/cached$n.json")
-  run=$(run_field "$dir/cached$n.json" id)
+  run=$(pj_run "$dir/cached$n.json" id)
   own=n/a cached=unknown
   if [ -n "$run" ]; then
     status_of "$n" "$run" "$dir/cstatus$n.json"
-    own=$(run_field "$dir/cstatus$n.json" duration_ms)
-    cached=$(run_field "$dir/cstatus$n.json" cached)
+    own=$(pj_run "$dir/cstatus$n.json" duration_ms)
+    cached=$(pj_run "$dir/cstatus$n.json" cached)
     if [ "$cached" != "$steps" ]; then
       echo "error: the re-run on node $n has $cached cached steps, not $steps" >&2
       cat "$dir/cstatus$n.json" >&2
