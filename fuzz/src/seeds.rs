@@ -10,6 +10,11 @@ use weft_protocol::advert::{Executors, GpuInfo};
 use weft_protocol::auth::{AuthProof, AuthRequest, AuthResponse, MAX_AUTH_BYTES};
 use weft_protocol::codec;
 use weft_protocol::job::GpuRequest;
+use weft_protocol::ledger::{
+    AliasMove, AliasName, Entry, EntryBody, LedgerGossip, Lineage, Metric, ModelName, ModelVersion,
+    PipelineDef, PipelineRunRecord, PipelineState, RunEnd, RunEvent, RunStart, StepRecord,
+    StepState, TriggerClaim,
+};
 use weft_protocol::rpc::{ErrorCode, HaveBlob};
 use weft_protocol::sched::{
     Assignment, ExecutorKind, JobGossip, JobId, JobResult, JobState, JobStatus, Needs, Program,
@@ -56,6 +61,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             prefixed(0, &NodeAdvert::default().encode().expect("encode")),
             prefixed(1, &tag_update().encode().expect("encode")),
             prefixed(2, &job_gossip().encode().expect("encode")),
+            prefixed(3, &ledger_gossip().encode().expect("encode")),
         ],
         "tree" => vec![
             sample_tree().encode().expect("encode"),
@@ -111,6 +117,12 @@ fn result() -> JobResult {
         peak_memory: Some(4096),
         notes: vec!["memory limit not applied".into()],
         signature: Some(ResultSignature([7; 64])),
+        metrics: vec![Metric {
+            key: "loss".into(),
+            value: 0.25,
+            step: 3,
+            timestamp_ms: 9,
+        }],
     }
 }
 
@@ -157,6 +169,13 @@ fn requests() -> Vec<Request> {
             hash: Hash::EMPTY,
             replicas: 3,
         },
+        Request::LedgerSync { after: None },
+        Request::LedgerSync {
+            after: Some("0569726973".into()),
+        },
+        Request::LedgerPush {
+            entries: ledger_entries(),
+        },
     ]
 }
 
@@ -180,6 +199,10 @@ fn responses() -> Vec<Response> {
             }],
         },
         Response::Replicating { hash: Hash::EMPTY },
+        Response::Ledger {
+            entries: ledger_entries(),
+            more: true,
+        },
         Response::error(ErrorCode::Busy, "later"),
     ]
 }
@@ -201,6 +224,7 @@ fn assignment() -> Assignment {
         needs: needs(),
         timeout_ms: 60_000,
         cache_key: Hash::of(b"key"),
+        metrics: Some("/outputs/metrics.json".into()),
     }
 }
 
@@ -234,6 +258,110 @@ fn advert() -> NodeAdvert {
         running_tasks: 1,
         queued_tasks: 2,
         running: Some(vec![(JobId::new(1, 2), 1)]),
+    }
+}
+
+fn ledger_entries() -> Vec<Entry> {
+    let at = |body| Entry {
+        hlc: Hlc {
+            wall_ms: 1_700_000_000_000,
+            counter: 1,
+        },
+        origin: "12D3KooW".into(),
+        body,
+    };
+    let job = JobId::new(1, 2);
+    vec![
+        at(EntryBody::ModelVersion(ModelVersion {
+            name: ModelName::new("iris").expect("name"),
+            artifact: Hash::EMPTY,
+            run: Some(job.clone()),
+            source: Some("models/iris-latest:v1".into()),
+        })),
+        at(EntryBody::Alias(AliasMove {
+            name: ModelName::new("iris").expect("name"),
+            alias: AliasName::new("champion").expect("alias"),
+            version: Some(2),
+            from: Some(1),
+            reason: Some("rollback".into()),
+        })),
+        at(EntryBody::Run(RunEvent {
+            run: job.clone(),
+            start: Some(RunStart {
+                name: "train".into(),
+                experiment: Some("iris".into()),
+                job: Some(job.clone()),
+                pipeline_run: Some(job.clone()),
+                step: Some("train".into()),
+                start_ms: 5,
+            }),
+            params: vec![("lr".into(), "0.5".into())],
+            metrics: vec![Metric {
+                key: "loss".into(),
+                value: 0.5,
+                step: 1,
+                timestamp_ms: 6,
+            }],
+            tags: vec![("k".into(), "v".into())],
+            end: Some(RunEnd {
+                status: "succeeded".into(),
+                end_ms: 7,
+                node: Some("12D3KooX".into()),
+                cached: true,
+            }),
+        })),
+        at(EntryBody::Lineage(Lineage {
+            artifact: Hash::EMPTY,
+            path: "/outputs/model".into(),
+            job: job.clone(),
+            pipeline_run: None,
+            step: Some("train".into()),
+            program: Hash::EMPTY,
+            executor: ExecutorKind::Wasm,
+            inputs: vec![(Hash::EMPTY, "/inputs/data".into())],
+            params: vec![("epochs".into(), "5".into())],
+            node: "12D3KooX".into(),
+            at_ms: 8,
+        })),
+        at(EntryBody::PipelineRun(PipelineRunRecord {
+            id: job.clone(),
+            pipeline: "iris".into(),
+            experiment: Some("iris".into()),
+            coordinator: "12D3KooW".into(),
+            state: PipelineState::Running,
+            params: vec![("epochs".into(), "5".into())],
+            trigger: Some("tag datasets/iris:v1".into()),
+            steps: vec![StepRecord {
+                name: "train".into(),
+                state: StepState::Cached,
+                needs: vec!["split".into()],
+                job: Some(job.clone()),
+                started_ms: Some(1),
+                ended_ms: Some(2),
+                reason: None,
+            }],
+            reason: None,
+            created_ms: 1,
+            updated_ms: 2,
+        })),
+        at(EntryBody::Pipeline(PipelineDef {
+            name: "iris".into(),
+            spec: "apiVersion: weft/v1\nkind: Pipeline\n".into(),
+            params: vec![],
+            active: true,
+        })),
+        at(EntryBody::Trigger(TriggerClaim {
+            pipeline: "iris".into(),
+            tag: tag("datasets/iris:v1"),
+            target: Hash::EMPTY,
+            run: Some(job),
+        })),
+    ]
+}
+
+fn ledger_gossip() -> LedgerGossip {
+    LedgerGossip {
+        entries: ledger_entries(),
     }
 }
 

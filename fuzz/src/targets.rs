@@ -84,12 +84,12 @@ pub fn rpc_response(data: &[u8]) -> bool {
 }
 
 /// A gossip message; the first byte picks the topic (0 adverts, 1 tags,
-/// 2 jobs), the rest is the message as published.
+/// 2 jobs, 3 ledger), the rest is the message as published.
 pub fn gossip(data: &[u8]) -> bool {
     let Some((&topic, msg)) = data.split_first() else {
         return false;
     };
-    match topic % 3 {
+    match topic % 4 {
         0 => {
             let Ok(advert) = NodeAdvert::decode(msg) else {
                 return false;
@@ -103,6 +103,18 @@ pub fn gossip(data: &[u8]) -> bool {
             };
             let bytes = update.encode().expect("a decoded tag update encodes again");
             assert_eq!(TagUpdate::decode(&bytes).expect("decodes"), update);
+        }
+        3 => {
+            let Ok(ledger) = weft_protocol::ledger::LedgerGossip::decode(msg) else {
+                return false;
+            };
+            let bytes = ledger
+                .encode()
+                .expect("decoded ledger gossip encodes again");
+            assert_eq!(
+                weft_protocol::ledger::LedgerGossip::decode(&bytes).expect("decodes"),
+                ledger
+            );
         }
         _ => {
             let Ok(jobs) = JobGossip::decode(msg) else {

@@ -18,6 +18,7 @@
 mod beneath;
 mod export;
 mod import;
+pub mod ledger;
 mod maintenance;
 mod partial;
 pub mod records;
@@ -32,6 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::{BaoTree, BlockSize};
 use serde::{Deserialize, Serialize};
+use weft_protocol::ledger::{ModelSelector, parse_model_ref};
 use weft_protocol::{ArtifactRef, Hash, Hlc, TagName, TagUpdate, TagVersion, Tree, TreeError};
 
 pub use export::ExportOptions;
@@ -152,6 +154,12 @@ struct Inner {
     hlc: Mutex<Hlc>,
     /// Tag versions written by this node, for replication to the mesh.
     local_tags: tokio::sync::broadcast::Sender<TagUpdate>,
+    /// The ledger's entries (see `ledger`).
+    ledger: sled::Tree,
+    /// Ledger entries written by this node, for gossip.
+    ledger_local: tokio::sync::broadcast::Sender<weft_protocol::ledger::Entry>,
+    /// Every ledger entry stored here, for those that act on them.
+    ledger_stored: tokio::sync::broadcast::Sender<weft_protocol::ledger::Entry>,
 }
 
 #[cfg(test)]
@@ -229,6 +237,9 @@ impl Store {
                 pins: db.open_tree("pins")?,
                 tags: db.open_tree("tags")?,
                 partials: db.open_tree("partials")?,
+                ledger: db.open_tree("ledger")?,
+                ledger_local: tokio::sync::broadcast::channel(4096).0,
+                ledger_stored: tokio::sync::broadcast::channel(4096).0,
                 fetching: Mutex::new(HashSet::new()),
                 db,
                 gc_lock: RwLock::new(()),
@@ -404,9 +415,19 @@ impl Store {
     /// even when the blob is not here (it may be fetched).
     pub fn resolve(&self, r: &ArtifactRef) -> Result<Hash> {
         match r {
-            ArtifactRef::Tag(name) => self
-                .tag(name)?
-                .ok_or_else(|| StoreError::NoTag(name.to_string())),
+            ArtifactRef::ModelAlias { name, alias } => {
+                self.resolve_model(name, &ModelSelector::Alias(alias.clone()))
+            }
+            ArtifactRef::Tag(name) => {
+                // `models/NAME:N` is a model version once NAME is registered
+                if let Some((model, selector)) = parse_model_ref(name.as_str())
+                    && !self.model_versions(&model)?.is_empty()
+                {
+                    return self.resolve_model(&model, &selector);
+                }
+                self.tag(name)?
+                    .ok_or_else(|| StoreError::NoTag(name.to_string()))
+            }
             ArtifactRef::Id(prefix) => {
                 if let Some(h) = prefix.as_full() {
                     return Ok(h);

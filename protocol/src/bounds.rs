@@ -18,8 +18,11 @@
 use crate::advert::{Executors, GpuInfo, NodeAdvert};
 use crate::auth::{AuthRequest, AuthResponse};
 use crate::job::{ContainerTask, Input, JobSpec, Output, Task, WasmTask};
+use crate::ledger::{Entry, EntryBody, LedgerGossip, Metric, RunEvent};
 use crate::rpc::{MAX_HAS_HASHES, Request, Response};
-use crate::sched::{Assignment, JobGossip, JobResult, JobStatus, Program, Submission, Transition};
+use crate::sched::{
+    Assignment, JobGossip, JobResult, JobStatus, Program, RunContext, Submission, Transition,
+};
 use crate::tag::{TagUpdate, TagVersion};
 use crate::transfer::{GetRequest, GetResponse, MAX_RANGES};
 
@@ -226,6 +229,12 @@ impl Bounded for Request {
             Request::Has { hashes, .. } => {
                 count(hashes.len(), MAX_HAS_HASHES, || join(at, "Has.hashes"))
             }
+            Request::LedgerSync { after } => {
+                opt_text(after, MAX_LEDGER_KEY_HEX, || join(at, "LedgerSync.after"))
+            }
+            Request::LedgerPush { entries } => {
+                entry_list(entries, MAX_LEDGER_PUSH, &join(at, "LedgerPush.entries"))
+            }
             Request::Replicate { replicas, .. } => {
                 if *replicas > MAX_REPLICAS {
                     return Err(BoundsError {
@@ -264,6 +273,9 @@ impl Bounded for Response {
             Response::Job(status) => status.check_at(&join(at, "Job")),
             Response::Have { blobs } => {
                 count(blobs.len(), MAX_HAS_HASHES, || join(at, "Have.blobs"))
+            }
+            Response::Ledger { entries, .. } => {
+                entry_list(entries, MAX_LEDGER_PAGE, &join(at, "Ledger.entries"))
             }
             Response::Error { message, .. } => {
                 text(message, MAX_REASON_BYTES, || join(at, "Error.message"))
@@ -417,6 +429,7 @@ impl Bounded for Assignment {
                 format!("{}[{i}].path", join(at, "outputs"))
             })?;
         }
+        opt_text(&self.metrics, MAX_PATH_BYTES, || join(at, "metrics"))?;
         self.needs.gpu.as_ref().map_or(Ok(()), |g| {
             opt_text(&g.model, MAX_TEXT_BYTES, || join(at, "needs.gpu.model"))
         })
@@ -435,7 +448,8 @@ impl Bounded for JobResult {
             text(class, MAX_TEXT_BYTES, || join(at, "error.class"))?;
             text(message, MAX_REASON_BYTES, || join(at, "error.message"))?;
         }
-        strings(&self.notes, MAX_NOTES, MAX_REASON_BYTES, at, "notes")
+        strings(&self.notes, MAX_NOTES, MAX_REASON_BYTES, at, "notes")?;
+        metrics(&self.metrics, &join(at, "metrics"))
     }
 }
 
@@ -479,7 +493,154 @@ impl Bounded for JobGossip {
 
 impl Bounded for Submission {
     fn check_at(&self, at: &str) -> Result<(), BoundsError> {
-        self.spec.check_at(at)
+        self.spec.check_at(at)?;
+        self.run
+            .as_ref()
+            .map_or(Ok(()), |r| r.check_at(&join(at, "run")))
+    }
+}
+
+impl Bounded for RunContext {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        opt_text(&self.experiment, MAX_JOB_NAME_BYTES, || {
+            join(at, "experiment")
+        })?;
+        params(&self.params, &join(at, "params"))?;
+        opt_text(&self.step, MAX_JOB_NAME_BYTES, || join(at, "step"))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The ledger.
+
+/// Most entries in one ledger gossip message or sync page.
+pub const MAX_LEDGER_PAGE: usize = 512;
+/// Most entries one `LedgerPush` carries.
+pub const MAX_LEDGER_PUSH: usize = 64;
+/// Longest ledger key, as hex, in a `LedgerSync`.
+pub const MAX_LEDGER_KEY_HEX: usize = 2048;
+/// Most params of a run (and of one run event).
+pub const MAX_PARAMS: usize = 256;
+/// Longest param or tag key.
+pub const MAX_PARAM_KEY_BYTES: usize = 250;
+/// Longest param or tag value.
+pub const MAX_PARAM_VALUE_BYTES: usize = 6000;
+/// Most metric points in one run event.
+pub const MAX_METRICS: usize = 10_000;
+/// Most steps of a pipeline run.
+pub const MAX_STEPS: usize = 256;
+/// Longest pipeline spec kept for its triggers.
+pub const MAX_PIPELINE_SPEC_BYTES: usize = 128 * 1024;
+
+fn params(list: &[(String, String)], at: &str) -> Result<(), BoundsError> {
+    count(list.len(), MAX_PARAMS, || at.to_string())?;
+    for (i, (k, v)) in list.iter().enumerate() {
+        text(k, MAX_PARAM_KEY_BYTES, || format!("{at}[{i}].key"))?;
+        text(v, MAX_PARAM_VALUE_BYTES, || format!("{at}[{i}].value"))?;
+    }
+    Ok(())
+}
+
+fn entry_list(entries: &[Entry], limit: usize, at: &str) -> Result<(), BoundsError> {
+    count(entries.len(), limit, || at.to_string())?;
+    for (i, e) in entries.iter().enumerate() {
+        e.check_at(&format!("{at}[{i}]"))?;
+    }
+    Ok(())
+}
+
+impl Bounded for Entry {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        node_id(&self.origin, || join(at, "origin"))?;
+        let at = join(at, "body");
+        match &self.body {
+            EntryBody::ModelVersion(v) => {
+                opt_text(&v.source, MAX_TEXT_BYTES, || join(&at, "source"))
+            }
+            EntryBody::Alias(a) => opt_text(&a.reason, MAX_TEXT_BYTES, || join(&at, "reason")),
+            EntryBody::Run(r) => r.check_at(&at),
+            EntryBody::Lineage(l) => {
+                text(&l.path, MAX_PATH_BYTES, || join(&at, "path"))?;
+                opt_text(&l.step, MAX_JOB_NAME_BYTES, || join(&at, "step"))?;
+                count(l.inputs.len(), MAX_INPUTS, || join(&at, "inputs"))?;
+                for (i, (_, p)) in l.inputs.iter().enumerate() {
+                    text(p, MAX_PATH_BYTES, || {
+                        format!("{}[{i}].path", join(&at, "inputs"))
+                    })?;
+                }
+                params(&l.params, &join(&at, "params"))?;
+                node_id(&l.node, || join(&at, "node"))
+            }
+            EntryBody::PipelineRun(p) => {
+                text(&p.pipeline, MAX_JOB_NAME_BYTES, || join(&at, "pipeline"))?;
+                opt_text(&p.experiment, MAX_JOB_NAME_BYTES, || {
+                    join(&at, "experiment")
+                })?;
+                node_id(&p.coordinator, || join(&at, "coordinator"))?;
+                params(&p.params, &join(&at, "params"))?;
+                opt_text(&p.trigger, MAX_TEXT_BYTES * 2, || join(&at, "trigger"))?;
+                opt_text(&p.reason, MAX_REASON_BYTES, || join(&at, "reason"))?;
+                count(p.steps.len(), MAX_STEPS, || join(&at, "steps"))?;
+                for (i, st) in p.steps.iter().enumerate() {
+                    let at = format!("{}[{i}]", join(&at, "steps"));
+                    text(&st.name, MAX_JOB_NAME_BYTES, || join(&at, "name"))?;
+                    strings(&st.needs, MAX_STEPS, MAX_JOB_NAME_BYTES, &at, "needs")?;
+                    opt_text(&st.reason, MAX_REASON_BYTES, || join(&at, "reason"))?;
+                }
+                Ok(())
+            }
+            EntryBody::Pipeline(p) => {
+                text(&p.name, MAX_JOB_NAME_BYTES, || join(&at, "name"))?;
+                text(&p.spec, MAX_PIPELINE_SPEC_BYTES, || join(&at, "spec"))?;
+                params(&p.params, &join(&at, "params"))
+            }
+            EntryBody::Trigger(t) => {
+                text(&t.pipeline, MAX_JOB_NAME_BYTES, || join(&at, "pipeline"))
+            }
+        }
+    }
+}
+
+impl Bounded for RunEvent {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        if let Some(s) = &self.start {
+            let at = join(at, "start");
+            text(&s.name, MAX_JOB_NAME_BYTES, || join(&at, "name"))?;
+            opt_text(&s.experiment, MAX_JOB_NAME_BYTES, || {
+                join(&at, "experiment")
+            })?;
+            opt_text(&s.step, MAX_JOB_NAME_BYTES, || join(&at, "step"))?;
+        }
+        params(&self.params, &join(at, "params"))?;
+        params(&self.tags, &join(at, "tags"))?;
+        metrics(&self.metrics, &join(at, "metrics"))?;
+        if let Some(e) = &self.end {
+            let at = join(at, "end");
+            text(&e.status, MAX_TEXT_BYTES, || join(&at, "status"))?;
+            opt_text(&e.node, MAX_NODE_ID_BYTES, || join(&at, "node"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Metric points: bounded in number and key length, values finite.
+pub fn metrics(list: &[Metric], at: &str) -> Result<(), BoundsError> {
+    count(list.len(), MAX_METRICS, || at.to_string())?;
+    for (i, m) in list.iter().enumerate() {
+        text(&m.key, MAX_PARAM_KEY_BYTES, || format!("{at}[{i}].key"))?;
+        if !m.value.is_finite() {
+            return Err(BoundsError {
+                field: format!("{at}[{i}].value"),
+                problem: "not a finite number".to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Bounded for LedgerGossip {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        entry_list(&self.entries, MAX_LEDGER_PAGE, &join(at, "entries"))
     }
 }
 
@@ -654,6 +815,7 @@ mod tests {
             },
             timeout_ms: 1,
             cache_key: Hash::EMPTY,
+            metrics: None,
         }
     }
 

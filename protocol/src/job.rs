@@ -12,7 +12,7 @@
 //! ```yaml
 //! apiVersion: weft/v1
 //! kind: Job
-//! metadata: {name: train-mnist}
+//! metadata: {name: train-mnist, experiment: mnist}   # experiment groups runs
 //! spec:
 //!   task:                      # exactly one of wasm / container
 //!     wasm: {module: artifacts/train:v2, args: ["--epochs", "3"], env: {SEED: "1"}}
@@ -24,6 +24,7 @@
 //!   timeout: 10m               # units ms, s, m, h; may be combined: 1h30m
 //!   retries: 2                 # default 2
 //!   cache: true                # default true
+//!   metrics: /outputs/metrics.json  # default; numbers and lists of numbers
 //! ```
 //!
 //! Serialized form: the fields above, in that order, with empty lists and
@@ -101,6 +102,9 @@ pub struct JobSpec {
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     pub name: JobName,
+    /// Groups the job's run with others (`weft runs ls --experiment E`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<JobName>,
 }
 
 /// `spec`: what to run, on what, with which limits.
@@ -118,6 +122,9 @@ pub struct Spec {
     pub retries: u32,
     /// Whether an earlier result for the same task and inputs may be reused.
     pub cache: bool,
+    /// Where the task writes its metrics; `None` reads `/outputs/metrics.json`
+    /// when the task leaves one.
+    pub metrics: Option<OutputPath>,
 }
 
 /// `spec.task`: exactly one executor.
@@ -369,6 +376,8 @@ struct SpecWire {
     retries: u32,
     #[serde(default = "default_cache")]
     cache: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics: Option<OutputPath>,
 }
 
 impl From<JobSpec> for JobSpecWire {
@@ -387,6 +396,7 @@ impl From<JobSpec> for JobSpecWire {
                 timeout: s.timeout,
                 retries: s.retries,
                 cache: s.cache,
+                metrics: s.metrics,
             },
         }
     }
@@ -444,6 +454,7 @@ impl TryFrom<JobSpecWire> for JobSpec {
                 timeout: s.timeout,
                 retries: s.retries,
                 cache: s.cache,
+                metrics: s.metrics,
             },
         };
         // every spec, typed or from a peer, fits the same bounds

@@ -50,11 +50,13 @@ pub enum Topic {
     Jobs,
     /// Tag updates (store replication).
     Tags,
+    /// Ledger entries: model versions, aliases, runs, lineage, pipeline runs.
+    Ledger,
 }
 
 impl Topic {
     /// Every topic a node subscribes to.
-    pub const ALL: [Topic; 3] = [Topic::Adverts, Topic::Jobs, Topic::Tags];
+    pub const ALL: [Topic; 4] = [Topic::Adverts, Topic::Jobs, Topic::Tags, Topic::Ledger];
 
     /// The topic's name on the wire.
     pub const fn as_str(self) -> &'static str {
@@ -62,6 +64,7 @@ impl Topic {
             Topic::Adverts => "weft/adverts/1",
             Topic::Jobs => "weft/jobs/1",
             Topic::Tags => "weft/tags/1",
+            Topic::Ledger => "weft/ledger/1",
         }
     }
 
@@ -147,6 +150,19 @@ pub enum Request {
     /// below it) in the background, pins it with the same `replicas`, and
     /// answers [`Response::Replicating`] at once.
     Replicate { hash: Hash, replicas: u32 },
+    /// Sent by a node to each peer that enters its membership table, to
+    /// catch up on ledger entries it missed. Answered with
+    /// [`Response::Ledger`]: entries whose keys follow `after` (the hex of
+    /// the last key of the previous page), in key order, one page at a time.
+    LedgerSync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
+    /// Sent by a node that wrote entries it must know every live peer holds
+    /// before it acts on them (a model version's number). The peer stores
+    /// them (each must be written by the sender) and answers
+    /// [`Response::Ledger`] with every entry it holds of the same subjects.
+    LedgerPush { entries: Vec<crate::ledger::Entry> },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -177,6 +193,12 @@ pub enum Response {
     /// Answers [`Request::Replicate`]: the responder holds the artifact or
     /// has started fetching it.
     Replicating { hash: Hash },
+    /// Answers [`Request::LedgerSync`] (a page; `more` when another
+    /// follows its last key) and [`Request::LedgerPush`].
+    Ledger {
+        entries: Vec<crate::ledger::Entry>,
+        more: bool,
+    },
     /// Answers any request the responder cannot or will not serve.
     Error { code: ErrorCode, message: String },
 }

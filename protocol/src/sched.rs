@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::codec::{self, CodecError, MAX_MESSAGE_BYTES};
 use crate::hash::Hash;
 use crate::job::{GpuRequest, JobSpec};
+use crate::ledger::Metric;
 use crate::tag::TagName;
 
 /// A job's id: 12 hex digits of submission time (ms) then 8 random ones,
@@ -173,6 +174,10 @@ pub struct Assignment {
     pub needs: Needs,
     pub timeout_ms: u64,
     pub cache_key: Hash,
+    /// Where the task leaves its metrics (a JSON object of numbers and
+    /// lists of numbers), read into [`JobResult::metrics`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// How a finished attempt ended.
@@ -197,6 +202,10 @@ pub struct JobResult {
     /// accept. Absent (and not encoded) on any other result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<ResultSignature>,
+    /// What the task reported in its metrics file (a series is one metric
+    /// per step). Not signed: it is the executor's report, like `wall_ms`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<Metric>,
 }
 
 /// An executor's Ed25519 signature (its libp2p node key) over
@@ -352,6 +361,23 @@ pub struct Submission {
     /// Run on the node it was submitted to, nowhere else.
     #[serde(default)]
     pub local: bool,
+    /// What the job is a run of: its experiment, params, pipeline run and step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunContext>,
+}
+
+/// What a job's run records besides the job: set by the pipeline engine
+/// for its steps, and from `metadata.experiment` for a plain job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_run: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 #[cfg(test)]

@@ -116,8 +116,14 @@ impl From<TagName> for String {
 pub enum ArtifactRef {
     /// A full id or a prefix of one.
     Id(HashPrefix),
-    /// A tag name.
+    /// A tag name. `models/NAME:N` (N digits) is also a model version when
+    /// NAME is a registered model (see [`crate::ledger::parse_model_ref`]).
     Tag(TagName),
+    /// `models/NAME@ALIAS`: the version of a model an alias points at.
+    ModelAlias {
+        name: crate::ledger::ModelName,
+        alias: crate::ledger::AliasName,
+    },
 }
 
 /// Why a string is neither an id nor a tag.
@@ -125,6 +131,8 @@ pub enum ArtifactRef {
 pub enum RefParseError {
     #[error(transparent)]
     Tag(#[from] TagNameError),
+    #[error("{input:?} is not a model alias: write models/NAME@ALIAS, e.g. models/iris@champion")]
+    Alias { input: String },
     #[error("{input:?} is not an artifact id ({source}) nor a tag (NAME:VERSION)")]
     Id {
         input: String,
@@ -135,6 +143,16 @@ pub enum RefParseError {
 impl FromStr for ArtifactRef {
     type Err = RefParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((name, crate::ledger::ModelSelector::Alias(alias))) =
+            crate::ledger::parse_model_ref(s)
+        {
+            return Ok(ArtifactRef::ModelAlias { name, alias });
+        }
+        if s.contains('@') {
+            return Err(RefParseError::Alias {
+                input: s.chars().take(80).collect(),
+            });
+        }
         if s.contains(':') {
             Ok(ArtifactRef::Tag(TagName::new(s)?))
         } else {
@@ -153,6 +171,7 @@ impl fmt::Display for ArtifactRef {
         match self {
             ArtifactRef::Id(p) => f.write_str(p.as_str()),
             ArtifactRef::Tag(t) => f.write_str(t.as_str()),
+            ArtifactRef::ModelAlias { name, alias } => write!(f, "models/{name}@{alias}"),
         }
     }
 }

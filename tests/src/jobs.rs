@@ -43,6 +43,7 @@ pub async fn submit(cluster: &Cluster, i: usize, yaml: &str) -> JobStatus {
         .submit(Submission {
             spec: job(yaml),
             local: false,
+            run: None,
         })
         .await
         .expect("submit")

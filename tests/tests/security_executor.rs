@@ -41,6 +41,7 @@ async fn run_job(cluster: &Cluster, yaml: &str, within: Duration) -> JobStatus {
         .submit(Submission {
             spec: job(yaml),
             local: false,
+            run: None,
         })
         .await
         .expect("submit");
@@ -235,6 +236,7 @@ async fn forged_assignments_from_a_rogue_member_are_refused_and_write_nothing() 
         needs: rogue_needs(),
         timeout_ms: 10_000,
         cache_key: Hash::of(b"forged"),
+        metrics: None,
     };
     let up = "../".repeat(40);
     let watched_rel = watched.to_str().expect("utf-8").trim_start_matches('/');
@@ -436,6 +438,7 @@ async fn a_member_that_is_not_the_coordinator_cannot_cancel_a_running_task() {
                 "apiVersion: weft/v1\nkind: Job\nmetadata: {name: victim}\nspec:\n  task:\n    wasm: {module: test/sleepy:v1, args: [\"2\"]}\n  constraints: {node: \"1\"}\n  timeout: 1m\n  cache: false\n",
             ),
             local: false,
+            run: None,
         })
         .await
         .expect("submit");

@@ -58,6 +58,7 @@ async fn submit(c: &Cluster, yaml: &str) -> JobId {
         .submit(Submission {
             spec: job(yaml),
             local: false,
+            run: None,
         })
         .await
         .expect("submit")

@@ -98,7 +98,13 @@ async fn submit(
     };
     let spec = JobSpec::from_yaml(&yaml)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", e.to_string()))?;
-    let status = sched(&state)?.submit(Submission { spec, local }).await?;
+    let status = sched(&state)?
+        .submit(Submission {
+            spec,
+            local,
+            run: None,
+        })
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(status)).into_response())
 }
 

@@ -25,6 +25,7 @@ use tracing::{debug, info, trace, warn};
 use weft_protocol::auth::{AuthProof, AuthRequest, AuthResponse, SECRET_LEN};
 use weft_protocol::bounds::MAX_LISTEN_ADDRS;
 use weft_protocol::codec::MAX_MESSAGE_BYTES;
+use weft_protocol::ledger::LedgerGossip;
 use weft_protocol::sched::JobGossip;
 use weft_protocol::{Bounded, ErrorCode, NodeAdvert, Request, Response, TagUpdate, Topic, VERSION};
 
@@ -982,6 +983,13 @@ impl Actor {
                     Topic::Jobs => JobGossip::decode(&message.data)
                         .err()
                         .map(|e| e.to_string()),
+                    Topic::Ledger => match LedgerGossip::decode(&message.data) {
+                        Ok(g) if g.entries.iter().any(|e| e.origin != source.to_string()) => {
+                            Some("a ledger entry whose origin is not its signer".to_string())
+                        }
+                        Ok(_) => None,
+                        Err(error) => Some(error.to_string()),
+                    },
                     Topic::Adverts => None,
                 };
                 if let Some(error) = refused {

@@ -346,6 +346,9 @@ fn err(code: ErrorCode, message: impl Into<String>) -> Response {
     Response::error(code, message)
 }
 
+/// Where a task's metrics are read from when its spec names no file.
+pub(crate) const DEFAULT_METRICS_FILE: &str = "/outputs/metrics.json";
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << attempt.min(6)).min(10_000))
 }
@@ -715,6 +718,12 @@ impl Coordinator {
                 .map_or(DEFAULT_TIMEOUT, |t| t.duration())
                 .as_millis() as u64,
             cache_key: key,
+            metrics: Some(
+                s.metrics
+                    .as_ref()
+                    .map_or(DEFAULT_METRICS_FILE, |m| m.as_str())
+                    .to_string(),
+            ),
         };
         let mut status = JobStatus {
             id: id.clone(),
@@ -1885,7 +1894,11 @@ mod tests {
         s.state = JobState::Placed;
         Entry::new(
             s,
-            Submission { spec, local: false },
+            Submission {
+                spec,
+                local: false,
+                run: None,
+            },
             Assignment {
                 job: id.clone(),
                 attempt: 1,
@@ -1905,6 +1918,7 @@ mod tests {
                 },
                 timeout_ms: 10_000,
                 cache_key: Hash::EMPTY,
+                metrics: None,
             },
         )
     }

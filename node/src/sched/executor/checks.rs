@@ -261,6 +261,7 @@ mod tests {
             needs: needs(),
             timeout_ms: 60_000,
             cache_key: Hash::of(b"k"),
+            metrics: None,
         }
     }
 
