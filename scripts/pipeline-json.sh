@@ -4,7 +4,8 @@
 #
 #   pj_run FILE id|state|duration_ms|cached|ran|steps
 #       a pipeline run (`pipeline run --json`, `pipeline status RUN --json`):
-#       its id, its state, its own duration (duration_ms, else end - start),
+#       its id, its state, its own duration (duration_ms, else end - start;
+#       a record that has ended ends at its updated_ms),
 #       how many of its steps are cached, ran, and how many it has
 #   pj_triggered FILE [EXCEPT_ID...]
 #       from `pipeline ls --json`: "ID STATE" of the newest run that records
@@ -46,7 +47,11 @@ def rid(x):
 
 def when(x):
     v = first(x, ["created_ms", "started_ms", "start_ms", "submitted_ms", "start_time"])
+    if v is None and isinstance(x.get("start"), dict):
+        v = first(x["start"], ["start_ms", "started_ms"])
     return v if isinstance(v, (int, float)) else 0
+
+ENDED = ("succeeded", "failed", "cancelled", "done", "completed")
 
 if what == "run":
     run = doc.get("run") if isinstance(doc, dict) and isinstance(doc.get("run"), dict) else doc
@@ -60,6 +65,9 @@ if what == "run":
         if d is None:
             start = first(run, ["started_ms", "start_ms", "created_ms", "submitted_ms"])
             end = first(run, ["ended_ms", "end_ms", "finished_ms", "done_ms", "completed_ms"])
+            if end is None and state(run) in ENDED:
+                # a run record's last write is its end
+                end = first(run, ["updated_ms"])
             ok = isinstance(start, (int, float)) and isinstance(end, (int, float))
             d = end - start if ok else None
         print("n/a" if d is None else d)
@@ -76,8 +84,9 @@ elif what == "step_runs":
     step = rest[0]
     def of_step(r):
         s = first(r, ["step"])
-        if s is None and isinstance(r.get("run"), dict):
-            s = first(r["run"], ["step"])
+        for inner in ("start", "run"):
+            if s is None and isinstance(r.get(inner), dict):
+                s = first(r[inner], ["step"])
         if isinstance(s, dict):
             s = first(s, ["name", "step"])
         return s == step
