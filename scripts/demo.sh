@@ -48,7 +48,7 @@ echo "== weft run -f examples/jobs/evaluate.yaml --wait (submitted to node 2)"
 
 echo "== weft get models/example:v1 on node 2"
 "$weft" "${n2[@]}" get models/example:v1 -o "$dir/model"
-echo "model files: $(ls "$dir/model" | tr '\n' ' ')"
+echo "model files: $(cd "$dir/model" && echo *)"
 echo "training metrics: $(tr -d ' \n' < "$dir/model/metrics.json")"
 "$weft" "${n2[@]}" get results/example-eval:v1 -o "$dir/eval"
 echo "held-out metrics: $(python3 -c "import json,sys; m=json.load(open(sys.argv[1])); print(f\"accuracy {m['accuracy']:.3f} on {m['rows']} rows\")" "$dir/eval/metrics.json")"
