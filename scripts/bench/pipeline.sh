@@ -15,6 +15,8 @@
 #      time of the whole command, and the run's own duration from
 #      `weft pipeline status RUN --json` where it gives one);
 #   4. fan-out: a root step and 20 steps that each read its output.
+# Checked on the way: each chain carried every step's line to its end, every
+# step of a first run ran, every step of a re-run was cached.
 # step_overhead_ms = (chain_first_s - plain_chain_s) * 1000 / 20: what a
 # pipeline step costs over a plain job (target: at most 20 ms).
 # chain_cached_ms is the cached re-run of the whole command on node 2, the
@@ -161,12 +163,22 @@ status_of() { # NODE RUN OUT_JSON
 chain_ms=$(pipeline_run 1 "$dir/chain.yaml" "$dir/chain1.json")
 chain_first_s=$(secs "$chain_ms")
 check_trail 3 bench/chain-last:v1 $((steps + 1))
-run1=$(pj_run "$dir/chain1.json" id)
-own1=n/a
-if [ -n "$run1" ]; then
-  status_of 1 "$run1" "$dir/status1.json"
-  own1=$(pj_run "$dir/status1.json" duration_ms)
-fi
+# every step of a first run ran (none was answered from a cache)
+all_ran() { # NODE RUN_JSON STEPS -> the run's own duration
+  local run own=n/a ran
+  run=$(pj_run "$2" id)
+  if [ -n "$run" ]; then
+    status_of "$1" "$run" "$dir/status.json"
+    own=$(pj_run "$dir/status.json" duration_ms)
+    ran=$(pj_run "$dir/status.json" ran)
+    if [ "$ran" != "$3" ]; then
+      echo "error: $ran of $3 steps of run $run ran; a first run runs them all" >&2
+      exit 1
+    fi
+  fi
+  echo "$own"
+}
+own1=$(all_ran 1 "$dir/chain1.json" $steps)
 echo "chain, first run:     ${chain_first_s} s for $steps steps (the run's own duration: $own1 ms)"
 
 # 3. chain, fully cached, on node 1 then on node 2
@@ -191,6 +203,7 @@ done
 # 4. fan-out, first run
 fan_ms=$(pipeline_run 1 "$dir/fanout.yaml" "$dir/fan1.json")
 fanout_first_s=$(secs "$fan_ms")
+all_ran 1 "$dir/fan1.json" $((steps + 1)) >/dev/null
 for i in 1 $steps; do check_trail 2 "bench/fan-$i:v1" 3; done
 echo "fan-out, first run:   ${fanout_first_s} s for a root and $steps steps that read it"
 
