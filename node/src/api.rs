@@ -15,9 +15,11 @@ mod artifacts;
 pub mod client;
 pub mod guard;
 mod jobs;
+pub mod lineage;
 mod metrics;
 pub mod openapi;
 pub mod paths;
+pub mod runs;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -181,6 +183,8 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
+        .merge(runs::routes())
+        .merge(lineage::routes())
         .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())

@@ -18,7 +18,7 @@ use crate::store::Store;
 /// Largest run entry written, estimated from its strings and points.
 pub(crate) const RUN_ENTRY_BYTES: usize = 12 * 1024;
 /// What a param, tag or metric costs beyond its strings, for the estimate.
-const ITEM_OVERHEAD: usize = 32;
+const ITEM_OVERHEAD: usize = 64;
 /// What a start or an end costs, at most (names are bounded).
 const START_BYTES: usize = 1024;
 
