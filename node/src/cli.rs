@@ -10,6 +10,7 @@ mod fetch;
 mod job_cmds;
 mod mesh_cmds;
 mod output;
+mod run_cmds;
 mod store_cmds;
 
 pub(crate) use output::human_bytes;
@@ -76,6 +77,21 @@ pub enum Command {
     /// Jobs: list, status, logs, cancel (from any node of the mesh).
     #[command(subcommand)]
     Job(JobCmd),
+    /// Runs (every job is one) with their params and metrics, from any node.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// What made an artifact (upstream, to data added by hand), or with
+    /// --down what was made from it.
+    Lineage {
+        /// An id, unique id prefix, tag, or models/NAME@ALIAS or models/NAME:N.
+        reference: String,
+        /// Follow at most N jobs from the artifact.
+        #[arg(long)]
+        depth: Option<u32>,
+        /// Walk downstream: everything derived from the artifact.
+        #[arg(long)]
+        down: bool,
+    },
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
     /// This node's id, addresses and advert (needs a running daemon).
@@ -206,6 +222,25 @@ pub enum JobCmd {
     },
     /// Cancel a job (stops its running task).
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// Runs, newest first: id, name, experiment, status, node, duration, metrics.
+    Ls {
+        /// Only the runs of this experiment.
+        #[arg(long)]
+        experiment: Option<String>,
+    },
+    /// One run: params, metrics, tags.
+    Show { id: String },
+    /// Params and metrics of runs side by side, the best value of each
+    /// metric marked `*`: the highest, or the lowest for a metric whose
+    /// name contains `loss` or `error`.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,6 +395,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 JobCmd::Logs { id, follow } => job_cmds::logs(&home, &id, follow, cli.json).await,
                 JobCmd::Cancel { id } => job_cmds::cancel(&home, &id, cli.json).await,
             },
+            Command::Runs(cmd) => match cmd {
+                RunsCmd::Ls { experiment } => {
+                    run_cmds::ls(&home, experiment.as_deref(), cli.json).await
+                }
+                RunsCmd::Show { id } => run_cmds::show(&home, &id, cli.json).await,
+                RunsCmd::Compare { ids } => run_cmds::compare(&home, &ids, cli.json).await,
+            },
+            Command::Lineage {
+                reference,
+                depth,
+                down,
+            } => run_cmds::lineage(&home, &reference, depth, down, cli.json).await,
             Command::Peers => mesh_cmds::peers(&home, cli.json).await,
             Command::Node => mesh_cmds::node(&home).await,
             Command::Devnet(cmd) => match cmd {

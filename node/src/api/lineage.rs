@@ -112,7 +112,12 @@ fn job_node_id(job: &JobId) -> String {
 }
 
 /// Walks the lineage from `root`.
-pub fn walk(store: &Store, root: Hash, direction: Direction, depth: u32) -> Result<Graph, StoreError> {
+pub fn walk(
+    store: &Store,
+    root: Hash,
+    direction: Direction,
+    depth: u32,
+) -> Result<Graph, StoreError> {
     let depth = depth.min(MAX_DEPTH);
     let mut g = Walk {
         nodes: Vec::new(),
@@ -330,7 +335,10 @@ mod tests {
             step: Some(format!("s{job}")),
             program: Hash::of(program),
             executor: ExecutorKind::Wasm,
-            inputs: inputs.iter().map(|h| (*h, "/inputs/i".to_string())).collect(),
+            inputs: inputs
+                .iter()
+                .map(|h| (*h, "/inputs/i".to_string()))
+                .collect(),
             params: vec![],
             node: "12D3KooWA".into(),
             at_ms: 5,
@@ -386,7 +394,11 @@ mod tests {
         }));
         // every edge has both ends among the nodes
         let ids: BTreeSet<&str> = g.nodes.iter().map(GraphNode::id).collect();
-        assert!(g.edges.iter().all(|e| ids.contains(e.from.as_str()) && ids.contains(e.to.as_str())));
+        assert!(
+            g.edges
+                .iter()
+                .all(|e| ids.contains(e.from.as_str()) && ids.contains(e.to.as_str()))
+        );
         // depth 1: only the job that made it; the model's own lineage is not followed
         let g = walk(&s, report, Direction::Up, 1).expect("walk");
         assert_eq!(artifacts(&g)[&model.to_hex()], (false, true));
@@ -400,7 +412,13 @@ mod tests {
         let g = walk(&s, raw, Direction::Down, MAX_DEPTH).expect("walk");
         let a = artifacts(&g);
         assert!(a.contains_key(&model.to_hex()) && a.contains_key(&report.to_hex()));
-        assert_eq!(g.nodes.iter().filter(|n| matches!(n, GraphNode::Job { .. })).count(), 2);
+        assert_eq!(
+            g.nodes
+                .iter()
+                .filter(|n| matches!(n, GraphNode::Job { .. }))
+                .count(),
+            2
+        );
         // a leaf has nothing downstream
         let g = walk(&s, report, Direction::Down, MAX_DEPTH).expect("walk");
         assert_eq!(g.nodes.len(), 1);

@@ -39,7 +39,8 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 1_000_000;
 
 /// The OpenLineage schema the events follow.
-pub const OPENLINEAGE_SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
+pub const OPENLINEAGE_SCHEMA: &str =
+    "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
 /// The namespace of weft's jobs and datasets in OpenLineage events.
 pub const OPENLINEAGE_NAMESPACE: &str = "weft";
 
@@ -131,13 +132,15 @@ fn now_ms() -> u64 {
 async fn view(state: &ApiState, id: &JobId) -> ApiResult<RunView> {
     let store = state.store.clone();
     let id2 = id.clone();
-    blocking(move || store.run_view(&id2)).await?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no run {id} is known here (`weft runs ls` lists them)"),
-        )
-    })
+    blocking(move || store.run_view(&id2))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no run {id} is known here (`weft runs ls` lists them)"),
+            )
+        })
 }
 
 /// A key and a value, as MLflow sends params and tags.
@@ -234,7 +237,10 @@ fn check_batch(metrics: &[MetricJson], params: &[KeyValue], tags: &[KeyValue]) -
     for m in metrics {
         check_text("metric key", &m.key, MAX_PARAM_KEY_BYTES)?;
         if !m.value.is_finite() {
-            return Err(invalid(format!("metric {}: the value is not finite", m.key)));
+            return Err(invalid(format!(
+                "metric {}: the value is not finite",
+                m.key
+            )));
         }
     }
     for (what, list) in [("param", params), ("tag", tags)] {
@@ -456,7 +462,11 @@ async fn openlineage(State(state): State<ApiState>, Path(id): Path<String>) -> A
     let id = run_id(&id)?;
     let run = view(&state, &id).await?;
     let store = state.store.clone();
-    let job = run.start.as_ref().and_then(|s| s.job.clone()).unwrap_or(id.clone());
+    let job = run
+        .start
+        .as_ref()
+        .and_then(|s| s.job.clone())
+        .unwrap_or(id.clone());
     let lineage = blocking(move || {
         Ok(store
             .ledger_kind(EntryKind::Lineage)?
@@ -478,9 +488,7 @@ pub fn openlineage_events(run: &RunView, lineage: &[Lineage]) -> Vec<serde_json:
         .start
         .as_ref()
         .map_or_else(|| run.id.to_string(), |s| s.name.clone());
-    let dataset = |h: &weft_protocol::Hash| {
-        serde_json::json!({"namespace": OPENLINEAGE_NAMESPACE, "name": h.to_hex()})
-    };
+    let dataset = |h: &weft_protocol::Hash| serde_json::json!({"namespace": OPENLINEAGE_NAMESPACE, "name": h.to_hex()});
     let mut seen = BTreeSet::new();
     let inputs: Vec<serde_json::Value> = lineage
         .iter()
@@ -613,7 +621,10 @@ mod tests {
             vec![("epochs".to_string(), "5".to_string())]
         );
         let e = new_params(&existing, vec![kv("lr", "0.2")]).expect_err("changed");
-        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_parameter_value"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_parameter_value")
+        );
         assert!(e.detail.contains("write-once"), "{}", e.detail);
         assert!(new_params(&BTreeMap::new(), vec![kv("a", "1"), kv("a", "2")]).is_err());
     }

@@ -1521,7 +1521,9 @@ impl Coordinator {
         if e.status.state == JobState::Succeeded {
             let node = e.status.node.clone().or_else(|| e.hit_executor.clone());
             match node {
-                Some(node) => runs::lineage(&self.store, &e.status, &e.submission, &e.assignment, &node),
+                Some(node) => {
+                    runs::lineage(&self.store, &e.status, &e.submission, &e.assignment, &node)
+                }
                 None => tracing::debug!(job = %id, "no executor known: no lineage written"),
             }
         }

@@ -1275,14 +1275,17 @@ impl TaskContext {
         // the metrics the task reported, read before its outputs are stored;
         // a bad file is a note, never a failure
         if let Some((path, named)) = &checked.metrics {
-            let (root, rel, shown) = (outputs.clone(), PathBuf::from(path.relative()), path.to_string());
+            let (root, rel, shown) = (
+                outputs.clone(),
+                PathBuf::from(path.relative()),
+                path.to_string(),
+            );
             let named = *named;
             let now = super::now_ms();
-            let (found, notes) = tokio::task::spawn_blocking(move || {
-                metrics::read(&root, &rel, &shown, named, now)
-            })
-            .await
-            .map_err(|e| Stop::Executor(e.to_string()))?;
+            let (found, notes) =
+                tokio::task::spawn_blocking(move || metrics::read(&root, &rel, &shown, named, now))
+                    .await
+                    .map_err(|e| Stop::Executor(e.to_string()))?;
             result.metrics = found;
             for n in notes {
                 if result.notes.len() < MAX_NOTES {

@@ -191,7 +191,15 @@ fn flatten(
             Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_number) => {
                 for (step, item) in items.iter().enumerate() {
                     let value = finite(item, &key)?;
-                    push(out, budget, skipped, key.clone(), value, step as u64, now_ms);
+                    push(
+                        out,
+                        budget,
+                        skipped,
+                        key.clone(),
+                        value,
+                        step as u64,
+                        now_ms,
+                    );
                 }
             }
             _ => skipped.not_numbers.push(key),
@@ -301,12 +309,16 @@ mod tests {
     #[test]
     fn long_names_and_too_many_points_are_cut_with_a_note() {
         let long = "k".repeat(MAX_PARAM_KEY_BYTES + 1);
-        let (m, notes) = parse(format!("{{\"{long}\": 1, \"a\": 2}}").as_bytes(), 0).expect("parse");
+        let (m, notes) =
+            parse(format!("{{\"{long}\": 1, \"a\": 2}}").as_bytes(), 0).expect("parse");
         assert_eq!(points(&m), vec![("a".into(), 2.0, 0)]);
         assert!(notes[0].contains("longer than"), "{notes:?}");
         let series: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
-        let (m, notes) =
-            parse(format!("{{\"loss\": [{}]}}", series.join(",")).as_bytes(), 0).expect("parse");
+        let (m, notes) = parse(
+            format!("{{\"loss\": [{}]}}", series.join(",")).as_bytes(),
+            0,
+        )
+        .expect("parse");
         let cost: usize = m.iter().map(|m| m.key.len() + POINT_OVERHEAD).sum();
         assert!(m.len() < 20_000 && cost <= MAX_RESULT_METRICS_BYTES);
         assert!(m.len() <= MAX_METRICS);
@@ -322,7 +334,12 @@ mod tests {
         std::fs::create_dir(&outputs).expect("mkdir");
         let rel = Path::new("metrics.json");
         // missing: silent for the default file, noted for a named one
-        assert_eq!(read(&outputs, rel, "/outputs/metrics.json", false, 0).1.len(), 0);
+        assert_eq!(
+            read(&outputs, rel, "/outputs/metrics.json", false, 0)
+                .1
+                .len(),
+            0
+        );
         let (_, notes) = read(&outputs, rel, "/outputs/metrics.json", true, 0);
         assert!(notes[0].contains("did not write it"), "{notes:?}");
         // a link to a file outside is not followed
@@ -335,8 +352,15 @@ mod tests {
         // nor is a link on the way
         std::fs::create_dir(dir.path().join("elsewhere")).expect("mkdir");
         std::fs::write(dir.path().join("elsewhere/m.json"), br#"{"leak": 1}"#).expect("write");
-        std::os::unix::fs::symlink(dir.path().join("elsewhere"), outputs.join("sub")).expect("link");
-        let (m, notes) = read(&outputs, Path::new("sub/m.json"), "/outputs/sub/m.json", true, 0);
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), outputs.join("sub"))
+            .expect("link");
+        let (m, notes) = read(
+            &outputs,
+            Path::new("sub/m.json"),
+            "/outputs/sub/m.json",
+            true,
+            0,
+        );
         assert!(m.is_empty(), "{notes:?}");
         // a folder is not a file
         std::fs::remove_file(outputs.join("metrics.json")).expect("rm");
@@ -353,6 +377,9 @@ mod tests {
         std::fs::write(outputs.join("metrics.json"), br#"{"acc": [0.5, 0.75]}"#).expect("write");
         let (m, notes) = read(&outputs, rel, "/outputs/metrics.json", false, 3);
         assert!(notes.is_empty(), "{notes:?}");
-        assert_eq!(points(&m), vec![("acc".into(), 0.5, 0), ("acc".into(), 0.75, 1)]);
+        assert_eq!(
+            points(&m),
+            vec![("acc".into(), 0.5, 0), ("acc".into(), 0.75, 1)]
+        );
     }
 }
