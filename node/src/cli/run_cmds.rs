@@ -513,6 +513,71 @@ mod tests {
     }
 
     #[test]
+    fn lineage_renders_as_a_tree_down_to_the_data_added_by_hand() {
+        use crate::api::lineage::{Edge, Graph, GraphNode};
+        let job = |n: u32, program: &str| GraphNode::Job {
+            id: format!("job:{}", JobId::new(1, n)),
+            job: JobId::new(1, n),
+            name: Some(format!("j{n}")),
+            pipeline_run: None,
+            step: Some(format!("s{n}")),
+            program: program.into(),
+            executor: weft_protocol::sched::ExecutorKind::Wasm,
+            node: "12D3KooWnodeABCDEFGH".into(),
+            params: vec![],
+            at_ms: 0,
+        };
+        let art = |id: &str, added: bool| GraphNode::Artifact {
+            id: id.into(),
+            added,
+            more: false,
+        };
+        let edge = |from: &str, to: &str, path: &str| Edge {
+            from: from.into(),
+            to: to.into(),
+            path: path.into(),
+        };
+        let (j1, j2) = (
+            format!("job:{}", JobId::new(1, 1)),
+            format!("job:{}", JobId::new(1, 2)),
+        );
+        let g = Graph {
+            root: "report".into(),
+            direction: Direction::Up,
+            depth: 64,
+            nodes: vec![
+                art("report", false),
+                job(2, "evalmod"),
+                art("model", false),
+                art("raw", true),
+                job(1, "trainmod"),
+            ],
+            edges: vec![
+                edge(&j2, "report", "/outputs"),
+                edge("model", &j2, "/inputs/model"),
+                edge("raw", &j2, "/inputs/data"),
+                edge(&j1, "model", "/outputs/model"),
+                edge("raw", &j1, "/inputs/data"),
+            ],
+            truncated: false,
+        };
+        let text = render(&g, "results/x:v1");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "report results/x:v1");
+        assert!(
+            lines[1].starts_with(
+                "└─ made by job 00000000000100000002 (j2), step s2, module evalmod, on ABCDEFGH"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("/inputs/model <- model\n"), "{text}");
+        assert!(text.contains("/inputs/data <- raw (added)"), "{text}");
+        assert!(text.contains("module trainmod"), "{text}");
+        // raw appears under both jobs, its subtree once
+        assert_eq!(text.matches("<- raw (added)").count(), 2, "{text}");
+    }
+
+    #[test]
     fn numbers_are_short() {
         assert_eq!(num(150.0), "150");
         assert_eq!(num(0.93333333), "0.9333");
