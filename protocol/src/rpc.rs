@@ -163,6 +163,10 @@ pub enum Request {
     /// them (each must be written by the sender) and answers
     /// [`Response::Ledger`] with every entry it holds of the same subjects.
     LedgerPush { entries: Vec<crate::ledger::Entry> },
+    /// Sent to a pipeline run's coordinator by the node a user asked to
+    /// cancel it. Answered with [`Response::Ack`] once the cancel is
+    /// recorded, or a `not_found` error.
+    CancelPipeline { run: JobId },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -388,6 +392,14 @@ mod tests {
         assert_eq!(
             hex::encode(claim.encode().expect("encode")),
             "a165436c61696da2636a6f6274303030303030303030303031303030303030303267617474656d707402"
+        );
+        // checked against Python's cbor2
+        let cancel = Request::CancelPipeline {
+            run: JobId::new(1, 2),
+        };
+        assert_eq!(
+            hex::encode(cancel.encode().expect("encode")),
+            "a16e43616e63656c506970656c696e65a16372756e743030303030303030303030313030303030303032"
         );
     }
 
