@@ -238,7 +238,8 @@ pub enum RunsCmd {
     /// metric marked `*`: the highest, or the lowest for a metric whose
     /// name contains `loss` or `error`.
     Compare {
-        #[arg(required = true, num_args = 2..)]
+        /// The runs (two or more).
+        #[arg(required = true, num_args = 2.., value_name = "RUN")]
         ids: Vec<String>,
     },
 }

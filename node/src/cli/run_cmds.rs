@@ -274,8 +274,9 @@ pub(crate) async fn compare(home: &Home, ids: &[String], json: bool) -> anyhow::
         output::json(&c)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows = comparison_rows(&c);
-    let mut t = Table::new(&[]);
+    let mut rows = comparison_rows(&c).into_iter();
+    let header = rows.next().unwrap_or_default();
+    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>());
     for r in rows {
         t.row(r);
     }
@@ -334,7 +335,11 @@ pub(crate) fn render(g: &Graph, label: &str) -> String {
         }
         _ => "",
     };
-    let _ = writeln!(out, "{} {label}{root_note}", g.root);
+    if label == g.root {
+        let _ = writeln!(out, "{}{root_note}", g.root);
+    } else {
+        let _ = writeln!(out, "{} {label}{root_note}", g.root);
+    }
     let mut shown = BTreeSet::new();
     walk_tree(&mut out, g, &nodes, &next, g.root.as_str(), "", &mut shown);
     if g.truncated {
