@@ -604,6 +604,77 @@ mod tests {
         assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{u}");
     }
 
+    fn view(status: Option<&str>) -> RunView {
+        RunView {
+            id: JobId::new(0x0123_4567_89ab, 7),
+            start: Some(RunStart {
+                name: "train".into(),
+                experiment: None,
+                job: None,
+                pipeline_run: None,
+                step: None,
+                start_ms: 1_000,
+            }),
+            params: BTreeMap::new(),
+            metrics: vec![],
+            tags: BTreeMap::new(),
+            end: status.map(|s| RunEnd {
+                status: s.into(),
+                end_ms: 2_500,
+                node: None,
+                cached: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn openlineage_events_have_the_shape_of_the_spec() {
+        let l = Lineage {
+            artifact: weft_protocol::Hash::of(b"out"),
+            path: "/outputs/m".into(),
+            job: JobId::new(1, 2),
+            pipeline_run: None,
+            step: None,
+            program: weft_protocol::Hash::of(b"prog"),
+            executor: weft_protocol::sched::ExecutorKind::Wasm,
+            inputs: vec![(weft_protocol::Hash::of(b"in"), "/inputs/d".into())],
+            params: vec![],
+            node: "12D3KooWA".into(),
+            at_ms: 2,
+        };
+        let events = openlineage_events(&view(Some("succeeded")), std::slice::from_ref(&l));
+        let id = run_uuid(&JobId::new(0x0123_4567_89ab, 7));
+        assert_eq!(
+            events[0],
+            serde_json::json!({
+                "eventType": "START",
+                "eventTime": "1970-01-01T00:00:01.000Z",
+                "run": {"runId": id},
+                "job": {"namespace": "weft", "name": "train"},
+                "inputs": [{"namespace": "weft", "name": weft_protocol::Hash::of(b"in").to_hex()}],
+                "outputs": [],
+                "producer": format!("urn:weft:node:{}", weft_protocol::VERSION),
+                "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+            })
+        );
+        assert_eq!(events[1]["eventType"], "COMPLETE");
+        assert_eq!(events[1]["eventTime"], "1970-01-01T00:00:02.500Z");
+        assert_eq!(
+            events[1]["outputs"],
+            serde_json::json!([{"namespace": "weft", "name": weft_protocol::Hash::of(b"out").to_hex()}])
+        );
+        // a running run has only its start; a failed or cancelled one ends so
+        assert_eq!(openlineage_events(&view(None), &[]).len(), 1);
+        assert_eq!(
+            openlineage_events(&view(Some("failed")), &[])[1]["eventType"],
+            "FAIL"
+        );
+        assert_eq!(
+            openlineage_events(&view(Some("cancelled")), &[])[1]["eventType"],
+            "ABORT"
+        );
+    }
+
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
