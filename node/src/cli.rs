@@ -10,7 +10,7 @@ mod fetch;
 mod job_cmds;
 mod mesh_cmds;
 mod output;
-mod run_cmds;
+pub mod run_cmds;
 mod store_cmds;
 
 pub(crate) use output::human_bytes;

@@ -180,7 +180,25 @@ async fn lineage_of_a_two_job_chain_reaches_the_raw_data_and_both_programs_from_
     let champion = graph(&api, "models/iris@champion", "up").await;
     assert_eq!(champion.root, model.to_hex());
     assert_eq!(jobs(&champion), [(t.id.clone(), train.to_hex())].into());
-    // the same training again, from node 2: a cache hit, and no second lineage
+    // the same training again, from node 2 (once it has heard of the
+    // result): a cache hit, and no second lineage
+    let key = t.cache_key;
+    cluster
+        .wait_until(
+            Duration::from_secs(10),
+            "node 2 knows the result",
+            |c| async move {
+                c.node(2)
+                    .sched()
+                    .cache_record(key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            },
+        )
+        .await
+        .expect("cache record gossiped");
     let again = submit(&cluster, 2, &train_job(&data)).await;
     let again = wait_done(&cluster, 2, &again.id, Duration::from_secs(60)).await;
     assert!(

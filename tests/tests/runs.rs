@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use weft_node::api::client::{ApiClient, ClientError};
 use weft_node::api::runs::RunJson;
+use weft_node::cli::run_cmds::{compare_runs, comparison_rows};
 use weft_protocol::sched::{JobId, JobState};
 use weft_tests::{Cluster, ClusterOptions, everywhere, example_wasm, peer, submit, wait_done};
 
@@ -83,7 +84,25 @@ async fn a_jobs_metrics_land_in_its_run_on_other_nodes_and_a_cached_rerun_has_th
     assert_eq!(run.metrics["loss"], 0.25, "the latest point of the series");
     assert_eq!(points(&run, "loss"), vec![(0, 1.0), (1, 0.5), (2, 0.25)]);
     assert!(run.duration_ms.is_some());
-    // the same job again, from another node: a cache hit with the same metrics
+    // the same job again, from another node: a cache hit with the same
+    // metrics (once that node has heard of the result)
+    let key = done.cache_key;
+    cluster
+        .wait_until(
+            Duration::from_secs(10),
+            "node 1 knows the result",
+            |c| async move {
+                c.node(1)
+                    .sched()
+                    .cache_record(key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            },
+        )
+        .await
+        .expect("cache record gossiped");
     let again = submit(&cluster, 1, &report_job("m1", metrics, "", "")).await;
     let hit = wait_done(&cluster, 1, &again.id, Duration::from_secs(30)).await;
     assert_eq!(hit.state, JobState::Succeeded, "{hit:#?}");
@@ -92,7 +111,29 @@ async fn a_jobs_metrics_land_in_its_run_on_other_nodes_and_a_cached_rerun_has_th
     assert!(cached.cached);
     assert_eq!(cached.metrics, run.metrics);
     assert_eq!(points(&cached, "loss"), points(&run, "loss"));
-    // both are runs of the experiment, listed on any node
+    // compared with another run of the experiment: the best of each marked
+    let other = submit(
+        &cluster,
+        2,
+        &report_job("m2", r#"{"accuracy": 0.95, "loss": [0.9, 0.3]}"#, "", ""),
+    )
+    .await;
+    let s = wait_done(&cluster, 2, &other.id, Duration::from_secs(30)).await;
+    assert_eq!(s.state, JobState::Succeeded, "{s:#?}");
+    let other = ended_run(&cluster, 0, &other.id).await;
+    let c = compare_runs(vec![run.clone(), other.clone()]);
+    let rows = comparison_rows(&c);
+    let row = |m: &str| {
+        rows.iter()
+            .find(|r| r[0].starts_with(&format!("metric {m} (")))
+            .unwrap_or_else(|| panic!("no row for {m}: {rows:?}"))
+            .clone()
+    };
+    assert_eq!(row("accuracy")[1..], ["0.9".to_string(), "0.95 *".into()]);
+    assert_eq!(row("loss")[0], "metric loss (lowest best)");
+    assert_eq!(row("loss")[1..], ["0.25 *".to_string(), "0.3".into()]);
+    assert_eq!(row("val.f1")[1..], ["0.8 *".to_string(), "-".into()]);
+    // all three are runs of the experiment, listed on any node
     let listed: Vec<RunJson> = client(&cluster, 2)
         .get("/api/v1/runs?experiment=exp-a")
         .await

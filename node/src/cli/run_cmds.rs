@@ -157,32 +157,32 @@ pub(crate) async fn show(home: &Home, id: &str, json: bool) -> anyhow::Result<Ex
 }
 
 /// Whether lower is better for a metric: names with `loss` or `error`.
-pub(crate) fn lower_is_better(key: &str) -> bool {
+pub fn lower_is_better(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k.contains("loss") || k.contains("error")
 }
 
 /// One metric across the compared runs.
 #[derive(Debug, Serialize, PartialEq)]
-pub(crate) struct MetricRow {
-    pub(crate) key: String,
+pub struct MetricRow {
+    pub key: String,
     /// `highest` or `lowest`: which value is best.
-    pub(crate) best_is: &'static str,
+    pub best_is: &'static str,
     /// The latest value in each run (in the order given), if it has one.
-    pub(crate) values: Vec<Option<f64>>,
+    pub values: Vec<Option<f64>>,
     /// Which runs hold the best value (all of them on a tie).
-    pub(crate) best: Vec<usize>,
+    pub best: Vec<usize>,
 }
 
 /// The comparison of runs: every param and metric side by side.
 #[derive(Debug, Serialize)]
-pub(crate) struct Comparison {
-    pub(crate) runs: Vec<RunJson>,
-    pub(crate) params: BTreeMap<String, Vec<Option<String>>>,
-    pub(crate) metrics: Vec<MetricRow>,
+pub struct Comparison {
+    pub runs: Vec<RunJson>,
+    pub params: BTreeMap<String, Vec<Option<String>>>,
+    pub metrics: Vec<MetricRow>,
 }
 
-pub(crate) fn compare_runs(runs: Vec<RunJson>) -> Comparison {
+pub fn compare_runs(runs: Vec<RunJson>) -> Comparison {
     let keys: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
     let params = keys
         .into_iter()
@@ -229,7 +229,7 @@ pub(crate) fn compare_runs(runs: Vec<RunJson>) -> Comparison {
 
 /// The comparison as table rows: a header of run ids, then names,
 /// statuses, params, and metrics with the best marked `*`.
-pub(crate) fn comparison_rows(c: &Comparison) -> Vec<Vec<String>> {
+pub fn comparison_rows(c: &Comparison) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     let mut header = vec![String::new()];
     header.extend(c.runs.iter().map(|r| r.id.to_string()));
@@ -311,7 +311,7 @@ pub(crate) async fn lineage(
 }
 
 /// The graph as an indented tree from its root.
-pub(crate) fn render(g: &Graph, label: &str) -> String {
+pub fn render(g: &Graph, label: &str) -> String {
     let nodes: BTreeMap<&str, &GraphNode> = g.nodes.iter().map(|n| (n.id(), n)).collect();
     // upstream: artifact → the jobs that made it → their inputs;
     // downstream: artifact → the jobs that read it → their outputs
