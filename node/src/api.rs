@@ -17,6 +17,7 @@ pub mod guard;
 mod jobs;
 pub mod lineage;
 mod metrics;
+mod models;
 pub mod openapi;
 pub mod paths;
 pub mod runs;
@@ -185,6 +186,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(jobs::routes())
         .merge(runs::routes())
         .merge(lineage::routes())
+        .merge(models::routes())
         .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())

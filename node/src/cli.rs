@@ -9,6 +9,7 @@ mod backend;
 mod fetch;
 mod job_cmds;
 mod mesh_cmds;
+mod model_cmds;
 mod output;
 pub mod run_cmds;
 mod store_cmds;
@@ -92,6 +93,9 @@ pub enum Command {
         #[arg(long)]
         down: bool,
     },
+    /// The model registry: versions and aliases (from any node of the mesh).
+    #[command(subcommand)]
+    Model(ModelCmd),
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
     /// This node's id, addresses and advert (needs a running daemon).
@@ -242,6 +246,31 @@ pub enum RunsCmd {
         #[arg(required = true, num_args = 2.., value_name = "RUN")]
         ids: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Register the next version of NAME; prints models/NAME:N.
+    Register {
+        name: String,
+        /// An id, a tag, models/OTHER@ALIAS or models/OTHER:N, or a run's
+        /// output JOB_ID:/outputs/model.
+        reference: String,
+    },
+    /// Point NAME@ALIAS at a version.
+    Alias {
+        /// NAME@ALIAS, e.g. iris@champion.
+        target: String,
+        /// The version number it points at.
+        #[arg(value_name = "VERSION")]
+        number: String,
+    },
+    /// Move NAME@ALIAS back to where it pointed before its last move.
+    Rollback { target: String },
+    /// Models with their version count and aliases.
+    Ls,
+    /// A model's versions (artifact, run, metrics) and its aliases' history.
+    Show { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -408,6 +437,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 depth,
                 down,
             } => run_cmds::lineage(&home, &reference, depth, down, cli.json).await,
+            Command::Model(cmd) => match cmd {
+                ModelCmd::Register { name, reference } => {
+                    model_cmds::register(&home, &name, &reference, cli.json).await
+                }
+                ModelCmd::Alias { target, number } => {
+                    model_cmds::alias(&home, &target, &number, cli.json).await
+                }
+                ModelCmd::Rollback { target } => {
+                    model_cmds::rollback(&home, &target, cli.json).await
+                }
+                ModelCmd::Ls => model_cmds::ls(&home, cli.json).await,
+                ModelCmd::Show { name } => model_cmds::show(&home, &name, cli.json).await,
+            },
             Command::Peers => mesh_cmds::peers(&home, cli.json).await,
             Command::Node => mesh_cmds::node(&home).await,
             Command::Devnet(cmd) => match cmd {

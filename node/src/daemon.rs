@@ -111,6 +111,7 @@ pub struct Node {
     sched: SchedHandle,
     transfer: TransferHandle,
     ledger: LedgerHandle,
+    triggers: ledger::triggers::TriggersHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -269,6 +270,8 @@ impl Node {
         let (ledger, ledger_loop) =
             ledger::replicator(store.clone(), Some(net.clone()), shutdown.clone());
         tasks.spawn(ledger_loop);
+        let (triggers, triggers_loop) = ledger::triggers::watcher(ledger.clone(), shutdown.clone());
+        tasks.spawn(triggers_loop);
 
         // 5. the scheduler
         let (sched, loops) = sched::start(
@@ -366,6 +369,7 @@ impl Node {
             sched,
             transfer,
             ledger,
+            triggers,
             advert,
             shutdown,
             tasks,
@@ -382,6 +386,11 @@ impl Node {
     /// The ledger: model versions, aliases, runs, lineage, pipeline runs.
     pub fn ledger(&self) -> &LedgerHandle {
         &self.ledger
+    }
+
+    /// Where tag changes start pipelines (see `ledger::triggers`).
+    pub fn triggers(&self) -> &ledger::triggers::TriggersHandle {
+        &self.triggers
     }
 
     pub fn sched(&self) -> &SchedHandle {

@@ -22,6 +22,9 @@
 //! [`weft_protocol::tag::MAX_CLOCK_SKEW_MS`] ahead of this node's; and a
 //! pipeline run's record must be written by its coordinator.
 
+pub mod registry;
+pub mod triggers;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
@@ -234,8 +237,11 @@ impl LedgerHandle {
     }
 
     /// Pushes `entry` to every live peer and merges what they hold of its
-    /// subject; returns the peers that did not answer, with why.
-    async fn push_to_all(&self, entry: &Entry) -> Vec<(String, String)> {
+    /// subject; returns the peers that did not answer, with why. Once it
+    /// returns with none, every rival entry of the subject that a live peer
+    /// wrote before seeing this one is held here (a model version's number,
+    /// a trigger claim).
+    pub async fn push_to_all(&self, entry: &Entry) -> Vec<(String, String)> {
         let Some(net) = &self.net else {
             return Vec::new();
         };

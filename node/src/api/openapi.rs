@@ -223,6 +223,41 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "get",
+        "/api/v1/models",
+        "Registered models: version count and aliases",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/models",
+        "Register the next version of a model: {\"name\", \"ref\": ID|TAG|models/NAME@ALIAS|JOB_ID:/PATH}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/models/{name}",
+        "A model's versions (artifact, run, metrics) and aliases with their history",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "put",
+        "/api/v1/model-aliases/{target}",
+        "Point an alias (NAME@ALIAS) at a version: {\"version\": N}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/model-rollbacks/{target}",
+        "Move an alias (NAME@ALIAS) back to where it pointed before its last move",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
         "/api/v1/runs",
         "Runs, newest first (query experiment, limit)",
         NO_BODY,
@@ -291,6 +326,8 @@ fn params(path: &str) -> Vec<Value> {
                 "description": match name {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
                     "id" => "a job or run id (20 hex digits)",
+                    "target" => "a model's alias: NAME@ALIAS (e.g. iris@champion)",
+                    "name" if path.starts_with("/api/v1/models/") => "a model name (e.g. iris)",
                     _ => "a tag name (NAME:VERSION)",
                 }
             })

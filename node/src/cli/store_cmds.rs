@@ -104,6 +104,7 @@ pub(crate) async fn run(
         | Command::Job(_)
         | Command::Runs(_)
         | Command::Lineage { .. }
+        | Command::Model(_)
         | Command::Node
         | Command::Devnet(_) => {
             anyhow::bail!("not an artifact command")
