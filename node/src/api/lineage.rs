@@ -7,6 +7,12 @@
 //! `added`). Downstream, it walks to every job that read the artifact and
 //! the outputs of those jobs, recursively. Edges follow the data: input →
 //! job → output. `depth` counts jobs from the artifact.
+//!
+//! A folder no job made (assembled by hand) may hold files or folders a job
+//! did make: upstream, when such a folder is held here, the entries of its
+//! top level that have a lineage (at most [`MAX_TREE_ENTRIES`] looked at)
+//! are followed too, with an edge `entry → folder` whose path is the
+//! entry's name.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
@@ -26,6 +32,8 @@ use crate::store::{Store, StoreError};
 pub const MAX_DEPTH: u32 = 64;
 /// Most nodes in one answer; a walk that would pass it stops (`truncated`).
 pub const MAX_NODES: usize = 5000;
+/// Most entries of a hand-made folder looked up for a lineage.
+pub const MAX_TREE_ENTRIES: usize = 256;
 
 pub(super) fn routes() -> Router<ApiState> {
     Router::new().route("/api/v1/lineage/{reference}", get(lineage))
@@ -156,10 +164,25 @@ pub fn walk(
             Direction::Up => made.clone(),
             Direction::Down => by_input.get(&artifact).cloned().unwrap_or_default(),
         };
-        let more = level >= depth && !next.is_empty();
+        // a hand-made folder: its entries that a job made
+        let parts = if direction == Direction::Up && made.is_empty() {
+            made_entries(store, &artifact)?
+        } else {
+            Vec::new()
+        };
+        let more = level >= depth && !(next.is_empty() && parts.is_empty());
         g.artifact(&aid, made.is_empty(), more);
         if more {
             continue;
+        }
+        for (h, name) in parts {
+            g.edges.insert(Edge {
+                from: h.to_hex(),
+                to: aid.clone(),
+                path: format!("/{name}"),
+            });
+            // the same level: a folder is no job
+            queue.push_front((h, level));
         }
         for l in next {
             if g.nodes.len() >= MAX_NODES {
@@ -229,6 +252,24 @@ pub fn walk(
         edges: g.edges.into_iter().collect(),
         truncated: g.truncated,
     })
+}
+
+/// The top-level entries of a folder held here that a job made, with
+/// their names (none when it is not a folder held here).
+fn made_entries(store: &Store, h: &Hash) -> Result<Vec<(Hash, String)>, StoreError> {
+    if !store.is_tree(h)? {
+        return Ok(Vec::new());
+    }
+    let Ok(tree) = store.read_tree(h) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in tree.entries().iter().take(MAX_TREE_ENTRIES) {
+        if !store.lineage_of(&e.hash)?.is_empty() {
+            out.push((e.hash, e.name.clone()));
+        }
+    }
+    Ok(out)
 }
 
 struct Walk {
@@ -403,6 +444,36 @@ mod tests {
         let g = walk(&s, report, Direction::Up, 1).expect("walk");
         assert_eq!(artifacts(&g)[&model.to_hex()], (false, true));
         assert_eq!(programs(&g), [Hash::of(b"eval").to_hex()].into());
+    }
+
+    #[test]
+    fn upstream_follows_the_entries_of_a_hand_made_folder_that_a_job_made() {
+        let (_d, s) = store();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("model.json"), b"weights").expect("write");
+        std::fs::write(dir.path().join("notes.txt"), b"by hand").expect("write");
+        let model = Hash::of(b"weights");
+        let raw = Hash::of(b"raw");
+        made(&s, model, 1, &[raw], b"train");
+        let folder = s
+            .add_path(dir.path(), &Default::default(), &())
+            .expect("add")
+            .id;
+        let g = walk(&s, folder, Direction::Up, MAX_DEPTH).expect("walk");
+        let a = artifacts(&g);
+        assert_eq!(a[&folder.to_hex()], (true, false), "no job made the folder");
+        assert_eq!(a[&model.to_hex()], (false, false));
+        assert_eq!(a[&raw.to_hex()], (true, false));
+        assert!(g.edges.contains(&Edge {
+            from: model.to_hex(),
+            to: folder.to_hex(),
+            path: "/model.json".into()
+        }));
+        assert!(
+            !a.contains_key(&Hash::of(b"by hand").to_hex()),
+            "only what a job made"
+        );
+        assert_eq!(programs(&g), [Hash::of(b"train").to_hex()].into());
     }
 
     #[test]
