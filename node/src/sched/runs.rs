@@ -21,6 +21,13 @@ pub(crate) const RUN_ENTRY_BYTES: usize = 12 * 1024;
 const ITEM_OVERHEAD: usize = 64;
 /// What a start or an end costs, at most (names are bounded).
 const START_BYTES: usize = 1024;
+/// Most bytes of params a lineage entry repeats from its run (the run
+/// holds them all; the lineage names the run).
+const LINEAGE_PARAMS_BYTES: usize = 8 * 1024;
+/// Largest lineage entry written: one larger (a job with very many
+/// inputs) is left out with a warning, so it cannot take a gossip batch
+/// down with it.
+const LINEAGE_ENTRY_BYTES: usize = 64 * 1024;
 
 /// The experiment of a submission: the pipeline engine's, else the spec's.
 pub(crate) fn experiment_of(sub: &Submission) -> Option<String> {
@@ -184,6 +191,16 @@ pub(crate) fn lineage(
         Program::Wasm { module, .. } => (*module, ExecutorKind::Wasm),
         Program::Container { image, .. } => (*image, ExecutorKind::Container),
     };
+    let params_bytes: usize = ctx
+        .params
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + ITEM_OVERHEAD)
+        .sum();
+    let params = if params_bytes <= LINEAGE_PARAMS_BYTES {
+        ctx.params.clone()
+    } else {
+        Vec::new()
+    };
     for (path, artifact) in &result.outputs {
         if result.cached {
             match store.lineage_of(artifact) {
@@ -204,10 +221,15 @@ pub(crate) fn lineage(
             program,
             executor,
             inputs: assignment.inputs.clone(),
-            params: ctx.params.clone(),
+            params: params.clone(),
             node: node.to_string(),
             at_ms: status.updated_ms,
         });
+        let size = weft_protocol::encode(&body, usize::MAX).map_or(usize::MAX, |b| b.len());
+        if size > LINEAGE_ENTRY_BYTES {
+            tracing::warn!(job = %status.id, %artifact, bytes = size, "an output's lineage is too large to record; left out");
+            continue;
+        }
         if let Err(error) = store.ledger_append(body) {
             tracing::warn!(job = %status.id, %artifact, %error, "cannot record an output's lineage");
         }
@@ -250,6 +272,130 @@ mod tests {
                 cached: false,
             }),
         }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), "12D3KooWA").expect("open");
+        (dir, s)
+    }
+
+    fn job_parts(
+        params: Vec<(String, String)>,
+        inputs: Vec<(weft_protocol::Hash, String)>,
+        out: weft_protocol::Hash,
+        cached: bool,
+    ) -> (JobStatus, Submission, Assignment) {
+        let id = JobId::new(9, 9);
+        let spec = weft_protocol::JobSpec::from_yaml(
+            "apiVersion: weft/v1\nkind: Job\nmetadata: {name: j, experiment: e}\nspec:\n  task:\n    wasm: {module: m:v1}\n",
+        )
+        .expect("spec");
+        let sub = Submission {
+            spec,
+            local: false,
+            run: Some(RunContext {
+                experiment: None,
+                params,
+                pipeline_run: None,
+                step: Some("train".into()),
+            }),
+        };
+        let a = Assignment {
+            job: id.clone(),
+            attempt: 1,
+            name: "j".into(),
+            program: Program::Wasm {
+                module: weft_protocol::Hash::of(b"m"),
+                args: vec![],
+                env: vec![],
+            },
+            inputs,
+            outputs: vec![("/outputs/o".into(), None)],
+            needs: weft_protocol::sched::Needs {
+                executor: ExecutorKind::Wasm,
+                cpu_millis: 1,
+                memory_bytes: 1,
+                gpu: None,
+            },
+            timeout_ms: 1,
+            cache_key: weft_protocol::Hash::of(b"k"),
+            metrics: None,
+        };
+        let status = JobStatus {
+            id,
+            name: "j".into(),
+            coordinator: "12D3KooWA".into(),
+            state: JobState::Succeeded,
+            attempt: 1,
+            node: Some("12D3KooWB".into()),
+            reason: None,
+            result: Some(weft_protocol::sched::JobResult {
+                exit_code: Some(0),
+                outputs: vec![("/outputs/o".into(), out)],
+                cached,
+                ..Default::default()
+            }),
+            cache_key: weft_protocol::Hash::of(b"k"),
+            history: vec![],
+            created_ms: 1,
+            updated_ms: 2,
+            revision: 1,
+        };
+        (status, sub, a)
+    }
+
+    #[test]
+    fn lineage_is_written_per_output_small_and_once_for_a_cache_hit() {
+        let (_d, s) = store();
+        let input = (weft_protocol::Hash::of(b"in"), "/inputs/d".to_string());
+        let out = weft_protocol::Hash::of(b"out");
+        let small = vec![("lr".to_string(), "0.1".to_string())];
+        let (st, sub, a) = job_parts(small.clone(), vec![input.clone()], out, false);
+        lineage(&s, &st, &sub, &a, "12D3KooWB");
+        let l = s.lineage_of(&out).expect("lineage");
+        assert_eq!(l.len(), 1);
+        assert_eq!(
+            (
+                &l[0].inputs,
+                &l[0].params,
+                l[0].step.as_deref(),
+                l[0].node.as_str()
+            ),
+            (&vec![input.clone()], &small, Some("train"), "12D3KooWB")
+        );
+        assert_eq!(l[0].program, weft_protocol::Hash::of(b"m"));
+        // a cache hit of an output with a lineage adds none; without one, adds it
+        let (st, sub, a) = job_parts(small.clone(), vec![input.clone()], out, true);
+        lineage(&s, &st, &sub, &a, "12D3KooWB");
+        assert_eq!(s.lineage_of(&out).expect("lineage").len(), 1);
+        let fresh = weft_protocol::Hash::of(b"fresh");
+        let (st, sub, a) = job_parts(small, vec![input.clone()], fresh, true);
+        lineage(&s, &st, &sub, &a, "12D3KooWB");
+        assert_eq!(s.lineage_of(&fresh).expect("lineage").len(), 1);
+        // large params stay in the run only
+        let big: Vec<(String, String)> = (0..10)
+            .map(|i| (format!("p{i}"), "v".repeat(6000)))
+            .collect();
+        let other = weft_protocol::Hash::of(b"other");
+        let (st, sub, a) = job_parts(big, vec![input], other, false);
+        lineage(&s, &st, &sub, &a, "12D3KooWB");
+        let l = s.lineage_of(&other).expect("lineage");
+        assert_eq!(l.len(), 1);
+        assert!(l[0].params.is_empty());
+        // a lineage too large to gossip is left out
+        let many: Vec<(weft_protocol::Hash, String)> = (0..1024u32)
+            .map(|i| {
+                (
+                    weft_protocol::Hash::of(&i.to_le_bytes()),
+                    format!("/inputs/{}", "x".repeat(200) + &i.to_string()),
+                )
+            })
+            .collect();
+        let huge = weft_protocol::Hash::of(b"huge");
+        let (st, sub, a) = job_parts(vec![], many, huge, false);
+        lineage(&s, &st, &sub, &a, "12D3KooWB");
+        assert!(s.lineage_of(&huge).expect("lineage").is_empty());
     }
 
     #[test]
