@@ -259,7 +259,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ep!(
         "get",
         "/api/v1/runs",
-        "Runs, newest first (query experiment, limit)",
+        "Runs, newest first, with their latest metrics (query experiment, limit, history=true for every point)",
         NO_BODY,
         JSON
     ),

@@ -327,15 +327,26 @@ async fn create(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respons
 struct ListQuery {
     experiment: Option<String>,
     limit: Option<usize>,
+    /// Include every metric point, not only the latest of each metric.
+    #[serde(default)]
+    history: bool,
 }
 
-/// `GET /api/v1/runs?experiment=E&limit=N`: newest first.
+/// `GET /api/v1/runs?experiment=E&limit=N&history=BOOL`: newest first,
+/// each with the latest value of its metrics (and every point with
+/// `history=true`).
 async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     let store = state.store.clone();
     let mut runs: Vec<RunJson> = blocking(move || store.run_views())
         .await?
         .into_iter()
-        .map(RunJson::from)
+        .map(|v| {
+            let mut r = RunJson::from(v);
+            if !q.history {
+                r.metric_history.clear();
+            }
+            r
+        })
         .filter(|r| {
             q.experiment
                 .as_ref()
