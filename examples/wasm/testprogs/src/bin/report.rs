@@ -6,11 +6,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.windows(2)
-            .find(|w| w[0] == name)
-            .map(|w| w[1].clone())
-    };
+    let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
     let text = args.get(1).cloned().unwrap_or_default();
     let to = flag("--to").unwrap_or_else(|| "/outputs/metrics.json".into());
     if let Some(parent) = std::path::Path::new(&to).parent() {
