@@ -15,10 +15,12 @@ mod artifacts;
 pub mod client;
 pub mod guard;
 mod jobs;
+pub mod lineage;
 mod metrics;
 mod models;
 pub mod openapi;
 pub mod paths;
+pub mod runs;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -182,6 +184,8 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
+        .merge(runs::routes())
+        .merge(lineage::routes())
         .merge(models::routes())
         .merge(transfers::routes())
         .merge(openapi::routes())

@@ -11,6 +11,7 @@ mod job_cmds;
 mod mesh_cmds;
 mod model_cmds;
 mod output;
+pub mod run_cmds;
 mod store_cmds;
 
 pub(crate) use output::human_bytes;
@@ -77,6 +78,21 @@ pub enum Command {
     /// Jobs: list, status, logs, cancel (from any node of the mesh).
     #[command(subcommand)]
     Job(JobCmd),
+    /// Runs (every job is one) with their params and metrics, from any node.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// What made an artifact (upstream, to data added by hand), or with
+    /// --down what was made from it.
+    Lineage {
+        /// An id, unique id prefix, tag, or models/NAME@ALIAS or models/NAME:N.
+        reference: String,
+        /// Follow at most N jobs from the artifact.
+        #[arg(long)]
+        depth: Option<u32>,
+        /// Walk downstream: everything derived from the artifact.
+        #[arg(long)]
+        down: bool,
+    },
     /// The model registry: versions and aliases (from any node of the mesh).
     #[command(subcommand)]
     Model(ModelCmd),
@@ -210,6 +226,26 @@ pub enum JobCmd {
     },
     /// Cancel a job (stops its running task).
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// Runs, newest first: id, name, experiment, status, node, duration, metrics.
+    Ls {
+        /// Only the runs of this experiment.
+        #[arg(long)]
+        experiment: Option<String>,
+    },
+    /// One run: params, metrics, tags.
+    Show { id: String },
+    /// Params and metrics of runs side by side, the best value of each
+    /// metric marked `*`: the highest, or the lowest for a metric whose
+    /// name contains `loss` or `error`.
+    Compare {
+        /// The runs (two or more).
+        #[arg(required = true, num_args = 2.., value_name = "RUN")]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -389,6 +425,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 JobCmd::Logs { id, follow } => job_cmds::logs(&home, &id, follow, cli.json).await,
                 JobCmd::Cancel { id } => job_cmds::cancel(&home, &id, cli.json).await,
             },
+            Command::Runs(cmd) => match cmd {
+                RunsCmd::Ls { experiment } => {
+                    run_cmds::ls(&home, experiment.as_deref(), cli.json).await
+                }
+                RunsCmd::Show { id } => run_cmds::show(&home, &id, cli.json).await,
+                RunsCmd::Compare { ids } => run_cmds::compare(&home, &ids, cli.json).await,
+            },
+            Command::Lineage {
+                reference,
+                depth,
+                down,
+            } => run_cmds::lineage(&home, &reference, depth, down, cli.json).await,
             Command::Model(cmd) => match cmd {
                 ModelCmd::Register { name, reference } => {
                     model_cmds::register(&home, &name, &reference, cli.json).await

@@ -15,7 +15,7 @@
 //! from many threads. Its methods block, so async callers run them on the
 //! blocking pool.
 
-mod beneath;
+pub(crate) mod beneath;
 mod export;
 mod import;
 pub mod ledger;

@@ -102,6 +102,8 @@ pub(crate) async fn run(
         | Command::Peers
         | Command::Run { .. }
         | Command::Job(_)
+        | Command::Runs(_)
+        | Command::Lineage { .. }
         | Command::Model(_)
         | Command::Node
         | Command::Devnet(_) => {
