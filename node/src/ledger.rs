@@ -45,6 +45,9 @@ use crate::store::{Store, StoreError};
 const PAGE: usize = 256;
 /// Entries per gossip message.
 const GOSSIP_BATCH: usize = 128;
+/// Encoded bytes of entries per gossip message or rpc answer, well inside
+/// the 4 MiB frame.
+const MESSAGE_BUDGET: usize = 1024 * 1024;
 /// How long a pushed entry waits for each peer's answer.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -341,7 +344,35 @@ async fn run(
     syncs.shutdown().await;
 }
 
+/// Splits `entries` into runs whose encoded size stays within `budget`
+/// (an entry alone over it is a run of its own: entries are bounded by
+/// `MAX_ENTRY_BYTES`, far below the frame).
+fn by_bytes(entries: Vec<Entry>, budget: usize) -> Vec<Vec<Entry>> {
+    let mut out: Vec<Vec<Entry>> = Vec::new();
+    let mut size = 0usize;
+    for e in entries {
+        let n = e.encode().map(|b| b.len()).unwrap_or(budget);
+        match out.last_mut() {
+            Some(last) if size + n <= budget => {
+                last.push(e);
+                size += n;
+            }
+            _ => {
+                out.push(vec![e]);
+                size = n;
+            }
+        }
+    }
+    out
+}
+
 async fn publish(net: &NetHandle, entries: Vec<Entry>) {
+    for part in by_bytes(entries, MESSAGE_BUDGET) {
+        publish_one(net, part).await;
+    }
+}
+
+async fn publish_one(net: &NetHandle, entries: Vec<Entry>) {
     let n = entries.len();
     let data = match (LedgerGossip { entries }).encode() {
         Ok(d) => d,
@@ -482,6 +513,13 @@ pub async fn answer_sync(store: &Store, after: Option<String>) -> Response {
     {
         Ok(Ok((mut entries, more))) => {
             entries.retain(|e| e.check_bounds().is_ok());
+            let total = entries.len();
+            let entries = by_bytes(entries, MESSAGE_BUDGET)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            // the asker continues after the last key it got
+            let more = more || entries.len() < total;
             Response::Ledger { entries, more }
         }
         Ok(Err(e)) => Response::error(ErrorCode::Internal, e.to_string()),
@@ -515,7 +553,15 @@ pub async fn answer_push(store: &Store, sender: PeerId, entries: Vec<Entry>) -> 
     {
         Ok(Ok(mut held)) => {
             held.retain(|e| e.check_bounds().is_ok());
+            // the newest first, within the frame: the asker needs the rivals
+            // of its own entries, which come last in clock order
+            held.reverse();
             held.truncate(MAX_LEDGER_PAGE);
+            let mut held = by_bytes(held, MESSAGE_BUDGET)
+                .into_iter()
+                .next()
+                .unwrap_or_default();
+            held.reverse();
             Response::Ledger {
                 entries: held,
                 more: false,
@@ -571,6 +617,21 @@ mod tests {
         assert!(matches!(err, EntryRefusal::Clock(_)), "{err}");
         let err = check_relayed(&entry("1111".into(), now, version()), now).expect_err("no id");
         assert!(matches!(err, EntryRefusal::BadOrigin { .. }), "{err}");
+    }
+
+    #[test]
+    fn batches_stay_within_their_byte_budget() {
+        let me = PeerId::random().to_string();
+        let entries: Vec<Entry> = (0..100)
+            .map(|i| entry(me.clone(), 1_000_000 + i, version()))
+            .collect();
+        let one = entries[0].encode().expect("encode").len();
+        let parts = by_bytes(entries.clone(), one * 10);
+        assert_eq!(parts.len(), 10);
+        assert!(parts.iter().all(|p| p.len() == 10));
+        assert_eq!(parts.concat(), entries, "nothing lost, order kept");
+        // an entry over the budget travels alone
+        assert_eq!(by_bytes(entries[..3].to_vec(), 1).len(), 3);
     }
 
     #[test]
