@@ -174,6 +174,9 @@ fn requests() -> Vec<Request> {
             replicas: 3,
         },
         Request::LedgerSync { after: None },
+        Request::CancelPipeline {
+            run: JobId::new(3, 4),
+        },
         Request::LedgerSync {
             after: Some("0569726973".into()),
         },

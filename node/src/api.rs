@@ -15,10 +15,13 @@ mod artifacts;
 pub mod client;
 pub mod guard;
 mod jobs;
+pub mod lineage;
 mod metrics;
+mod models;
 pub mod openapi;
 pub mod paths;
 mod pipelines;
+pub mod runs;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -53,6 +56,8 @@ pub struct ApiState {
     pub sched: Option<crate::sched::SchedHandle>,
     /// The data plane, to fetch what is not here.
     pub transfer: Option<crate::transfer::TransferHandle>,
+    /// The ledger, for models, runs, lineage and pipelines.
+    pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The pipeline engine, for the pipeline endpoints.
     pub pipelines: Option<crate::pipeline::PipelineHandle>,
 }
@@ -183,6 +188,9 @@ pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
         .merge(pipelines::routes())
+        .merge(runs::routes())
+        .merge(lineage::routes())
+        .merge(models::routes())
         .merge(transfers::routes())
         .merge(openapi::routes())
         .merge(metrics::routes())

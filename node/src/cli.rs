@@ -9,8 +9,10 @@ mod backend;
 mod fetch;
 mod job_cmds;
 mod mesh_cmds;
+mod model_cmds;
 mod output;
 mod pipeline_cmds;
+pub mod run_cmds;
 mod store_cmds;
 
 pub(crate) use output::human_bytes;
@@ -80,6 +82,24 @@ pub enum Command {
     /// Pipelines (kind: Pipeline): run, list runs, status, cancel.
     #[command(subcommand)]
     Pipeline(PipelineCmd),
+    /// Runs (every job is one) with their params and metrics, from any node.
+    #[command(subcommand)]
+    Runs(RunsCmd),
+    /// What made an artifact (upstream, to data added by hand), or with
+    /// --down what was made from it.
+    Lineage {
+        /// An id, unique id prefix, tag, or models/NAME@ALIAS or models/NAME:N.
+        reference: String,
+        /// Follow at most N jobs from the artifact.
+        #[arg(long)]
+        depth: Option<u32>,
+        /// Walk downstream: everything derived from the artifact.
+        #[arg(long)]
+        down: bool,
+    },
+    /// The model registry: versions and aliases (from any node of the mesh).
+    #[command(subcommand)]
+    Model(ModelCmd),
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
     /// This node's id, addresses and advert (needs a running daemon).
@@ -210,6 +230,51 @@ pub enum JobCmd {
     },
     /// Cancel a job (stops its running task).
     Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCmd {
+    /// Runs, newest first: id, name, experiment, status, node, duration, metrics.
+    Ls {
+        /// Only the runs of this experiment.
+        #[arg(long)]
+        experiment: Option<String>,
+    },
+    /// One run: params, metrics, tags.
+    Show { id: String },
+    /// Params and metrics of runs side by side, the best value of each
+    /// metric marked `*`: the highest, or the lowest for a metric whose
+    /// name contains `loss` or `error`.
+    Compare {
+        /// The runs (two or more).
+        #[arg(required = true, num_args = 2.., value_name = "RUN")]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Register the next version of NAME; prints models/NAME:N.
+    Register {
+        name: String,
+        /// An id, a tag, models/OTHER@ALIAS or models/OTHER:N, or a run's
+        /// output JOB_ID:/outputs/model.
+        reference: String,
+    },
+    /// Point NAME@ALIAS at a version.
+    Alias {
+        /// NAME@ALIAS, e.g. iris@champion.
+        target: String,
+        /// The version number it points at.
+        #[arg(value_name = "VERSION")]
+        number: String,
+    },
+    /// Move NAME@ALIAS back to where it pointed before its last move.
+    Rollback { target: String },
+    /// Models with their version count and aliases.
+    Ls,
+    /// A model's versions (artifact, run, metrics) and its aliases' history.
+    Show { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,6 +456,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 JobCmd::Status { id } => job_cmds::status(&home, &id, cli.json).await,
                 JobCmd::Logs { id, follow } => job_cmds::logs(&home, &id, follow, cli.json).await,
                 JobCmd::Cancel { id } => job_cmds::cancel(&home, &id, cli.json).await,
+            },
+            Command::Runs(cmd) => match cmd {
+                RunsCmd::Ls { experiment } => {
+                    run_cmds::ls(&home, experiment.as_deref(), cli.json).await
+                }
+                RunsCmd::Show { id } => run_cmds::show(&home, &id, cli.json).await,
+                RunsCmd::Compare { ids } => run_cmds::compare(&home, &ids, cli.json).await,
+            },
+            Command::Lineage {
+                reference,
+                depth,
+                down,
+            } => run_cmds::lineage(&home, &reference, depth, down, cli.json).await,
+            Command::Model(cmd) => match cmd {
+                ModelCmd::Register { name, reference } => {
+                    model_cmds::register(&home, &name, &reference, cli.json).await
+                }
+                ModelCmd::Alias { target, number } => {
+                    model_cmds::alias(&home, &target, &number, cli.json).await
+                }
+                ModelCmd::Rollback { target } => {
+                    model_cmds::rollback(&home, &target, cli.json).await
+                }
+                ModelCmd::Ls => model_cmds::ls(&home, cli.json).await,
+                ModelCmd::Show { name } => model_cmds::show(&home, &name, cli.json).await,
             },
             Command::Pipeline(cmd) => match cmd {
                 PipelineCmd::Run {

@@ -27,6 +27,7 @@ use weft_protocol::{ErrorCode, NodeAdvert, Request, Response, Topic};
 use crate::api::{self, ApiState, Metrics, NodeView};
 use crate::config::{Config, ConfigError};
 use crate::home::{Home, HomeError, write_atomic};
+use crate::ledger::{self, LedgerEvent, LedgerHandle};
 use crate::net::{self, NetConfig, NetError, NetEvent, NetHandle};
 use crate::pipeline::{self, PipelineHandle};
 use crate::resources::{self, AdvertInputs, DeclaredGpu, ResourceError};
@@ -111,6 +112,8 @@ pub struct Node {
     sched: SchedHandle,
     pipelines: PipelineHandle,
     transfer: TransferHandle,
+    ledger: LedgerHandle,
+    triggers: ledger::triggers::TriggersHandle,
     advert: watch::Sender<NodeAdvert>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -266,6 +269,11 @@ impl Node {
         // 4. tag replication
         let (tags, replicator) = tags::replicator(store.clone(), net.clone(), shutdown.clone());
         tasks.spawn(replicator);
+        let (ledger, ledger_loop) =
+            ledger::replicator(store.clone(), Some(net.clone()), shutdown.clone());
+        tasks.spawn(ledger_loop);
+        let (triggers, triggers_loop) = ledger::triggers::watcher(ledger.clone(), shutdown.clone());
+        tasks.spawn(triggers_loop);
 
         // 5. the scheduler
         let (sched, loops) = sched::start(
@@ -290,21 +298,25 @@ impl Node {
             tasks.spawn(l);
         }
 
-        // 6. the pipeline engine, over the scheduler
-        let (pipelines, engine) = pipeline::start(
-            sched.clone(),
-            store.clone(),
-            peer_id.clone(),
-            shutdown.clone(),
-        );
+        // 6. the pipeline engine, over the scheduler and the ledger
+        let (pipelines, engine) = pipeline::start(pipeline::EngineConfig {
+            sched: sched.clone(),
+            ledger: ledger.clone(),
+            net: Some(net.clone()),
+            me: peer_id.clone(),
+            shutdown: shutdown.clone(),
+        });
         tasks.spawn(engine);
+        triggers.set_starter(pipeline::trigger_starter(pipelines.clone()));
 
         tasks.spawn(dispatch(
             events,
             Subsystems {
                 store: store.clone(),
                 tags,
+                ledger: ledger.clone(),
                 sched: sched.clone(),
+                pipelines: pipelines.clone(),
                 transfer: transfer.clone(),
             },
             shutdown.clone(),
@@ -346,6 +358,7 @@ impl Node {
             node: Some(view),
             sched: Some(sched.clone()),
             transfer: Some(transfer.clone()),
+            ledger: Some(ledger.clone()),
             pipelines: Some(pipelines.clone()),
         };
         let stop = shutdown.clone();
@@ -371,6 +384,8 @@ impl Node {
             sched,
             pipelines,
             transfer,
+            ledger,
+            triggers,
             advert,
             shutdown,
             tasks,
@@ -384,13 +399,23 @@ impl Node {
     }
 
     /// The scheduler handle.
-    pub fn sched(&self) -> &SchedHandle {
-        &self.sched
+    /// The ledger: model versions, aliases, runs, lineage, pipeline runs.
+    pub fn ledger(&self) -> &LedgerHandle {
+        &self.ledger
     }
 
     /// The pipeline engine's handle.
     pub fn pipelines(&self) -> &PipelineHandle {
         &self.pipelines
+    }
+
+    /// Where tag changes start pipelines (see `ledger::triggers`).
+    pub fn triggers(&self) -> &ledger::triggers::TriggersHandle {
+        &self.triggers
+    }
+
+    pub fn sched(&self) -> &SchedHandle {
+        &self.sched
     }
 
     /// This node's current advert (as gossiped, less what the mesh fills in).
@@ -449,7 +474,9 @@ impl Node {
 struct Subsystems {
     store: Store,
     tags: TagsHandle,
+    ledger: LedgerHandle,
     sched: SchedHandle,
+    pipelines: PipelineHandle,
     transfer: TransferHandle,
 }
 
@@ -472,6 +499,11 @@ async fn answer(subsystems: Subsystems, peer: libp2p::PeerId, request: Request) 
     match request {
         Request::Ping { nonce } => Response::Pong { nonce },
         Request::TagSync { after } => tags::answer_sync(&subsystems.store, after).await,
+        Request::LedgerSync { after } => ledger::answer_sync(&subsystems.store, after).await,
+        Request::CancelPipeline { run } => subsystems.pipelines.answer_cancel(peer, run).await,
+        Request::LedgerPush { entries } => {
+            ledger::answer_push(&subsystems.store, peer, entries).await
+        }
         request @ (Request::Has { .. } | Request::Replicate { .. }) => {
             subsystems.transfer.answer(peer, request).await
         }
@@ -524,12 +556,18 @@ async fn dispatch(
                 source,
                 data,
             } => subsystems.sched.gossip(source, data),
+            NetEvent::Gossip {
+                topic: Topic::Ledger,
+                source,
+                data,
+            } => subsystems.ledger.send(LedgerEvent::Gossip { source, data }),
             NetEvent::Gossip { topic, source, .. } => {
                 tracing::debug!(%topic, %source, "gossip not handled");
             }
             NetEvent::PeerUp(peer) => {
                 tracing::info!(%peer, "peer up");
                 subsystems.tags.send(TagEvent::PeerUp(peer));
+                subsystems.ledger.send(LedgerEvent::PeerUp(peer));
                 subsystems.sched.peer_up();
             }
             NetEvent::PeerGone(peer) => {

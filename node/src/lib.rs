@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod home;
 pub mod image;
+pub mod ledger;
 pub mod net;
 pub mod pipeline;
 pub mod resources;

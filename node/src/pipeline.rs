@@ -18,10 +18,15 @@
 //! ls|status` from its own copy ([`PipelineHandle::runs`]).
 //!
 //! Cancel: on the coordinator, the engine cancels the running steps' jobs
-//! and marks the waiting steps cancelled. On any other node, cancel writes
-//! a `PipelineRun` entry in state `cancelled` for the run; the coordinator
-//! watches the ledger and cancels a run of its own when such an entry from
-//! another node reaches it (so no request of its own is needed).
+//! and marks the waiting steps cancelled. Any other node sends
+//! `Request::CancelPipeline` to the run's coordinator, which does the same.
+//! A run's view is what its coordinator wrote (peers refuse a run's record
+//! from anyone else, and this node ignores one it holds).
+//!
+//! Triggers: a submitted pipeline that declares `spec.triggers` is kept in
+//! the ledger (`ledger::triggers::keep`); when a tag it watches moves, the
+//! one node that owns the change starts it here through
+//! [`trigger_starter`], its inputs naming that tag pinned to the new id.
 //!
 //! A coordinator that restarts does not resume its runs: at start it marks
 //! the runs it left running as failed (their finished steps are cached, so
@@ -31,21 +36,33 @@ mod engine;
 mod steps;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weft_protocol::Hash;
-use weft_protocol::TagName;
-use weft_protocol::ledger::{Entry, EntryBody, EntryKind, PipelineRunRecord, PipelineState};
+use weft_protocol::ledger::{
+    Entry, EntryBody, EntryKind, PipelineDef, PipelineRunRecord, PipelineState,
+};
 use weft_protocol::pipeline::PipelineSpec;
 use weft_protocol::sched::JobId;
+use weft_protocol::{ErrorCode, Hash, Request, Response, TagName};
 
 pub use steps::{Registered, register_and_promote};
 
+use crate::ledger::LedgerHandle;
+use crate::net::NetHandle;
 use crate::sched::SchedHandle;
 use crate::store::{Store, StoreError};
+
+/// How long a cancel request waits for the coordinator's answer.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a cancel sent to another node waits for the cancelled record
+/// to arrive here, before answering with the record as it stands.
+const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 
 /// Why a pipeline call failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +72,9 @@ pub enum PipelineError {
     BadSpec(String),
     #[error("no pipeline run {0} is known here; `weft pipeline ls` lists the runs this node knows")]
     NotFound(JobId),
+    /// The run's coordinator could not be asked.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("the pipeline engine has stopped")]
@@ -76,6 +96,9 @@ pub struct StartRequest {
     /// Inputs naming one of these tags take the id given instead (the
     /// change a trigger saw, whatever the tag points at later).
     pub pinned: Vec<(TagName, Hash)>,
+    /// The spec as the user sent it (YAML): kept in the ledger when it
+    /// declares triggers, so they fire on every node.
+    pub source: Option<String>,
 }
 
 impl StartRequest {
@@ -88,6 +111,7 @@ impl StartRequest {
             force_steps: Vec::new(),
             trigger: None,
             pinned: Vec::new(),
+            source: None,
         }
     }
 }
@@ -97,18 +121,59 @@ impl StartRequest {
 pub struct PipelineHandle {
     tx: mpsc::Sender<engine::Command>,
     store: Store,
+    ledger: LedgerHandle,
+    net: Option<NetHandle>,
+    me: String,
+}
+
+/// What the engine needs from the rest of the node.
+pub struct EngineConfig {
+    pub sched: SchedHandle,
+    pub ledger: LedgerHandle,
+    /// The mesh, to ask other coordinators to cancel their runs.
+    pub net: Option<NetHandle>,
+    /// This node's id.
+    pub me: String,
+    pub shutdown: CancellationToken,
 }
 
 /// Starts the engine; returns its handle and the loop to spawn.
-pub fn start(
-    sched: SchedHandle,
-    store: Store,
-    me: String,
-    shutdown: CancellationToken,
-) -> (PipelineHandle, BoxFuture<'static, ()>) {
+pub fn start(config: EngineConfig) -> (PipelineHandle, BoxFuture<'static, ()>) {
     let (tx, rx) = mpsc::channel(256);
-    let engine = engine::Engine::new(sched, store.clone(), me, rx, shutdown);
-    (PipelineHandle { tx, store }, Box::pin(engine.run()))
+    let store = config.ledger.store().clone();
+    let handle = PipelineHandle {
+        tx,
+        store,
+        ledger: config.ledger.clone(),
+        net: config.net,
+        me: config.me.clone(),
+    };
+    let engine = engine::Engine::new(config.sched, config.ledger, config.me, rx, config.shutdown);
+    (handle, Box::pin(engine.run()))
+}
+
+/// What the trigger watcher calls to start a pipeline for a tag change:
+/// the kept definition with its params, inputs naming the tag pinned to
+/// the id it moved to, and the change recorded as the run's trigger.
+pub fn trigger_starter(pipelines: PipelineHandle) -> crate::ledger::triggers::Starter {
+    Arc::new(
+        move |def: PipelineDef, tag: TagName, target: Hash, trigger: String| {
+            let pipelines = pipelines.clone();
+            Box::pin(async move {
+                let spec = PipelineSpec::from_yaml(&def.spec)
+                    .map_err(|e| format!("the kept pipeline {} no longer parses: {e}", def.name))?;
+                let mut req = StartRequest::new(spec);
+                req.params = def.params;
+                req.trigger = Some(trigger);
+                req.pinned = vec![(tag, target)];
+                pipelines
+                    .start(req)
+                    .await
+                    .map(|r| r.id)
+                    .map_err(|e| e.to_string())
+            }) as BoxFuture<'static, Result<JobId, String>>
+        },
+    )
 }
 
 impl PipelineHandle {
@@ -140,6 +205,29 @@ impl PipelineHandle {
                 )));
             }
         }
+        if let Some(yaml) = &req.source {
+            if !req.spec.triggers.is_empty()
+                && yaml.len() > weft_protocol::bounds::MAX_PIPELINE_SPEC_BYTES
+            {
+                return Err(PipelineError::BadSpec(format!(
+                    "spec.triggers: a pipeline with triggers is kept on every node, so its spec \
+                     may hold at most {} bytes (this one holds {})",
+                    weft_protocol::bounds::MAX_PIPELINE_SPEC_BYTES,
+                    yaml.len()
+                )));
+            }
+            crate::ledger::triggers::keep(
+                &self.ledger,
+                req.spec.name.as_str(),
+                yaml,
+                req.params.clone(),
+            )
+            .await
+            .map_err(|e| match e {
+                crate::ledger::LedgerError::Store(s) => PipelineError::Store(s),
+                other => PipelineError::BadSpec(other.to_string()),
+            })?;
+        }
         self.ask(|reply| engine::Command::Start {
             req: Box::new(req),
             params,
@@ -149,11 +237,88 @@ impl PipelineHandle {
     }
 
     /// Cancels a run: its running steps are cancelled, its waiting ones
-    /// never start. From a node other than its coordinator, the request
-    /// travels as a ledger entry the coordinator acts on.
+    /// never start. A run coordinated elsewhere is cancelled by its
+    /// coordinator, asked with `Request::CancelPipeline`.
     pub async fn cancel(&self, run: JobId) -> Result<PipelineRunRecord, PipelineError> {
-        self.ask(|reply| engine::Command::Cancel { run, reply })
-            .await
+        let rec = self.run(&run).await?;
+        if rec.coordinator == self.me || rec.state != PipelineState::Running {
+            return self
+                .ask(|reply| engine::Command::Cancel {
+                    run,
+                    why: "cancelled".into(),
+                    reply,
+                })
+                .await;
+        }
+        let coordinator = rec.coordinator.parse::<PeerId>().map_err(|_| {
+            PipelineError::Unavailable(format!("run {run} has no valid coordinator"))
+        })?;
+        let Some(net) = &self.net else {
+            return Err(PipelineError::Unavailable(format!(
+                "run {run} is coordinated by {coordinator}, and this node runs no mesh to ask it"
+            )));
+        };
+        let asked = tokio::time::timeout(
+            CANCEL_TIMEOUT,
+            net.request(coordinator, Request::CancelPipeline { run: run.clone() }),
+        )
+        .await;
+        match asked {
+            Ok(Ok(Response::Ack)) => {}
+            Ok(Ok(Response::Error { message, .. })) => {
+                return Err(PipelineError::Unavailable(format!(
+                    "run {run}'s coordinator {coordinator} refused to cancel it: {message}"
+                )));
+            }
+            Ok(Ok(other)) => {
+                return Err(PipelineError::Unavailable(format!(
+                    "unexpected answer from run {run}'s coordinator: {other:?}"
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(PipelineError::Unavailable(format!(
+                    "cannot reach run {run}'s coordinator {coordinator}: {e}; \
+                     try again once it is back"
+                )));
+            }
+            Err(_) => {
+                return Err(PipelineError::Unavailable(format!(
+                    "run {run}'s coordinator {coordinator} did not answer within {}s",
+                    CANCEL_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        // the coordinator's record travels by gossip: answer with it once here
+        self.wait(&run, Some(rec.updated_ms), CANCEL_SETTLE).await
+    }
+
+    /// Answers `Request::CancelPipeline` from `peer`: cancels the run when
+    /// this node coordinates it.
+    pub async fn answer_cancel(&self, peer: PeerId, run: JobId) -> Response {
+        match self.run(&run).await {
+            Ok(rec) if rec.coordinator == self.me => {}
+            Ok(_) | Err(PipelineError::NotFound(_)) => {
+                return Response::error(
+                    ErrorCode::NotFound,
+                    format!("this node does not coordinate pipeline run {run}"),
+                );
+            }
+            Err(e) => return Response::error(ErrorCode::Internal, e.to_string()),
+        }
+        let asked = self
+            .ask(|reply| engine::Command::Cancel {
+                run,
+                why: format!("cancel asked by node {peer}"),
+                reply,
+            })
+            .await;
+        match asked {
+            Ok(_) => Response::Ack,
+            Err(e @ PipelineError::NotFound(_)) => {
+                Response::error(ErrorCode::NotFound, e.to_string())
+            }
+            Err(e) => Response::error(ErrorCode::Internal, e.to_string()),
+        }
     }
 
     /// A run as this node's ledger last heard of it (see [`counts`]).
@@ -263,15 +428,11 @@ fn record(store: &Store, id: &JobId) -> Result<Option<PipelineRunRecord>, StoreE
     }))
 }
 
-/// Whether a run's entry counts for its view: one its coordinator wrote,
-/// or a cancel request from another node. A record another node writes in
-/// any other state (a run's progress claimed by a node that does not
-/// coordinate it) is ignored.
+/// Whether a run's entry counts for its view: only its coordinator's do
+/// (peers refuse the others; one written here by another hand is ignored).
 fn counts(e: &Entry) -> bool {
     match &e.body {
-        EntryBody::PipelineRun(p) => {
-            p.coordinator == e.origin || p.state == PipelineState::Cancelled
-        }
+        EntryBody::PipelineRun(p) => p.coordinator == e.origin,
         _ => false,
     }
 }

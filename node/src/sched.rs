@@ -49,6 +49,7 @@ mod coordinator;
 mod executor;
 pub(crate) mod placement;
 mod records;
+pub(crate) mod runs;
 
 use std::path::PathBuf;
 use std::sync::Arc;

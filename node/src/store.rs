@@ -15,7 +15,7 @@
 //! from many threads. Its methods block, so async callers run them on the
 //! blocking pool.
 
-mod beneath;
+pub(crate) mod beneath;
 mod export;
 mod import;
 pub mod ledger;
@@ -154,6 +154,8 @@ struct Inner {
     hlc: Mutex<Hlc>,
     /// Tag versions written by this node, for replication to the mesh.
     local_tags: tokio::sync::broadcast::Sender<TagUpdate>,
+    /// Every tag version stored here (written here or merged from a peer).
+    stored_tags: tokio::sync::broadcast::Sender<TagUpdate>,
     /// The ledger's entries (see `ledger`).
     ledger: sled::Tree,
     /// Ledger entries written by this node, for gossip.
@@ -251,6 +253,7 @@ impl Store {
                 origin: origin.to_string(),
                 hlc: Mutex::new(Hlc::default()),
                 local_tags: tokio::sync::broadcast::channel(1024).0,
+                stored_tags: tokio::sync::broadcast::channel(1024).0,
             }),
         };
         store.clean_tmp()?;
@@ -522,6 +525,12 @@ impl Store {
         self.inner.local_tags.subscribe()
     }
 
+    /// Every tag version stored here from now on, written here or merged
+    /// from a peer (for those that act on tag changes).
+    pub fn subscribe_tag_changes(&self) -> tokio::sync::broadcast::Receiver<TagUpdate> {
+        self.inner.stored_tags.subscribe()
+    }
+
     /// Tags named after `after` (in name order), at most `limit` of them,
     /// each with its newest versions; and whether more follow.
     pub fn tag_page(
@@ -606,6 +615,12 @@ impl Store {
                 sled::transaction::TransactionError::Abort(e) => e,
                 sled::transaction::TransactionError::Storage(e) => StoreError::Db(e),
             })?;
+        if changed {
+            let _ = self.inner.stored_tags.send(TagUpdate {
+                name: name.clone(),
+                version,
+            });
+        }
         Ok(changed)
     }
 

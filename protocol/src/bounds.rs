@@ -213,7 +213,8 @@ impl Bounded for Request {
             | Request::Claim { .. }
             | Request::CancelJob { .. }
             | Request::CancelTask { .. }
-            | Request::GetJob { .. } => Ok(()),
+            | Request::GetJob { .. }
+            | Request::CancelPipeline { .. } => Ok(()),
             Request::Reserve { needs, .. } => {
                 let at = join(at, "Reserve.needs");
                 needs.gpu.as_ref().map_or(Ok(()), |g| {

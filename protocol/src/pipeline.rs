@@ -167,7 +167,35 @@ fn number_text(n: f64) -> String {
 /// `spec.triggers[i]`: a tag whose moves start a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trigger {
-    pub tag: TagName,
+    pub tag: TriggerTag,
+}
+
+/// What a trigger watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerTag {
+    /// One tag: `datasets/iris:v1`.
+    Tag(TagName),
+    /// Every version of a repository: `datasets/iris`.
+    Repository(String),
+}
+
+impl TriggerTag {
+    fn parse(s: &str) -> Result<TriggerTag, String> {
+        if s.contains(':') {
+            return TagName::new(s)
+                .map(TriggerTag::Tag)
+                .map_err(|e| e.to_string());
+        }
+        // a repository is valid when it makes a valid tag
+        TagName::new(&format!("{s}:v"))
+            .map(|_| TriggerTag::Repository(s.to_string()))
+            .map_err(|_| {
+                format!(
+                    "{:?} is neither a tag (datasets/iris:v1) nor a tag repository (datasets/iris)",
+                    shown(s)
+                )
+            })
+    }
 }
 
 /// One step.
@@ -720,7 +748,7 @@ struct SpecWire {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TriggerWire {
-    tag: TagName,
+    tag: String,
 }
 
 #[derive(Deserialize)]
@@ -1195,15 +1223,17 @@ fn check(wire: PipelineWire) -> Result<PipelineSpec, PipelineError> {
         step.needs = needs;
         ordered.push(step);
     }
+    let mut triggers = Vec::with_capacity(spec.triggers.len());
+    for (i, t) in spec.triggers.iter().enumerate() {
+        let tag =
+            TriggerTag::parse(&t.tag).map_err(|m| field(format!("spec.triggers[{i}].tag"), m))?;
+        triggers.push(Trigger { tag });
+    }
     let pipeline = PipelineSpec {
         name: wire.metadata.name,
         experiment: wire.metadata.experiment,
         params: spec.params,
-        triggers: spec
-            .triggers
-            .into_iter()
-            .map(|t| Trigger { tag: t.tag })
-            .collect(),
+        triggers,
         steps: ordered,
     };
     // every step's job as it would be submitted with the defaults (params
@@ -1440,7 +1470,10 @@ spec:
         let r = promote.register.as_ref().expect("register");
         assert_eq!(r.model.as_str(), "iris");
         assert_eq!(r.alias.as_ref().map(|a| a.as_str()), Some("champion"));
-        assert_eq!(p.triggers[0].tag.as_str(), "datasets/iris:v1");
+        assert_eq!(
+            p.triggers[0].tag,
+            TriggerTag::Tag(TagName::new("datasets/iris:v1").expect("tag"))
+        );
         assert_eq!(p.params["epochs"], Param::Text("500".into()));
         assert_eq!(
             p.downstream("train").into_iter().collect::<Vec<_>>(),
@@ -1732,9 +1765,18 @@ spec:
         assert_eq!(path, "spec.steps.split.outputs[0].tags");
         let (path, _) = err(&edit("kind: Pipeline", "kind: Job"));
         assert_eq!(path, "kind");
-        let (path, _) = err(&edit(
+        let p = PipelineSpec::from_yaml(&edit(
             "  triggers: [{tag: datasets/iris:v1}]",
             "  triggers: [{tag: datasets/iris}]",
+        ))
+        .expect("a repository");
+        assert_eq!(
+            p.triggers[0].tag,
+            TriggerTag::Repository("datasets/iris".into())
+        );
+        let (path, _) = err(&edit(
+            "  triggers: [{tag: datasets/iris:v1}]",
+            "  triggers: [{tag: \"data sets\"}]",
         ));
         assert_eq!(path, "spec.triggers[0].tag");
         // job checks hold in steps, with the step's path

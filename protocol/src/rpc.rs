@@ -163,6 +163,10 @@ pub enum Request {
     /// them (each must be written by the sender) and answers
     /// [`Response::Ledger`] with every entry it holds of the same subjects.
     LedgerPush { entries: Vec<crate::ledger::Entry> },
+    /// Sent to a pipeline run's coordinator by the node a user asked to
+    /// cancel it. Answered with [`Response::Ack`] once the cancel is
+    /// recorded, or a `not_found` error.
+    CancelPipeline { run: JobId },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -389,6 +393,14 @@ mod tests {
             hex::encode(claim.encode().expect("encode")),
             "a165436c61696da2636a6f6274303030303030303030303031303030303030303267617474656d707402"
         );
+        // checked against Python's cbor2
+        let cancel = Request::CancelPipeline {
+            run: JobId::new(1, 2),
+        };
+        assert_eq!(
+            hex::encode(cancel.encode().expect("encode")),
+            "a16e43616e63656c506970656c696e65a16372756e743030303030303030303030313030303030303032"
+        );
     }
 
     #[test]
@@ -470,6 +482,129 @@ mod tests {
             Response::decode(&r.encode().expect("encode")).expect("decode"),
             r
         );
+    }
+
+    /// Ledger replication; bytes checked against an independent CBOR
+    /// encoder (Python's cbor2).
+    #[test]
+    fn golden_ledger_messages() {
+        use crate::ledger::{Entry, EntryBody, PipelineDef, TriggerClaim};
+        use crate::tag::Hlc;
+        let entry = |body| Entry {
+            hlc: Hlc {
+                wall_ms: 1,
+                counter: 2,
+            },
+            origin: "n".into(),
+            body,
+        };
+        // {"LedgerSync": {"after": "00ab"}}
+        let sync = Request::LedgerSync {
+            after: Some("00ab".into()),
+        };
+        let bytes = sync.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "6a4c656467657253796e63",
+                "a1",
+                "656166746572",
+                "6430306162"
+            )
+        );
+        assert_eq!(Request::decode(&bytes).expect("decode"), sync);
+        // {"LedgerSync": {}}: the first page
+        let first = Request::LedgerSync { after: None };
+        let bytes = first.encode().expect("encode");
+        assert_eq!(hex::encode(&bytes), "a16a4c656467657253796e63a0");
+        assert_eq!(Request::decode(&bytes).expect("decode"), first);
+        // {"LedgerPush": {"entries": [{"hlc": .., "origin": "n", "body":
+        //   {"trigger": {"pipeline": "p", "tag": "d/i:v1", "target": h}}}]}}
+        let push = Request::LedgerPush {
+            entries: vec![entry(EntryBody::Trigger(TriggerClaim {
+                pipeline: "p".into(),
+                tag: TagName::new("d/i:v1").expect("tag"),
+                target: Hash::EMPTY,
+                run: None,
+            }))],
+        };
+        let bytes = push.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "6a4c656467657250757368",
+                "a1",
+                "67656e7472696573",
+                "81",
+                "a3",
+                "63686c63",
+                "a2",
+                "6777616c6c5f6d7301",
+                "67636f756e74657202",
+                "666f726967696e",
+                "616e",
+                "64626f6479",
+                "a1",
+                "6774726967676572",
+                "a3",
+                "68706970656c696e65",
+                "6170",
+                "63746167",
+                "66642f693a7631",
+                "66746172676574",
+                "5820af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+            )
+        );
+        assert_eq!(Request::decode(&bytes).expect("decode"), push);
+        // {"Ledger": {"entries": [{.., "body": {"pipeline": {"name": "p",
+        //   "spec": "s", "params": [["k", "v"]], "active": true}}}], "more": true}}
+        let page = Response::Ledger {
+            entries: vec![entry(EntryBody::Pipeline(PipelineDef {
+                name: "p".into(),
+                spec: "s".into(),
+                params: vec![("k".into(), "v".into())],
+                active: true,
+            }))],
+            more: true,
+        };
+        let bytes = page.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a1",
+                "664c6564676572",
+                "a2",
+                "67656e7472696573",
+                "81",
+                "a3",
+                "63686c63",
+                "a2",
+                "6777616c6c5f6d7301",
+                "67636f756e74657202",
+                "666f726967696e",
+                "616e",
+                "64626f6479",
+                "a1",
+                "68706970656c696e65",
+                "a4",
+                "646e616d65",
+                "6170",
+                "6473706563",
+                "6173",
+                "66706172616d73",
+                "81",
+                "82",
+                "616b",
+                "6176",
+                "66616374697665",
+                "f5",
+                "646d6f7265",
+                "f5"
+            )
+        );
+        assert_eq!(Response::decode(&bytes).expect("decode"), page);
     }
 
     #[test]

@@ -223,6 +223,90 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "get",
+        "/api/v1/models",
+        "Registered models: version count and aliases",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/models",
+        "Register the next version of a model: {\"name\", \"ref\": ID|TAG|models/NAME@ALIAS|JOB_ID:/PATH}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/models/{name}",
+        "A model's versions (artifact, run, metrics) and aliases with their history",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "put",
+        "/api/v1/model-aliases/{target}",
+        "Point an alias (NAME@ALIAS) at a version: {\"version\": N}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/model-rollbacks/{target}",
+        "Move an alias (NAME@ALIAS) back to where it pointed before its last move",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/runs",
+        "Runs, newest first, with their latest metrics (query experiment, limit, history=true for every point)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/runs",
+        "Create a run: {\"name\", \"experiment\", \"params\": [{\"key\", \"value\"}], \"tags\": [...]}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/runs/{id}",
+        "A run: params, latest metrics and their history, tags, start, end, node, status",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/runs/{id}/log-batch",
+        "Log metrics (append-only), params (write-once) and tags: at most 1000 metrics, 100 params, 100 tags, 1000 in all, 1 MB; keys up to 250 bytes, values up to 6000 (MLflow's limits)",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/runs/{id}/end",
+        "End a run: {\"status\": \"succeeded\"|\"failed\"|\"cancelled\"}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/runs/{id}/openlineage",
+        "A run's OpenLineage 2-0-2 RunEvents (START, then COMPLETE, FAIL or ABORT)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/lineage/{reference}",
+        "The lineage graph of an artifact (query direction=up|down, depth)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
         "/api/v1/pipelines/runs",
         "Pipeline runs this node knows, newest first",
         NO_BODY,
@@ -269,7 +353,9 @@ fn params(path: &str) -> Vec<Value> {
                 "schema": {"type": "string"},
                 "description": match name {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
-                    "id" => "a job or pipeline run id (20 hex digits)",
+                    "id" => "a job, run or pipeline run id (20 hex digits)",
+                    "target" => "a model's alias: NAME@ALIAS (e.g. iris@champion)",
+                    "name" if path.starts_with("/api/v1/models/") => "a model name (e.g. iris)",
                     _ => "a tag name (NAME:VERSION)",
                 }
             })

@@ -38,6 +38,9 @@ impl From<PipelineError> for ApiError {
             e @ PipelineError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
+            PipelineError::Unavailable(m) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
+            }
             PipelineError::Store(e) => e.into(),
             e @ PipelineError::Stopped => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +94,7 @@ async fn start(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response
     let spec = PipelineSpec::from_yaml(&j.spec)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_spec", e.to_string()))?;
     let mut req = StartRequest::new(spec);
+    req.source = Some(j.spec.clone());
     req.params = j
         .params
         .into_iter()

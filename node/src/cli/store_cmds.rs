@@ -103,6 +103,9 @@ pub(crate) async fn run(
         | Command::Run { .. }
         | Command::Job(_)
         | Command::Pipeline(_)
+        | Command::Runs(_)
+        | Command::Lineage { .. }
+        | Command::Model(_)
         | Command::Node
         | Command::Devnet(_) => {
             anyhow::bail!("not an artifact command")

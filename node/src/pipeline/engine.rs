@@ -3,19 +3,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use weft_protocol::TagName;
-use weft_protocol::ledger::{
-    Entry, EntryBody, EntryKind, PipelineRunRecord, PipelineState, StepRecord, StepState,
-};
+use weft_protocol::ledger::{EntryBody, PipelineRunRecord, PipelineState, StepRecord, StepState};
 use weft_protocol::pipeline::{Params, PipelineSpec, Source, Step};
 use weft_protocol::sched::{JobId, JobState, JobStatus, RunContext};
 use weft_protocol::{ArtifactRef, Hash};
 
 use super::steps::{self, Registration, StepJob};
 use super::{PipelineError, StartRequest};
+use crate::ledger::LedgerHandle;
 use crate::sched::SchedHandle;
 use crate::store::Store;
 
@@ -57,6 +56,8 @@ pub(super) enum Command {
     },
     Cancel {
         run: JobId,
+        /// Why, as the run records it.
+        why: String,
         reply: oneshot::Sender<Result<PipelineRunRecord, PipelineError>>,
     },
 }
@@ -153,6 +154,7 @@ fn ok(s: StepState) -> bool {
 
 pub(super) struct Engine {
     sched: SchedHandle,
+    ledger: LedgerHandle,
     store: Store,
     me: String,
     rx: mpsc::Receiver<Command>,
@@ -167,7 +169,7 @@ pub(super) struct Engine {
 impl Engine {
     pub(super) fn new(
         sched: SchedHandle,
-        store: Store,
+        ledger: LedgerHandle,
         me: String,
         rx: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
@@ -175,7 +177,8 @@ impl Engine {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         Engine {
             sched,
-            store,
+            store: ledger.store().clone(),
+            ledger,
             me,
             rx,
             events_tx,
@@ -187,7 +190,6 @@ impl Engine {
     }
 
     pub(super) async fn run(mut self) {
-        let mut ledger = self.store.subscribe_ledger();
         self.fail_abandoned();
         loop {
             tokio::select! {
@@ -198,13 +200,6 @@ impl Engine {
                 Some(cmd) = self.rx.recv() => self.handle(cmd),
                 Some(ev) = self.events_rx.recv() => self.event(ev),
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                heard = ledger.recv() => match heard {
-                    Ok(entry) => self.heard(entry),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(missed = n, "pipeline engine lagged behind the ledger");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
             }
         }
         // the runs end with this node (marked failed at its next start)
@@ -253,8 +248,8 @@ impl Engine {
                 let r = self.start(*req, params);
                 let _ = reply.send(r);
             }
-            Command::Cancel { run, reply } => {
-                let r = self.cancel_request(run);
+            Command::Cancel { run, why, reply } => {
+                let r = self.cancel_request(run, why);
                 let _ = reply.send(r);
             }
         }
@@ -470,7 +465,7 @@ impl Engine {
             false
         } else if let Some(reg) = self.registration(id, step) {
             self.tasks
-                .spawn(steps::run_registration(self.store.clone(), reg, events));
+                .spawn(steps::run_registration(self.ledger.clone(), reg, events));
             false
         } else {
             if let Some(run) = self.runs.get_mut(id) {
@@ -634,7 +629,7 @@ impl Engine {
             match reg {
                 Some(reg) => {
                     self.tasks.spawn(steps::run_registration(
-                        self.store.clone(),
+                        self.ledger.clone(),
                         reg,
                         self.events_tx.clone(),
                     ));
@@ -742,68 +737,21 @@ impl Engine {
         self.settle(id);
     }
 
-    fn cancel_request(&mut self, id: JobId) -> Result<PipelineRunRecord, PipelineError> {
+    /// Cancels a run this node coordinates; a run that is over (or not
+    /// coordinated here) is answered as it stands.
+    fn cancel_request(
+        &mut self,
+        id: JobId,
+        why: String,
+    ) -> Result<PipelineRunRecord, PipelineError> {
         if self.runs.contains_key(&id) {
-            self.cancel_here(&id, "cancelled".into());
+            self.cancel_here(&id, why);
             return match self.runs.get(&id) {
                 Some(r) => Ok(r.record.clone()),
                 None => super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id)),
             };
         }
-        let mut rec =
-            super::record(&self.store, &id)?.ok_or_else(|| PipelineError::NotFound(id.clone()))?;
-        if rec.state != PipelineState::Running {
-            return Ok(rec);
-        }
-        // another node's run (or one this node no longer tracks): the
-        // request is a ledger entry its coordinator acts on
-        rec.state = PipelineState::Cancelled;
-        rec.reason = Some(format!("cancel asked by node {}", self.me));
-        rec.updated_ms = crate::store::now_ms();
-        self.store
-            .ledger_append(EntryBody::PipelineRun(rec.clone()))?;
-        Ok(rec)
-    }
-
-    /// An entry stored here: another node asking to cancel a run of ours.
-    fn heard(&mut self, entry: Entry) {
-        if entry.origin == self.me {
-            return;
-        }
-        let EntryBody::PipelineRun(p) = entry.body else {
-            return;
-        };
-        if p.coordinator != self.me || p.state != PipelineState::Cancelled {
-            return;
-        }
-        if self.runs.contains_key(&p.id) {
-            let why = p
-                .reason
-                .unwrap_or_else(|| format!("cancel asked by node {}", entry.origin));
-            self.cancel_here(&p.id, why);
-            return;
-        }
-        // the run ended before the request came: its own last record is
-        // written again, so the newest entry tells how it really ended
-        let mine = self
-            .store
-            .ledger_subject(EntryKind::PipelineRun, p.id.as_str())
-            .map(|all| {
-                all.into_iter()
-                    .rev()
-                    .find(|e| e.origin == self.me)
-                    .map(|e| e.body)
-            });
-        match mine {
-            Ok(Some(EntryBody::PipelineRun(mut last))) if last.state != PipelineState::Running => {
-                last.updated_ms = crate::store::now_ms().max(last.updated_ms);
-                if let Err(error) = self.store.ledger_append(EntryBody::PipelineRun(last)) {
-                    tracing::warn!(run = %p.id, %error, "cannot record a pipeline run again");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(run = %p.id, %error, "cannot read a pipeline run"),
-        }
+        super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id))
     }
 }
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use weft_protocol::Hash;
 use weft_protocol::JobSpec;
-use weft_protocol::ledger::{AliasMove, AliasName, EntryBody, ModelName, ModelVersion};
+use weft_protocol::ledger::{AliasName, ModelName};
 use weft_protocol::sched::{JobId, JobResult, JobStatus, RunContext, Submission};
 
 use super::engine::{Event, Outcome};
+use crate::ledger::{LedgerError, LedgerHandle};
 use crate::sched::SchedHandle;
 use crate::store::{Store, StoreError};
 
@@ -230,7 +231,11 @@ pub(super) struct Registration {
 }
 
 /// Registers the model (and moves its alias) and reports the outcome.
-pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc::Sender<Event>) {
+pub(super) async fn run_registration(
+    ledger: LedgerHandle,
+    r: Registration,
+    events: mpsc::Sender<Event>,
+) {
     let Registration {
         run,
         step,
@@ -241,18 +246,24 @@ pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc
         alias,
         reason,
     } = r;
-    let done = tokio::task::spawn_blocking(move || {
+    let done = async {
         let artifact = match artifact {
             Ok(h) => h,
-            Err(r) => store.resolve(&r)?,
+            Err(r) => {
+                let store = ledger.store().clone();
+                tokio::task::spawn_blocking(move || store.resolve(&r))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?
+            }
         };
         // within the ledger's bounds for a version's source and a move's reason
         let mut source = Some(source);
         super::engine::clip(&mut source, MAX_LEDGER_TEXT);
         let mut reason = Some(reason);
         super::engine::clip(&mut reason, MAX_LEDGER_TEXT);
-        register_and_promote(
-            &store,
+        let r = register_and_promote(
+            &ledger,
             &model,
             artifact,
             made_by,
@@ -260,30 +271,25 @@ pub(super) async fn run_registration(store: Store, r: Registration, events: mpsc
             alias.as_ref(),
             reason.as_deref().unwrap_or_default(),
         )
-        .map(|r| {
-            let mut text = if r.created {
-                format!("registered {model} version {}", r.version)
-            } else {
-                format!("{model} version {} already holds it", r.version)
-            };
-            if let Some(a) = &alias {
-                match (r.alias_moved, r.alias_from) {
-                    (true, Some(from)) => {
-                        text.push_str(&format!("; {a} moved from {from} to {}", r.version))
-                    }
-                    (true, None) => text.push_str(&format!("; {a} set to {}", r.version)),
-                    (false, _) => text.push_str(&format!("; {a} is {} already", r.version)),
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut text = if r.created {
+            format!("registered {model} version {}", r.version)
+        } else {
+            format!("{model} version {} already holds it", r.version)
+        };
+        if let Some(a) = &alias {
+            match (r.alias_moved, r.alias_from) {
+                (true, Some(from)) => {
+                    text.push_str(&format!("; {a} moved from {from} to {}", r.version))
                 }
+                (true, None) => text.push_str(&format!("; {a} set to {}", r.version)),
+                (false, _) => text.push_str(&format!("; {a} is {} already", r.version)),
             }
-            (text, r.created || r.alias_moved)
-        })
-    })
-    .await;
-    let outcome = match done {
-        Ok(Ok(text)) => Ok(text),
-        Ok(Err(e)) => Err(format!("registering failed: {e}")),
-        Err(e) => Err(format!("registering failed: {e}")),
+        }
+        Ok::<_, String>((text, r.created || r.alias_moved))
     };
+    let outcome = done.await.map_err(|e| format!("registering failed: {e}"));
     let _ = events
         .send(Event::Done {
             run,
@@ -310,39 +316,38 @@ pub struct Registered {
 /// Registers `artifact` as the next version of `model` unless a version
 /// already holds it (so a re-run of an unchanged pipeline registers
 /// nothing new), and, when asked, points `alias` at that version unless it
-/// points there already.
-// registry: the two appends are replaced by `LedgerHandle::register_model`
-// and `LedgerHandle::move_alias` (gossiped, with the numbering barrier)
-// once the ledger is replicated; the checks for an existing version and a
-// current alias stay.
-pub fn register_and_promote(
-    store: &Store,
+/// points there already. The version's number is final once every live
+/// peer holds it ([`LedgerHandle::register_model`]).
+pub async fn register_and_promote(
+    ledger: &LedgerHandle,
     model: &ModelName,
     artifact: Hash,
     run: Option<JobId>,
     source: Option<String>,
     alias: Option<&AliasName>,
     reason: &str,
-) -> Result<Registered, StoreError> {
-    let existing = store
-        .model_versions(model)?
-        .into_iter()
-        .rev()
-        .find(|v| v.artifact == artifact)
-        .map(|v| v.version);
+) -> Result<Registered, LedgerError> {
+    let store = ledger.store().clone();
+    let m = model.clone();
+    let existing = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>(
+            store
+                .model_versions(&m)?
+                .into_iter()
+                .rev()
+                .find(|v| v.artifact == artifact)
+                .map(|v| v.version),
+        )
+    })
+    .await
+    .map_err(|e| LedgerError::Task(e.to_string()))??;
     let (version, created) = match existing {
         Some(v) => (v, false),
         None => {
-            let entry = store.ledger_append(EntryBody::ModelVersion(ModelVersion {
-                name: model.clone(),
-                artifact,
-                run,
-                source,
-            }))?;
-            let v = store.model_version_number(&entry)?.ok_or_else(|| {
-                StoreError::NotFound(format!("the version of {model} just registered"))
-            })?;
-            (v, true)
+            let r = ledger
+                .register_model(model.clone(), artifact, run, source)
+                .await?;
+            (r.version, true)
         }
     };
     let Some(alias) = alias else {
@@ -353,19 +358,23 @@ pub fn register_and_promote(
             alias_moved: false,
         });
     };
-    let from = store
-        .alias_history(model, alias)?
-        .last()
-        .and_then(|m| m.version);
+    let store = ledger.store().clone();
+    let (m, a) = (model.clone(), alias.clone());
+    let from = tokio::task::spawn_blocking(move || {
+        Ok::<_, StoreError>(store.alias_history(&m, &a)?.last().and_then(|h| h.version))
+    })
+    .await
+    .map_err(|e| LedgerError::Task(e.to_string()))??;
     let alias_moved = from != Some(version);
     if alias_moved {
-        store.ledger_append(EntryBody::Alias(AliasMove {
-            name: model.clone(),
-            alias: alias.clone(),
-            version: Some(version),
-            from,
-            reason: Some(reason.to_string()),
-        }))?;
+        ledger
+            .move_alias(
+                model.clone(),
+                alias.clone(),
+                Some(version),
+                Some(reason.to_string()),
+            )
+            .await?;
     }
     Ok(Registered {
         version,

@@ -17,6 +17,7 @@ use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response, Topic};
 
 use super::executor::ExecutorHandle;
 use super::records::{CacheRecord, CacheRecordError, JobRecord};
+use super::runs;
 use super::{Fetcher, SchedConfig, SchedError, now_ms, placement, reply};
 use crate::net::{NetHandle, PeerInfo};
 use crate::store::Store;
@@ -268,6 +269,10 @@ struct Entry {
     unlisted: Option<(u64, u64)>,
     /// A cache hit's outputs are being looked for.
     checking_cache: bool,
+    /// Answered from the cache: the executor of the result reused.
+    hit_executor: Option<String>,
+    /// The end of its run is written.
+    run_ended: bool,
 }
 
 impl Entry {
@@ -288,6 +293,8 @@ impl Entry {
             claimed_at: None,
             unlisted: None,
             checking_cache: false,
+            hit_executor: None,
+            run_ended: false,
         }
     }
 
@@ -353,16 +360,22 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(250u64.saturating_mul(1 << attempt.min(6)).min(10_000))
 }
 
-/// The cache key: the program and the inputs (ids and where they go) and
-/// the output paths asked for.
+/// The cache key: the program and the inputs (ids and where they go), the
+/// output paths asked for, and the metrics file when it is not the default
+/// (so every key of a job without one is what it was before metrics).
 fn cache_key(
     program: &Program,
     inputs: &[(Hash, String)],
     outputs: &[(String, Option<weft_protocol::TagName>)],
+    metrics: &str,
 ) -> Hash {
     let paths: Vec<&str> = outputs.iter().map(|(p, _)| p.as_str()).collect();
-    let bytes =
-        weft_protocol::encode(&(1u8, program, inputs, paths), usize::MAX).unwrap_or_default();
+    let bytes = if metrics == DEFAULT_METRICS_FILE {
+        weft_protocol::encode(&(1u8, program, inputs, paths), usize::MAX)
+    } else {
+        weft_protocol::encode(&(1u8, program, inputs, paths, metrics), usize::MAX)
+    }
+    .unwrap_or_default();
     Hash::of(&bytes)
 }
 
@@ -702,7 +715,12 @@ impl Coordinator {
             ),
             gpu: s.resources.gpu.clone(),
         };
-        let key = cache_key(&program, &inputs, &outputs);
+        let metrics_file = s
+            .metrics
+            .as_ref()
+            .map_or(DEFAULT_METRICS_FILE, |m| m.as_str())
+            .to_string();
+        let key = cache_key(&program, &inputs, &outputs, &metrics_file);
         let now = now_ms();
         let id = JobId::new(now, rand::random());
         let assignment = Assignment {
@@ -718,12 +736,7 @@ impl Coordinator {
                 .map_or(DEFAULT_TIMEOUT, |t| t.duration())
                 .as_millis() as u64,
             cache_key: key,
-            metrics: Some(
-                s.metrics
-                    .as_ref()
-                    .map_or(DEFAULT_METRICS_FILE, |m| m.as_str())
-                    .to_string(),
-            ),
+            metrics: Some(metrics_file),
         };
         let mut status = JobStatus {
             id: id.clone(),
@@ -750,10 +763,12 @@ impl Coordinator {
         // used at once when it has no outputs, else once they are found
         let hit = if s.cache { self.cached(&key) } else { None };
         let mut check = None;
+        let mut hit_executor = None;
         if let Some(hit) = hit {
             if hit.result.outputs.is_empty() {
                 answer_from_cache(&mut status, &hit, now);
                 self.apply_output_tags(&assignment, &hit.result);
+                hit_executor = Some(hit.executor.clone());
             } else {
                 status.reason = Some("checking that the cached outputs still exist".into());
                 check = Some(hit);
@@ -761,7 +776,9 @@ impl Coordinator {
         }
         let mut entry = Entry::new(status.clone(), submission, assignment);
         entry.checking_cache = check.is_some();
+        entry.hit_executor = hit_executor;
         let terminal = entry.status.state.is_terminal();
+        runs::started(&self.store, &entry.status, &entry.submission);
         self.jobs.insert(id.clone(), entry);
         self.persist(&id);
         if terminal {
@@ -843,6 +860,7 @@ impl Coordinator {
         }
         if found {
             let assignment = e.assignment.clone();
+            e.hit_executor = Some(hit.executor.clone());
             answer_from_cache(&mut e.status, &hit, now_ms());
             self.apply_output_tags(&assignment, &hit.result);
             self.finished(id);
@@ -1481,11 +1499,34 @@ impl Coordinator {
 
     fn finished(&mut self, id: &JobId) {
         self.touch(id);
+        self.record_run_end(id);
         if let Some(e) = self.jobs.get(id) {
             tracing::debug!(job = %id, state = %e.status.state, attempt = e.status.attempt, node = e.status.node.as_deref().unwrap_or("-"), "job finished");
         }
         self.done.insert(id.clone(), ());
         self.evict_done();
+    }
+
+    /// Writes the end of a finished job's run and, for a success, the
+    /// lineage of its outputs (once).
+    fn record_run_end(&mut self, id: &JobId) {
+        let Some(e) = self.jobs.get_mut(id) else {
+            return;
+        };
+        if e.run_ended || !e.status.state.is_terminal() {
+            return;
+        }
+        e.run_ended = true;
+        runs::ended(&self.store, &e.status);
+        if e.status.state == JobState::Succeeded {
+            let node = e.status.node.clone().or_else(|| e.hit_executor.clone());
+            match node {
+                Some(node) => {
+                    runs::lineage(&self.store, &e.status, &e.submission, &e.assignment, &node)
+                }
+                None => tracing::debug!(job = %id, "no executor known: no lineage written"),
+            }
+        }
     }
 
     fn evict_done(&mut self) {
@@ -2050,6 +2091,32 @@ mod tests {
         assert_eq!(
             back.deadline_ms(deadline_grace_ms),
             Some(1_000 + 10_000 + 2_500)
+        );
+    }
+
+    #[test]
+    fn the_cache_key_holds_the_metrics_file_only_when_it_is_not_the_default() {
+        let program = Program::Wasm {
+            module: Hash::of(b"m"),
+            args: vec!["a".into()],
+            env: vec![],
+        };
+        let inputs = vec![(Hash::of(b"i"), "/inputs/d".to_string())];
+        let outputs = vec![("/outputs/m".to_string(), None)];
+        // the key as it was before metrics: keys of existing cache records hold
+        let before = Hash::of(
+            &weft_protocol::encode(&(1u8, &program, &inputs, vec!["/outputs/m"]), usize::MAX)
+                .expect("encode"),
+        );
+        assert_eq!(
+            cache_key(&program, &inputs, &outputs, DEFAULT_METRICS_FILE),
+            before
+        );
+        let named = cache_key(&program, &inputs, &outputs, "/outputs/m/metrics.json");
+        assert_ne!(named, before);
+        assert_ne!(
+            named,
+            cache_key(&program, &inputs, &outputs, "/outputs/other.json")
         );
     }
 }

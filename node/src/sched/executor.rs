@@ -15,6 +15,7 @@
 //! folder's handle, following no link.
 
 mod checks;
+mod metrics;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 use weft_protocol::bounds::{MAX_NOTES, MAX_REASON_BYTES, MAX_TEXT_BYTES, clip};
 use weft_protocol::sched::{Assignment, JobId, JobResult, JobState, Needs, Program};
 use weft_protocol::{ErrorCode, Hash, NodeAdvert, Request, Response};
+
+use super::coordinator::DEFAULT_METRICS_FILE;
 use weft_sandbox::{
     ContainerTask, GpuDevice, Limits, Sandbox, Task, TaskFolders, TaskKind, WasmTask,
 };
@@ -1268,6 +1271,27 @@ impl TaskContext {
         }
         if cancel.is_cancelled() {
             return Ok(result);
+        }
+        // the metrics the task reported, read before its outputs are stored;
+        // a bad file is a note, never a failure
+        if let Some((path, named)) = &checked.metrics {
+            let (root, rel, shown) = (
+                outputs.clone(),
+                PathBuf::from(path.relative()),
+                path.to_string(),
+            );
+            let named = *named;
+            let now = super::now_ms();
+            let (found, notes) =
+                tokio::task::spawn_blocking(move || metrics::read(&root, &rel, &shown, named, now))
+                    .await
+                    .map_err(|e| Stop::Executor(e.to_string()))?;
+            result.metrics = found;
+            for n in notes {
+                if result.notes.len() < MAX_NOTES {
+                    result.notes.push(n);
+                }
+            }
         }
         let printed = !outcome.stdout.bytes.is_empty() || !outcome.stderr.bytes.is_empty();
         if !a.outputs.is_empty() || printed {

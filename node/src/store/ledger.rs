@@ -110,6 +110,11 @@ fn decode(bytes: &[u8]) -> std::result::Result<Entry, RecordError> {
 }
 
 impl Store {
+    /// This node's id, the writer of the entries it appends.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
     fn ledger(&self) -> &sled::Tree {
         &self.inner.ledger
     }

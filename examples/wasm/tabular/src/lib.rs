@@ -118,6 +118,32 @@ pub struct TrainReport {
     pub rows: usize,
     pub final_loss: f64,
     pub train_accuracy: f64,
+    /// The training loss of each epoch (before that epoch's update), in
+    /// order; kept out of the report's JSON (see [`TrainMetrics`]).
+    #[serde(skip)]
+    pub loss: Vec<f64>,
+}
+
+/// What a training run reports as its metrics: numbers, and the per-epoch
+/// loss as a series.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainMetrics {
+    pub rows: usize,
+    pub final_loss: f64,
+    pub train_accuracy: f64,
+    pub loss: Vec<f64>,
+}
+
+impl TrainReport {
+    /// The metrics of this run.
+    pub fn metrics(&self) -> TrainMetrics {
+        TrainMetrics {
+            rows: self.rows,
+            final_loss: self.final_loss,
+            train_accuracy: self.train_accuracy,
+            loss: self.loss.clone(),
+        }
+    }
 }
 
 impl Model {
@@ -153,6 +179,7 @@ impl Model {
         };
         let xs: Vec<Vec<f64>> = data.x.iter().map(|r| model.standardize(r)).collect();
         let mut loss = 0.0;
+        let mut losses = Vec::with_capacity(epochs);
         for _ in 0..epochs {
             let mut gw = vec![vec![0.0; d]; k];
             let mut gb = vec![0.0; k];
@@ -168,6 +195,7 @@ impl Model {
                     }
                 }
             }
+            losses.push(loss);
             for ((wc, bc), (gwc, gbc)) in model
                 .weights
                 .iter_mut()
@@ -188,6 +216,7 @@ impl Model {
             rows: data.x.len(),
             final_loss: loss,
             train_accuracy: acc,
+            loss: losses,
         };
         (model, report)
     }
@@ -265,6 +294,42 @@ pub struct Metrics {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// The numbers of [`Metrics`] alone (what a run records as its metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct Scores {
+    pub rows: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub log_loss: f64,
+    /// The mean over classes of each class's F1 score (0 for a class never
+    /// predicted nor present).
+    pub f1_macro: f64,
+}
+
+impl Metrics {
+    /// The numbers alone.
+    pub fn scores(&self) -> Scores {
+        let k = self.confusion.len();
+        let mut f1 = 0.0;
+        for c in 0..k {
+            let tp = self.confusion[c][c] as f64;
+            let actual: usize = self.confusion[c].iter().sum();
+            let predicted: usize = self.confusion.iter().map(|row| row[c]).sum();
+            let denom = actual as f64 + predicted as f64;
+            if denom > 0.0 {
+                f1 += 2.0 * tp / denom;
+            }
+        }
+        Scores {
+            rows: self.rows,
+            correct: self.correct,
+            accuracy: self.accuracy,
+            log_loss: self.log_loss,
+            f1_macro: if k == 0 { 0.0 } else { f1 / k as f64 },
+        }
+    }
+}
+
 /// Finds `--name VALUE` in the arguments, or returns `default`.
 pub fn arg(args: &[String], name: &str, default: &str) -> String {
     args.windows(2)
@@ -283,8 +348,32 @@ mod tests {
         let data = Dataset::parse(text).expect("parse");
         let (model, report) = Model::fit(&data, 200, 0.5, 0.0);
         assert_eq!(report.train_accuracy, 1.0);
+        assert_eq!(report.loss.len(), 200);
+        assert_eq!(report.loss.last(), Some(&report.final_loss));
+        assert!(report.loss[199] < report.loss[0], "{:?}", report.loss);
+        let m = report.metrics();
+        assert_eq!((m.rows, m.loss.len()), (6, 200));
         assert_eq!(model.predict(&[1.2]), 1);
         assert_eq!(model.predict(&[-0.2]), 0);
+    }
+
+    #[test]
+    fn scores_follow_the_confusion_matrix() {
+        let m = Metrics {
+            rows: 4,
+            correct: 3,
+            accuracy: 0.75,
+            log_loss: 0.5,
+            classes: vec!["a".into(), "b".into()],
+            confusion: vec![vec![2, 0], vec![1, 1]],
+        };
+        let s = m.scores();
+        // a: tp 2, 2 actual, 3 predicted -> 0.8; b: tp 1, 2 actual, 1 predicted -> 2/3
+        assert!(
+            (s.f1_macro - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert_eq!((s.rows, s.correct, s.accuracy), (4, 3, 0.75));
     }
 
     #[test]

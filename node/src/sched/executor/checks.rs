@@ -32,6 +32,9 @@ pub(crate) const MAX_ARGV_BYTES: usize = 1 << 20;
 pub(crate) struct Checked {
     pub(crate) inputs: Vec<(Hash, InputPath)>,
     pub(crate) outputs: Vec<(OutputPath, Option<TagName>)>,
+    /// Where the task leaves its metrics, and whether the spec named it
+    /// (rather than the default).
+    pub(crate) metrics: Option<(OutputPath, bool)>,
     /// The GPUs the task gets: those held for it, as many as it asks.
     pub(crate) gpus: Vec<u32>,
 }
@@ -88,9 +91,18 @@ pub(crate) fn check(a: &Assignment, reserved: &Reserved<'_>) -> Result<Checked, 
         let p: OutputPath = path.parse().map_err(|e| format!("output: {e}"))?;
         outputs.push((p, tag.clone()));
     }
+    let metrics = match &a.metrics {
+        Some(path) => {
+            let p: OutputPath = path.parse().map_err(|e| format!("metrics: {e}"))?;
+            let named = path != super::DEFAULT_METRICS_FILE;
+            Some((p, named))
+        }
+        None => None,
+    };
     Ok(Checked {
         inputs,
         outputs,
+        metrics,
         gpus,
     })
 }
