@@ -818,3 +818,85 @@ spec:
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_move_runs_the_pipeline_once_with_the_new_input() {
+    let cluster = cluster().await;
+    everywhere(&cluster, b"alpha beta beta", "datasets/a:v1");
+    everywhere(&cluster, b"gamma delta", "datasets/b:v1");
+    let yaml = COUNTS.replace(
+        "  steps:\n",
+        "  triggers: [{tag: datasets/b:v1}]\n  steps:\n",
+    );
+    let mut req = StartRequest::new(spec(&yaml));
+    req.source = Some(yaml.clone());
+    let first = cluster.node(0).pipelines().start(req).await.expect("start");
+    let first = wait_over(&cluster, 0, &first.id).await;
+    assert_eq!(first.state, PipelineState::Succeeded, "{first:#?}");
+    assert_eq!(first.trigger, None);
+    // b's data moves, on node 1 only: the tag replicates, and the one node
+    // that owns the change starts the pipeline
+    let (moved, _) = cluster
+        .node(1)
+        .store()
+        .add_bytes(
+            b"gamma delta zeta",
+            weft_node::store::records::BlobKind::Raw,
+        )
+        .expect("add");
+    cluster
+        .node(1)
+        .store()
+        .set_tag(&TagName::new("datasets/b:v1").expect("tag"), Some(moved))
+        .expect("tag");
+    let first_id = first.id.clone();
+    cluster
+        .wait_until(Duration::from_secs(30), "a triggered run is heard", |c| {
+            let first_id = first_id.clone();
+            async move {
+                c.node(2)
+                    .pipelines()
+                    .runs()
+                    .await
+                    .is_ok_and(|r| r.iter().any(|r| r.id != first_id && r.trigger.is_some()))
+            }
+        })
+        .await
+        .expect("triggered");
+    let run = cluster
+        .node(2)
+        .pipelines()
+        .runs()
+        .await
+        .expect("runs")
+        .into_iter()
+        .find(|r| r.trigger.is_some())
+        .expect("the triggered run");
+    let (coordinator, _) = cluster
+        .running()
+        .find(|(_, n)| n.peer_id() == run.coordinator)
+        .expect("its coordinator is a node of the cluster");
+    let done = wait_over(&cluster, coordinator, &run.id).await;
+    assert_eq!(
+        done.trigger,
+        Some(format!("tag datasets/b:v1 -> {}", moved.to_hex()))
+    );
+    assert_eq!(
+        states(&done),
+        [
+            ("a", StepState::Cached),
+            ("b", StepState::Ran),
+            ("both", StepState::Ran),
+            ("only_a", StepState::Cached)
+        ],
+        "{done:#?}"
+    );
+    // once across the mesh: no node started another
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, n) in cluster.running() {
+        let runs = n.pipelines().runs().await.expect("runs");
+        let with_trigger = runs.iter().filter(|r| r.trigger.is_some()).count();
+        assert_eq!(with_trigger, 1, "node {i}: {runs:#?}");
+    }
+    cluster.stop().await;
+}
