@@ -18,9 +18,6 @@ use crate::ledger::LedgerHandle;
 use crate::sched::SchedHandle;
 use crate::store::Store;
 
-/// Where a task writes its metrics when its spec names no file.
-const DEFAULT_METRICS_FILE: &str = "/outputs/metrics.json";
-
 /// Longest reason kept for a step in a run's record (the job keeps the
 /// whole of it), so that a record of the most steps fits in one entry.
 const MAX_STEP_REASON: usize = 300;
@@ -108,8 +105,6 @@ struct Run {
     pinned: Vec<(TagName, Hash)>,
     record: PipelineRunRecord,
     finished: HashMap<String, Finished>,
-    /// Steps a gate reads, with the metric keys it reads.
-    gate_keys: HashMap<String, Vec<String>>,
     cancelled: bool,
 }
 
@@ -263,15 +258,6 @@ impl Engine {
         let now = crate::store::now_ms();
         let id = JobId::new(now, rand::random());
         let spec = Arc::new(req.spec);
-        let mut gate_keys: HashMap<String, Vec<String>> = HashMap::new();
-        for s in &spec.steps {
-            for c in s.when.iter().flat_map(|g| &g.conditions) {
-                gate_keys
-                    .entry(c.step.clone())
-                    .or_default()
-                    .push(c.metric.clone());
-            }
-        }
         let record = PipelineRunRecord {
             id: id.clone(),
             pipeline: spec.name.to_string(),
@@ -308,7 +294,6 @@ impl Engine {
                 pinned: req.pinned,
                 record,
                 finished: HashMap::new(),
-                gate_keys,
                 cancelled: false,
             },
         );
@@ -418,7 +403,7 @@ impl Engine {
         run.record.steps[i].state = StepState::Running;
         run.record.steps[i].started_ms = Some(now);
         let events = self.events_tx.clone();
-        if let Some(job) = &step.job {
+        if step.job.is_some() {
             let force = run.force_all || run.force_steps.contains(&step.name);
             let r: &Run = run;
             let built = step.job_spec(
@@ -449,19 +434,9 @@ impl Engine {
                 step: step.name.clone(),
                 spec,
                 context,
-                gate_keys: run.gate_keys.get(&step.name).cloned().unwrap_or_default(),
-                metrics_path: job
-                    .metrics
-                    .as_ref()
-                    .map_or(DEFAULT_METRICS_FILE, |m| m.as_str())
-                    .to_string(),
             };
-            self.tasks.spawn(steps::run_job(
-                self.sched.clone(),
-                self.store.clone(),
-                task,
-                events,
-            ));
+            self.tasks
+                .spawn(steps::run_job(self.sched.clone(), task, events));
             false
         } else if let Some(reg) = self.registration(id, step) {
             self.tasks

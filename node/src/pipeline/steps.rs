@@ -13,7 +13,7 @@ use weft_protocol::sched::{JobId, JobResult, JobStatus, RunContext, Submission};
 use super::engine::{Event, Outcome};
 use crate::ledger::{LedgerError, LedgerHandle};
 use crate::sched::SchedHandle;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// How long one wait on a job lasts before it is asked again (a job ends
 /// by its own timeout; this only bounds one call).
@@ -22,37 +22,22 @@ const WAIT_SLICE: Duration = Duration::from_secs(3600);
 /// Longest source and alias-move reason the ledger keeps.
 const MAX_LEDGER_TEXT: usize = weft_protocol::bounds::MAX_TEXT_BYTES;
 
-/// Largest metrics file read for a gate.
-const MAX_METRICS_FILE: u64 = 1024 * 1024;
-
 /// A step's job: what to submit and what to read back.
 pub(super) struct StepJob {
     pub run: JobId,
     pub step: String,
     pub spec: JobSpec,
     pub context: RunContext,
-    /// The metrics a gate downstream reads; when the result lacks one,
-    /// the metrics file among the step's outputs is read.
-    pub gate_keys: Vec<String>,
-    /// Where the task writes its metrics.
-    pub metrics_path: String,
 }
 
 /// Submits the step's job, reports its id, waits for its end, and reports
 /// the outcome with the step's metrics.
-pub(super) async fn run_job(
-    sched: SchedHandle,
-    store: Store,
-    job: StepJob,
-    events: mpsc::Sender<Event>,
-) {
+pub(super) async fn run_job(sched: SchedHandle, job: StepJob, events: mpsc::Sender<Event>) {
     let StepJob {
         run,
         step,
         spec,
         context,
-        gate_keys,
-        metrics_path,
     } = job;
     let submitted = sched
         .submit(Submission {
@@ -100,13 +85,7 @@ pub(super) async fn run_job(
             }
         }
     }
-    let metrics = match &status.result {
-        Some(r) if !gate_keys.is_empty() => {
-            step_metrics(&sched, &store, r, &metrics_path, &gate_keys).await
-        }
-        Some(r) => latest(r),
-        None => BTreeMap::new(),
-    };
+    let metrics = status.result.as_ref().map(latest).unwrap_or_default();
     let _ = events
         .send(Event::Done {
             run,
@@ -119,7 +98,8 @@ pub(super) async fn run_job(
         .await;
 }
 
-/// The last value of each metric a result reports.
+/// The last value of each metric a result reports (what the executor read
+/// from the task's metrics file).
 fn latest(result: &JobResult) -> BTreeMap<String, f64> {
     let mut out: BTreeMap<String, (u64, f64)> = BTreeMap::new();
     for m in &result.metrics {
@@ -131,87 +111,6 @@ fn latest(result: &JobResult) -> BTreeMap<String, f64> {
         }
     }
     out.into_iter().map(|(k, (_, v))| (k, v)).collect()
-}
-
-/// The metrics of a finished step: those its result reports, and when a key
-/// a gate needs is missing, those of its metrics file when the step keeps
-/// that file as (or inside) one of its outputs.
-async fn step_metrics(
-    sched: &SchedHandle,
-    store: &Store,
-    result: &JobResult,
-    metrics_path: &str,
-    wanted: &[String],
-) -> BTreeMap<String, f64> {
-    let mut out = latest(result);
-    if wanted.iter().all(|k| out.contains_key(k)) {
-        return out;
-    }
-    let Some((hash, rel)) = result.outputs.iter().find_map(|(path, h)| {
-        if metrics_path == path {
-            Some((*h, String::new()))
-        } else {
-            metrics_path
-                .strip_prefix(path.as_str())
-                .and_then(|r| r.strip_prefix('/'))
-                .map(|r| (*h, r.to_string()))
-        }
-    }) else {
-        return out;
-    };
-    if let Err(error) = sched.fetch(hash).await {
-        tracing::debug!(%hash, %error, "a step's metrics file cannot be fetched");
-        return out;
-    }
-    let s = store.clone();
-    let read = tokio::task::spawn_blocking(move || read_metrics_file(&s, hash, &rel)).await;
-    match read {
-        Ok(Ok(file)) => {
-            for (k, v) in file {
-                out.entry(k).or_insert(v);
-            }
-        }
-        Ok(Err(error)) => tracing::debug!(%hash, %error, "a step's metrics file is unreadable"),
-        Err(error) => tracing::debug!(%error, "reading a step's metrics file failed"),
-    }
-    out
-}
-
-/// Reads `rel` below the tree `root` (or `root` itself when `rel` is empty)
-/// as a JSON object of numbers and lists of numbers (the last point counts).
-fn read_metrics_file(
-    store: &Store,
-    root: Hash,
-    rel: &str,
-) -> Result<BTreeMap<String, f64>, String> {
-    let mut h = root;
-    for part in rel.split('/').filter(|p| !p.is_empty()) {
-        let tree = store.read_tree(&h).map_err(|e| e.to_string())?;
-        h = tree
-            .get(part)
-            .map(|e| e.hash)
-            .ok_or_else(|| format!("no {part} in the output"))?;
-    }
-    if store.blob_size(&h).map_err(|e| e.to_string())? > MAX_METRICS_FILE {
-        return Err("the metrics file is larger than 1 MiB".into());
-    }
-    let bytes = std::fs::read(store.blob_path(&h)).map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    let obj = v
-        .as_object()
-        .ok_or("the metrics file is not a JSON object")?;
-    let mut out = BTreeMap::new();
-    for (k, v) in obj {
-        let n = match v {
-            serde_json::Value::Number(n) => n.as_f64(),
-            serde_json::Value::Array(a) => a.last().and_then(|x| x.as_f64()),
-            _ => None,
-        };
-        if let Some(n) = n.filter(|n| n.is_finite()) {
-            out.insert(k.clone(), n);
-        }
-    }
-    Ok(out)
 }
 
 /// What a `register:` step registers.
