@@ -289,7 +289,7 @@ impl PipelineHandle {
             }
         }
         // the coordinator's record travels by gossip: answer with it once here
-        self.wait(&run, Some(rec.updated_ms), CANCEL_SETTLE).await
+        self.wait(&run, None, CANCEL_SETTLE).await
     }
 
     /// Answers `Request::CancelPipeline` from `peer`: cancels the run when
