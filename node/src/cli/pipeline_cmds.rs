@@ -109,8 +109,10 @@ async fn follow(
         if rec.state != PipelineState::Running {
             return Ok(rec);
         }
+        // narrating: every change; else only the end
+        let since = narrate.then_some(rec.updated_ms);
         rec = client
-            .pipeline_run(rec.id.as_str(), Some(FOLLOW_WAIT_MS), Some(rec.updated_ms))
+            .pipeline_run(rec.id.as_str(), Some(FOLLOW_WAIT_MS), since)
             .await?;
     }
 }
