@@ -209,15 +209,25 @@ async fn far_future_clocks_are_refused_and_clocks_do_not_jump() {
     // answer relays a far-future version and an honest one written by
     // another node (relayed origins may name any node)
     let relayed = PeerId::random().to_string();
-    for _ in 0..2 {
+    let mut answered = 0;
+    while answered < 2 {
         let (_, request, reply) = rogue
             .next_request(Duration::from_secs(10))
             .await
             .expect("a tag sync request");
+        if let Request::LedgerSync { .. } = request {
+            // the ledger is synced on join too: nothing to give
+            let _ = reply.send(Response::Ledger {
+                entries: vec![],
+                more: false,
+            });
+            continue;
+        }
         assert!(
             matches!(request, Request::TagSync { after: None }),
             "{request:?}"
         );
+        answered += 1;
         let page = Response::Tags {
             tags: vec![
                 (
