@@ -110,3 +110,24 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Waits until node `i` has heard the cache record of `key` (gossiped by
+/// the coordinator that recorded it).
+pub async fn wait_cache_record(cluster: &Cluster, i: usize, key: Hash) {
+    cluster
+        .wait_until(
+            Duration::from_secs(10),
+            "the cache record is heard",
+            |c| async move {
+                c.node(i)
+                    .sched()
+                    .cache_record(key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("node {i}: {e}"));
+}

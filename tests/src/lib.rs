@@ -8,7 +8,8 @@ pub mod jobs;
 pub mod rogue;
 
 pub use jobs::{
-    everywhere, now_ms, peer, sleepy_cluster, sleepy_job, submit, wait_done, wait_state,
+    everywhere, now_ms, peer, sleepy_cluster, sleepy_job, submit, wait_cache_record, wait_done,
+    wait_state,
 };
 
 use std::future::Future;

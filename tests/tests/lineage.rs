@@ -12,7 +12,9 @@ use weft_node::api::lineage::{Graph, GraphNode};
 use weft_protocol::Hash;
 use weft_protocol::ledger::{AliasName, ModelName};
 use weft_protocol::sched::{JobId, JobState};
-use weft_tests::{Cluster, ClusterOptions, everywhere, example_wasm, submit, wait_done};
+use weft_tests::{
+    Cluster, ClusterOptions, everywhere, example_wasm, submit, wait_cache_record, wait_done,
+};
 
 fn client(cluster: &Cluster, i: usize) -> ApiClient {
     ApiClient::from_home(cluster.node(i).home()).expect("client")
@@ -183,22 +185,7 @@ async fn lineage_of_a_two_job_chain_reaches_the_raw_data_and_both_programs_from_
     // the same training again, from node 2 (once it has heard of the
     // result): a cache hit, and no second lineage
     let key = t.cache_key;
-    cluster
-        .wait_until(
-            Duration::from_secs(10),
-            "node 2 knows the result",
-            |c| async move {
-                c.node(2)
-                    .sched()
-                    .cache_record(key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            },
-        )
-        .await
-        .expect("cache record gossiped");
+    wait_cache_record(&cluster, 2, key).await;
     let again = submit(&cluster, 2, &train_job(&data)).await;
     let again = wait_done(&cluster, 2, &again.id, Duration::from_secs(60)).await;
     assert!(

@@ -15,7 +15,7 @@ use weft_protocol::ledger::{
 use weft_protocol::pipeline::PipelineSpec;
 use weft_protocol::sched::{JobId, JobState};
 use weft_protocol::{Hash, TagName};
-use weft_tests::{Cluster, ClusterOptions, everywhere, example_wasm};
+use weft_tests::{Cluster, ClusterOptions, everywhere, example_wasm, wait_cache_record};
 
 /// How long any one run in these tests may take.
 const RUN_WITHIN: Duration = Duration::from_secs(60);
@@ -295,22 +295,7 @@ async fn records_heard(cluster: &Cluster, coordinator: usize, i: usize, rec: &Pi
             .await
             .expect("status")
             .cache_key;
-        cluster
-            .wait_until(
-                Duration::from_secs(10),
-                "the cache record is heard",
-                |c| async move {
-                    c.node(i)
-                        .sched()
-                        .cache_record(key)
-                        .await
-                        .ok()
-                        .flatten()
-                        .is_some()
-                },
-            )
-            .await
-            .expect("cache record gossiped");
+        wait_cache_record(cluster, i, key).await;
     }
 }
 

@@ -8,7 +8,9 @@ use weft_node::api::client::{ApiClient, ClientError};
 use weft_node::api::runs::RunJson;
 use weft_node::cli::run_cmds::{compare_runs, comparison_rows};
 use weft_protocol::sched::{JobId, JobState};
-use weft_tests::{Cluster, ClusterOptions, everywhere, example_wasm, peer, submit, wait_done};
+use weft_tests::{
+    Cluster, ClusterOptions, everywhere, example_wasm, peer, submit, wait_cache_record, wait_done,
+};
 
 /// A job running the `report` test program, which writes `metrics` to the
 /// metrics file (`--to`, when given) and `/outputs/out.txt`.
@@ -87,22 +89,7 @@ async fn a_jobs_metrics_land_in_its_run_on_other_nodes_and_a_cached_rerun_has_th
     // the same job again, from another node: a cache hit with the same
     // metrics (once that node has heard of the result)
     let key = done.cache_key;
-    cluster
-        .wait_until(
-            Duration::from_secs(10),
-            "node 1 knows the result",
-            |c| async move {
-                c.node(1)
-                    .sched()
-                    .cache_record(key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            },
-        )
-        .await
-        .expect("cache record gossiped");
+    wait_cache_record(&cluster, 1, key).await;
     let again = submit(&cluster, 1, &report_job("m1", metrics, "", "")).await;
     let hit = wait_done(&cluster, 1, &again.id, Duration::from_secs(30)).await;
     assert_eq!(hit.state, JobState::Succeeded, "{hit:#?}");

@@ -15,7 +15,7 @@ use weft_protocol::{ErrorCode, Executors, Hash, NodeAdvert, Request, Response, T
 use weft_tests::rogue::Rogue;
 use weft_tests::{
     Cluster, ClusterOptions, everywhere, example_wasm, now_ms, peer, sleepy_cluster, sleepy_job,
-    submit, wait_done, wait_state,
+    submit, wait_cache_record, wait_done, wait_state,
 };
 
 /// A job that writes `/outputs/hello.txt` (holding `word`) and keeps it.
@@ -379,22 +379,7 @@ async fn a_cache_hit_whose_outputs_are_gone_everywhere_runs_again() {
     let output = result.outputs[0].1;
     // heard on node 1, and used there while the output exists
     let key = first.cache_key;
-    cluster
-        .wait_until(
-            Duration::from_secs(10),
-            "node 1 has the record",
-            |c| async move {
-                c.node(1)
-                    .sched()
-                    .cache_record(key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            },
-        )
-        .await
-        .expect("record gossiped");
+    wait_cache_record(&cluster, 1, key).await;
     let hit = submit(&cluster, 1, &yaml).await.id;
     let hit = wait_done(&cluster, 1, &hit, Duration::from_secs(10)).await;
     assert_eq!(hit.state, JobState::Succeeded, "{hit:#?}");
