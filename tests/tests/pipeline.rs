@@ -819,6 +819,10 @@ async fn a_tag_move_runs_the_pipeline_once_with_the_new_input() {
     let first = wait_over(&cluster, 0, &first.id).await;
     assert_eq!(first.state, PipelineState::Succeeded, "{first:#?}");
     assert_eq!(first.trigger, None);
+    // whichever node owns the change, it knows the first run's results
+    for (i, _) in cluster.running() {
+        records_heard(&cluster, 0, i, &first).await;
+    }
     // b's data moves, on node 1 only: the tag replicates, and the one node
     // that owns the change starts the pipeline
     let (moved, _) = cluster
