@@ -407,8 +407,8 @@ async fn merge_gossip(store: &Store, source: PeerId, data: &[u8]) {
 }
 
 /// Stores entries relayed by a peer (sync pages, push answers) that pass
-/// [`check_relayed`].
-async fn merge_relayed(store: &Store, entries: Vec<Entry>) {
+/// [`check_relayed`]; returns how many were new here.
+async fn merge_relayed(store: &Store, entries: Vec<Entry>) -> usize {
     let now = now_ms();
     let ok: Vec<Entry> = entries
         .into_iter()
@@ -420,7 +420,7 @@ async fn merge_relayed(store: &Store, entries: Vec<Entry>) {
             }
         })
         .collect();
-    merge(store, ok).await;
+    merge(store, ok).await
 }
 
 async fn merge(store: &Store, entries: Vec<Entry>) -> usize {
@@ -484,14 +484,7 @@ async fn sync_with(store: Store, net: NetHandle, peer: PeerId) {
             }
         };
         after = entries.last().map(|e| hex::encode(e.key()));
-        merged += {
-            let now = now_ms();
-            let ok: Vec<Entry> = entries
-                .into_iter()
-                .filter(|e| check_relayed(e, now).is_ok())
-                .collect();
-            merge(&store, ok).await
-        };
+        merged += merge_relayed(&store, entries).await;
         if !more || after.is_none() {
             break;
         }

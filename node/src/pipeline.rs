@@ -43,9 +43,7 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use weft_protocol::ledger::{
-    Entry, EntryBody, EntryKind, PipelineDef, PipelineRunRecord, PipelineState,
-};
+use weft_protocol::ledger::{Entry, EntryBody, PipelineDef, PipelineRunRecord, PipelineState};
 use weft_protocol::pipeline::PipelineSpec;
 use weft_protocol::sched::JobId;
 use weft_protocol::{ErrorCode, Hash, Request, Response, TagName};
@@ -55,6 +53,7 @@ pub use steps::{Registered, register_and_promote};
 use crate::ledger::LedgerHandle;
 use crate::net::NetHandle;
 use crate::sched::SchedHandle;
+use crate::store::ledger::coordinators_own;
 use crate::store::{Store, StoreError};
 
 /// How long a cancel request waits for the coordinator's answer.
@@ -321,7 +320,7 @@ impl PipelineHandle {
         }
     }
 
-    /// A run as this node's ledger last heard of it (see [`counts`]).
+    /// A run as this node's ledger last heard of it (see [`coordinators_own`]).
     pub async fn run(&self, id: &JobId) -> Result<PipelineRunRecord, PipelineError> {
         match self.newest(id).await?.body {
             EntryBody::PipelineRun(p) => Ok(p),
@@ -332,23 +331,9 @@ impl PipelineHandle {
     /// Every run this node knows, newest first.
     pub async fn runs(&self) -> Result<Vec<PipelineRunRecord>, PipelineError> {
         let store = self.store.clone();
-        let entries =
-            tokio::task::spawn_blocking(move || store.ledger_kind(EntryKind::PipelineRun))
-                .await
-                .map_err(|_| PipelineError::Stopped)??;
-        // entries come subject by subject, each in (hlc, origin) order
-        let mut all: Vec<PipelineRunRecord> = Vec::new();
-        for e in entries {
-            if !counts(&e) {
-                continue;
-            }
-            if let EntryBody::PipelineRun(p) = e.body {
-                match all.last_mut() {
-                    Some(last) if last.id == p.id => *last = p,
-                    _ => all.push(p),
-                }
-            }
-        }
+        let mut all = tokio::task::spawn_blocking(move || store.pipeline_runs())
+            .await
+            .map_err(|_| PipelineError::Stopped)??;
         all.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(all)
     }
@@ -381,7 +366,7 @@ impl PipelineHandle {
                 Err(_) => break,
                 Ok(Ok(e)) => {
                     if matches!(&e.body, EntryBody::PipelineRun(p) if p.id == *id)
-                        && counts(&e)
+                        && coordinators_own(&e)
                         && e.order(&newest).is_gt()
                     {
                         newest = e;
@@ -405,34 +390,9 @@ impl PipelineHandle {
     async fn newest(&self, id: &JobId) -> Result<Entry, PipelineError> {
         let store = self.store.clone();
         let wanted = id.clone();
-        tokio::task::spawn_blocking(move || view(&store, &wanted))
+        tokio::task::spawn_blocking(move || store.pipeline_run_entry(&wanted))
             .await
             .map_err(|_| PipelineError::Stopped)??
             .ok_or_else(|| PipelineError::NotFound(id.clone()))
-    }
-}
-
-/// A run's newest entry that [`counts`], as this node's ledger holds it.
-fn view(store: &Store, id: &JobId) -> Result<Option<Entry>, StoreError> {
-    Ok(store
-        .ledger_subject(EntryKind::PipelineRun, id.as_str())?
-        .into_iter()
-        .rfind(counts))
-}
-
-/// A run's record as this node's ledger shows it.
-fn record(store: &Store, id: &JobId) -> Result<Option<PipelineRunRecord>, StoreError> {
-    Ok(view(store, id)?.and_then(|e| match e.body {
-        EntryBody::PipelineRun(p) => Some(p),
-        _ => None,
-    }))
-}
-
-/// Whether a run's entry counts for its view: only its coordinator's do
-/// (peers refuse the others; one written here by another hand is ignored).
-fn counts(e: &Entry) -> bool {
-    match &e.body {
-        EntryBody::PipelineRun(p) => p.coordinator == e.origin,
-        _ => false,
     }
 }

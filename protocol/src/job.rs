@@ -272,6 +272,22 @@ impl JobSpec {
         )?)
     }
 
+    /// Runs the checks across fields that parsing runs on a spec built in
+    /// code (a pipeline step's job); the error names the field.
+    pub fn checked(self) -> Result<JobSpec, JobSpecError> {
+        match check_across(&self) {
+            Ok(()) => Ok(self),
+            Err(CrossFieldError(m)) => Err(match m.split_once(": ") {
+                Some((path, message)) if path.starts_with("spec") => JobSpecError::Field {
+                    path: path.to_string(),
+                    message: message.to_string(),
+                    line: None,
+                },
+                _ => JobSpecError::Invalid(m),
+            }),
+        }
+    }
+
     /// The job's name.
     pub fn name(&self) -> &str {
         self.metadata.name.as_str()
@@ -421,28 +437,6 @@ impl TryFrom<JobSpecWire> for JobSpec {
         let task = s.task.ok_or_else(|| {
             CrossFieldError("spec.task: missing: give wasm or container".to_string())
         })?;
-        if s.retries > MAX_RETRIES {
-            return Err(CrossFieldError(format!(
-                "spec.retries: {} is more than the most allowed, {MAX_RETRIES}",
-                s.retries
-            )));
-        }
-        let input_paths: Vec<&str> = s.inputs.iter().map(|i| i.path.as_str()).collect();
-        check_disjoint("spec.inputs", &input_paths)?;
-        let output_paths: Vec<&str> = s.outputs.iter().map(|o| o.path.as_str()).collect();
-        check_disjoint("spec.outputs", &output_paths)?;
-        for (i, o) in s.outputs.iter().enumerate() {
-            if let Some(tag) = &o.tag
-                && let Some(j) = s.outputs[..i]
-                    .iter()
-                    .position(|p| p.tag.as_ref() == Some(tag))
-            {
-                return Err(CrossFieldError(format!(
-                    "spec.outputs[{i}].tag: {tag} is already given to spec.outputs[{j}]; \
-                     each output needs its own tag"
-                )));
-            }
-        }
         let spec = JobSpec {
             metadata: w.metadata,
             spec: Spec {
@@ -457,11 +451,40 @@ impl TryFrom<JobSpecWire> for JobSpec {
                 metrics: s.metrics,
             },
         };
-        // every spec, typed or from a peer, fits the same bounds
-        spec.check_bounds()
-            .map_err(|e| CrossFieldError(e.to_string()))?;
+        check_across(&spec)?;
         Ok(spec)
     }
+}
+
+/// The checks across fields every spec passes, parsed or built in code:
+/// retries, overlapping paths, a tag given twice, and every bound.
+fn check_across(spec: &JobSpec) -> Result<(), CrossFieldError> {
+    let s = &spec.spec;
+    if s.retries > MAX_RETRIES {
+        return Err(CrossFieldError(format!(
+            "spec.retries: {} is more than the most allowed, {MAX_RETRIES}",
+            s.retries
+        )));
+    }
+    let input_paths: Vec<&str> = s.inputs.iter().map(|i| i.path.as_str()).collect();
+    check_disjoint("spec.inputs", &input_paths)?;
+    let output_paths: Vec<&str> = s.outputs.iter().map(|o| o.path.as_str()).collect();
+    check_disjoint("spec.outputs", &output_paths)?;
+    for (i, o) in s.outputs.iter().enumerate() {
+        if let Some(tag) = &o.tag
+            && let Some(j) = s.outputs[..i]
+                .iter()
+                .position(|p| p.tag.as_ref() == Some(tag))
+        {
+            return Err(CrossFieldError(format!(
+                "spec.outputs[{i}].tag: {tag} is already given to spec.outputs[{j}]; \
+                 each output needs its own tag"
+            )));
+        }
+    }
+    // every spec, typed or from a peer, fits the same bounds
+    spec.check_bounds()
+        .map_err(|e| CrossFieldError(e.to_string()))
 }
 
 /// Refuses two paths where one equals or contains the other.

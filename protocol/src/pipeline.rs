@@ -646,10 +646,7 @@ fn substitute_task(task: &Task, params: &Params, at: &str) -> Result<Task, Pipel
 /// Runs a built job spec through the job parser's own checks (paths that
 /// overlap, tags given twice, bounds), naming the step's fields.
 fn recheck(spec: JobSpec, at: &str) -> Result<JobSpec, PipelineError> {
-    let yaml = spec
-        .to_yaml()
-        .map_err(|e| field(at, format!("cannot build the step's job: {e}")))?;
-    JobSpec::from_yaml(&yaml).map_err(|e| match e {
+    spec.checked().map_err(|e| match e {
         JobSpecError::Field { path, message, .. } => {
             let rest = path.strip_prefix("spec").unwrap_or(&path);
             field(format!("{at}{rest}"), message)
@@ -1812,6 +1809,13 @@ spec:
         ));
         assert_eq!(path, "spec.steps.split.uses");
         assert!(message.contains("inlines"), "{message}");
+        // the job's own checks, named under the step
+        let (path, message) = err(&edit(
+            "inputs: [{from: datasets/iris:v1, path: /inputs/data}]",
+            "inputs: [{from: datasets/iris:v1, path: /inputs/data}, {from: datasets/iris:v1, path: /inputs/data/x}]",
+        ));
+        assert_eq!(path, "spec.steps.split.inputs[1].path");
+        assert!(message.contains("overlaps"), "{message}");
         let (path, _) = err(&edit("    promote:\n", "    pro.mote:\n"));
         assert_eq!(path, "spec.steps.pro.mote");
         let (path, _) = err(&edit(

@@ -302,7 +302,10 @@ impl Engine {
         // ended at once, as written)
         match self.runs.get(&id) {
             Some(r) => Ok(r.record.clone()),
-            None => super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id)),
+            None => self
+                .store
+                .pipeline_run(&id)?
+                .ok_or(PipelineError::NotFound(id)),
         }
     }
 
@@ -723,10 +726,15 @@ impl Engine {
             self.cancel_here(&id, why);
             return match self.runs.get(&id) {
                 Some(r) => Ok(r.record.clone()),
-                None => super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id)),
+                None => self
+                    .store
+                    .pipeline_run(&id)?
+                    .ok_or(PipelineError::NotFound(id)),
             };
         }
-        super::record(&self.store, &id)?.ok_or(PipelineError::NotFound(id))
+        self.store
+            .pipeline_run(&id)?
+            .ok_or(PipelineError::NotFound(id))
     }
 }
 

@@ -385,22 +385,31 @@ impl Store {
 
     // ---- pipeline runs -----------------------------------------------------------
 
-    /// A pipeline run as its coordinator last wrote it.
-    pub fn pipeline_run(&self, id: &JobId) -> Result<Option<PipelineRunRecord>> {
+    /// A pipeline run's newest entry that [`coordinators_own`] (the run as
+    /// its coordinator last wrote it).
+    pub fn pipeline_run_entry(&self, id: &JobId) -> Result<Option<Entry>> {
         Ok(self
             .ledger_subject(EntryKind::PipelineRun, id.as_str())?
             .into_iter()
-            .filter_map(|e| match e.body {
-                EntryBody::PipelineRun(p) => Some(p),
-                _ => None,
-            })
-            .next_back())
+            .rfind(coordinators_own))
     }
 
-    /// Every pipeline run this node knows, each as last written, oldest first.
+    /// A pipeline run as its coordinator last wrote it.
+    pub fn pipeline_run(&self, id: &JobId) -> Result<Option<PipelineRunRecord>> {
+        Ok(self.pipeline_run_entry(id)?.and_then(|e| match e.body {
+            EntryBody::PipelineRun(p) => Some(p),
+            _ => None,
+        }))
+    }
+
+    /// Every pipeline run this node knows, each as its coordinator last
+    /// wrote it, oldest first.
     pub fn pipeline_runs(&self) -> Result<Vec<PipelineRunRecord>> {
         let mut out: Vec<PipelineRunRecord> = Vec::new();
         for e in self.ledger_kind(EntryKind::PipelineRun)? {
+            if !coordinators_own(&e) {
+                continue;
+            }
             if let EntryBody::PipelineRun(p) = e.body {
                 match out.last_mut() {
                     Some(last) if last.id == p.id => *last = p,
@@ -409,6 +418,16 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+/// Whether a pipeline run's entry counts for its view: only its
+/// coordinator's do (peers refuse the others; one written here by another
+/// hand is ignored).
+pub fn coordinators_own(e: &Entry) -> bool {
+    match &e.body {
+        EntryBody::PipelineRun(p) => p.coordinator == e.origin,
+        _ => false,
     }
 }
 
@@ -557,6 +576,48 @@ mod tests {
             Hash::of(b"b")
         );
         assert_eq!(s.resolve_str("models/iris:1").expect("ref"), Hash::of(b"a"));
+    }
+
+    #[test]
+    fn a_pipeline_run_is_what_its_coordinator_wrote() {
+        let (_d, s) = store();
+        let id = JobId::new(7, 8);
+        let record = |coordinator: &str, state| {
+            EntryBody::PipelineRun(weft_protocol::ledger::PipelineRunRecord {
+                id: id.clone(),
+                pipeline: "p".into(),
+                experiment: None,
+                coordinator: coordinator.into(),
+                state,
+                params: vec![],
+                trigger: None,
+                steps: vec![],
+                reason: None,
+                created_ms: 1,
+                updated_ms: 1,
+            })
+        };
+        // this store writes as 12D3KooWA, the coordinator
+        s.ledger_append(record(
+            "12D3KooWA",
+            weft_protocol::ledger::PipelineState::Running,
+        ))
+        .expect("append");
+        // a later entry by another hand claims the run succeeded
+        let forged = Entry {
+            hlc: Hlc {
+                wall_ms: u64::from(u32::MAX),
+                counter: 0,
+            },
+            origin: "12D3KooWB".into(),
+            body: record("12D3KooWA", weft_protocol::ledger::PipelineState::Succeeded),
+        };
+        assert!(s.ledger_merge(&forged).expect("merge"));
+        let seen = s.pipeline_run(&id).expect("run").expect("known");
+        assert_eq!(seen.state, weft_protocol::ledger::PipelineState::Running);
+        let all = s.pipeline_runs().expect("runs");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, weft_protocol::ledger::PipelineState::Running);
     }
 
     #[test]
