@@ -60,6 +60,8 @@ pub struct ApiState {
     pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The pipeline engine, for the pipeline endpoints.
     pub pipelines: Option<crate::pipeline::PipelineHandle>,
+    /// Services, for the service endpoints.
+    pub services: Option<crate::service::ServiceHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.

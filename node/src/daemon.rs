@@ -111,6 +111,7 @@ pub struct Node {
     net: NetHandle,
     sched: SchedHandle,
     pipelines: PipelineHandle,
+    services: crate::service::ServiceHandle,
     transfer: TransferHandle,
     ledger: LedgerHandle,
     triggers: ledger::triggers::TriggersHandle,
@@ -309,6 +310,9 @@ impl Node {
         tasks.spawn(engine);
         triggers.set_starter(pipeline::trigger_starter(pipelines.clone()));
 
+        // 7. services: desired state in the ledger, replicas, the ingress
+        let services = crate::service::ServiceHandle::new(store.clone(), ledger.clone());
+
         tasks.spawn(dispatch(
             events,
             Subsystems {
@@ -360,6 +364,7 @@ impl Node {
             transfer: Some(transfer.clone()),
             ledger: Some(ledger.clone()),
             pipelines: Some(pipelines.clone()),
+            services: Some(services.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -383,6 +388,7 @@ impl Node {
             net,
             sched,
             pipelines,
+            services,
             transfer,
             ledger,
             triggers,
@@ -402,6 +408,11 @@ impl Node {
     /// The ledger: model versions, aliases, runs, lineage, pipeline runs.
     pub fn ledger(&self) -> &LedgerHandle {
         &self.ledger
+    }
+
+    /// Services: desired state, replicas, the ingress.
+    pub fn services(&self) -> &crate::service::ServiceHandle {
+        &self.services
     }
 
     /// The pipeline engine's handle.
