@@ -26,6 +26,7 @@
 mod capture;
 mod container;
 mod folders;
+pub mod http;
 pub mod image;
 mod oci;
 mod wasm;
