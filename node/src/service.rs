@@ -343,6 +343,20 @@ impl ServiceHandle {
         }
     }
 
+    /// The replicas running on this node.
+    pub fn local_replicas(&self) -> Vec<ReplicaId> {
+        self.runtime()
+            .map(|rt| rt.replicas.all().iter().map(|r| r.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Fault injection for tests: `id`'s health checks fail from now on.
+    pub fn fail_health(&self, id: ReplicaId) {
+        if let Some(rt) = self.runtime() {
+            rt.replicas.fail_health(id);
+        }
+    }
+
     /// `weft service ls`: services that are not removed.
     pub fn list(&self) -> Result<Vec<ServiceSummary>, ServiceError> {
         Ok(self

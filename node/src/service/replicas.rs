@@ -70,6 +70,8 @@ pub struct Replica {
     backend: OnceLock<Arc<dyn Backend>>,
     cancel: CancellationToken,
     timeout: Duration,
+    /// Fault injection: its health checks fail.
+    sick: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -215,6 +217,14 @@ impl Replicas {
             .collect()
     }
 
+    /// Makes `id`'s health checks fail from now on: fault injection for
+    /// tests of what the mesh does with an unhealthy replica.
+    pub fn fail_health(&self, id: ReplicaId) {
+        if let Some(r) = self.get(id) {
+            r.sick.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Resolves when a local replica changed state.
     pub async fn changed(&self) {
         self.inner.changed.notified().await
@@ -303,6 +313,7 @@ impl Replicas {
                 backend: OnceLock::new(),
                 cancel: self.inner.shutdown.child_token(),
                 timeout: spec.timeout.duration(),
+                sick: std::sync::atomic::AtomicBool::new(false),
             });
             table.insert(id, replica.clone());
             replica
@@ -480,7 +491,9 @@ impl Replicas {
                 self.fail(r, "its process ended".into());
                 return;
             }
-            let ok = if spec.health.is_none() {
+            let ok = if r.sick.load(Ordering::Relaxed) {
+                Err("health check failed (injected)".to_string())
+            } else if spec.health.is_none() {
                 backend.ready().await
             } else {
                 probe(&backend, &health).await
