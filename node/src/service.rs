@@ -14,6 +14,8 @@
 //! plane when it is on another node (`proxy`).
 
 pub mod control;
+pub mod fold;
+mod views_stub;
 
 use std::sync::Arc;
 
