@@ -349,49 +349,49 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "get",
-        "/api/v1/services/{name}",
+        "/api/v1/services/{service}",
         "A service: revision, replicas, rollout, endpoints, history and current spec",
         NO_BODY,
         JSON
     ),
     ep!(
         "delete",
-        "/api/v1/services/{name}",
+        "/api/v1/services/{service}",
         "Remove a service (its history stays; applying it again brings it back)",
         NO_BODY,
         JSON
     ),
     ep!(
         "get",
-        "/api/v1/services/{name}/endpoints",
+        "/api/v1/services/{service}/endpoints",
         "A service's replicas: node, revision, state, requests in flight",
         NO_BODY,
         JSON
     ),
     ep!(
         "get",
-        "/api/v1/services/{name}/history",
+        "/api/v1/services/{service}/history",
         "Every change of a service: applies, scales, rollbacks, removals",
         NO_BODY,
         JSON
     ),
     ep!(
         "get",
-        "/api/v1/services/{name}/logs",
+        "/api/v1/services/{service}/logs",
         "The recent output of each of a service's replicas",
         NO_BODY,
         JSON
     ),
     ep!(
         "post",
-        "/api/v1/services/{name}/scale",
+        "/api/v1/services/{service}/scale",
         "Set the desired replicas of the current revision: {\"replicas\": N}",
         JSON_BODY,
         JSON
     ),
     ep!(
         "post",
-        "/api/v1/services/{name}/rollback",
+        "/api/v1/services/{service}/rollback",
         "Make an earlier revision current: {\"to_revision\": N} (or no body: the one before the current)",
         OPTIONAL_JSON,
         JSON
@@ -418,8 +418,8 @@ fn params(path: &str) -> Vec<Value> {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
                     "id" => "a job, run or pipeline run id (20 hex digits)",
                     "target" => "a model's alias: NAME@ALIAS (e.g. iris@champion)",
+                    "service" => "a service name (e.g. iris)",
                     "name" if path.starts_with("/api/v1/models/") => "a model name (e.g. iris)",
-                    "name" if path.starts_with("/api/v1/services/") => "a service name (e.g. iris)",
                     _ => "a tag name (NAME:VERSION)",
                 }
             })

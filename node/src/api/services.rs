@@ -19,12 +19,12 @@ use crate::service::{ServiceError, ServiceHandle};
 pub(super) fn routes() -> Router<ApiState> {
     Router::new()
         .route("/api/v1/services", get(list).post(apply))
-        .route("/api/v1/services/{name}", get(status).delete(remove))
-        .route("/api/v1/services/{name}/endpoints", get(endpoints))
-        .route("/api/v1/services/{name}/history", get(history))
-        .route("/api/v1/services/{name}/logs", get(logs))
-        .route("/api/v1/services/{name}/scale", post(scale))
-        .route("/api/v1/services/{name}/rollback", post(rollback))
+        .route("/api/v1/services/{service}", get(status).delete(remove))
+        .route("/api/v1/services/{service}/endpoints", get(endpoints))
+        .route("/api/v1/services/{service}/history", get(history))
+        .route("/api/v1/services/{service}/logs", get(logs))
+        .route("/api/v1/services/{service}/scale", post(scale))
+        .route("/api/v1/services/{service}/rollback", post(rollback))
 }
 
 impl From<ServiceError> for ApiError {
@@ -125,7 +125,7 @@ async fn logs(State(state): State<ApiState>, Path(name): Path<String>) -> ApiRes
     Ok(axum::Json(services(&state)?.logs(&name).await?).into_response())
 }
 
-/// `POST /api/v1/services/{name}/scale`.
+/// `POST /api/v1/services/{service}/scale`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScaleJson {
@@ -142,7 +142,7 @@ async fn scale(
     Ok(axum::Json(serde_json::json!({"name": name, "replicas": j.replicas})).into_response())
 }
 
-/// `POST /api/v1/services/{name}/rollback`; no body or no `to_revision`:
+/// `POST /api/v1/services/{service}/rollback`; no body or no `to_revision`:
 /// the revision current before the current one.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
