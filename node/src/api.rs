@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod paths;
 mod pipelines;
 pub mod runs;
+mod services;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -190,6 +191,7 @@ pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
         .merge(pipelines::routes())
+        .merge(services::routes())
         .merge(runs::routes())
         .merge(lineage::routes())
         .merge(models::routes())

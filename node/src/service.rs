@@ -15,6 +15,7 @@
 
 pub mod backends;
 pub mod control;
+pub mod fold;
 pub mod ingress;
 pub mod mesh;
 pub mod placement;
@@ -313,7 +314,9 @@ impl ServiceHandle {
             .iter()
             .map(|r| Endpoint::new(&r.node, &r.info))
             .collect();
-        out.sort_by(|a, b| (a.revision, &a.node, &a.replica).cmp(&(b.revision, &b.node, &b.replica)));
+        out.sort_by(|a, b| {
+            (a.revision, &a.node, &a.replica).cmp(&(b.revision, &b.node, &b.replica))
+        });
         Ok(out)
     }
 
@@ -332,7 +335,11 @@ impl ServiceHandle {
                 Some(false) => "container".into(),
                 None => "-".into(),
             },
-            desired: if state.current.is_some() { state.replicas } else { 0 },
+            desired: if state.current.is_some() {
+                state.replicas
+            } else {
+                0
+            },
             autoscale: spec.and_then(|s| s.autoscale).map(|a| (a.min, a.max)),
             ready: endpoints
                 .iter()

@@ -166,6 +166,7 @@ async fn every_endpoint_refuses_a_request_without_the_token_or_from_another_site
             .path
             .replace("{reference}", "models/iris@champion")
             .replace("{name}", "iris")
+            .replace("{service}", "iris")
             .replace("{target}", "iris@champion")
             .replace("{id}", "0123456789abdeadbeef");
         let method = reqwest::Method::from_bytes(e.method.to_uppercase().as_bytes()).expect("m");

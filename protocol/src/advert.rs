@@ -167,6 +167,7 @@ mod tests {
             running_tasks: 1,
             queued_tasks: 2,
             running: Some(vec![(JobId::new(1, 2), 3)]),
+            replicas: None,
         }
     }
 

@@ -238,8 +238,23 @@ impl ServiceSpec {
         }
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let wire: ServiceWire =
-            serde_path_to_error::deserialize(de).map_err(crate::job::path_error)?;
-        check(wire)
+            serde_path_to_error::deserialize(de).map_err(|e| match crate::job::path_error(e) {
+                // a top-level field left out: name it like any other
+                JobSpecError::Invalid(m) => match m
+                    .strip_prefix("missing field `")
+                    .and_then(|f| f.strip_suffix('`'))
+                {
+                    Some(f) => field(
+                        &camel_to_yaml(f),
+                        "missing: a service spec has apiVersion, kind, metadata and spec",
+                    ),
+                    None => JobSpecError::Invalid(m),
+                },
+                other => other,
+            })?;
+        let spec = check(wire)?;
+        check_bounds(&spec)?;
+        Ok(spec)
     }
 
     /// The replicas to run when nothing scaled the service: the fixed count,
@@ -250,6 +265,14 @@ impl ServiceSpec {
             (Replicas::Auto, Some(a)) => a.min,
             (Replicas::Auto, None) => 0,
         }
+    }
+}
+
+/// The YAML name of a top-level field as serde names it (`api_version`).
+fn camel_to_yaml(f: &str) -> String {
+    match f {
+        "api_version" => "apiVersion".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -322,7 +345,13 @@ fn check(w: ServiceWire) -> Result<ServiceSpec, JobSpecError> {
             })
         }
     };
-    let task = match w.spec.task {
+    let Some(task) = w.spec.task else {
+        return Err(field(
+            "spec.task",
+            "missing: give `wasm` (a wasi:http component) or `container` (with a port)",
+        ));
+    };
+    let task = match task {
         TaskWire {
             wasm: Some(m),
             container: None,
@@ -359,13 +388,21 @@ fn check(w: ServiceWire) -> Result<ServiceSpec, JobSpecError> {
             "a wasm function cannot use GPUs; run a container service for GPU work",
         ));
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, input) in w.spec.inputs.iter().enumerate() {
-        if !seen.insert(input.path.as_str().to_string()) {
-            return Err(field(
-                &format!("spec.inputs[{i}].path"),
-                format!("{} is given twice", input.path.as_str()),
-            ));
+    for (i, a) in w.spec.inputs.iter().enumerate() {
+        let a = a.path.as_str();
+        for (j, b) in w.spec.inputs[..i].iter().enumerate() {
+            let b = b.path.as_str();
+            let nested = |outer: &str, inner: &str| {
+                inner == outer
+                    || (inner.starts_with(outer)
+                        && inner.as_bytes().get(outer.len()) == Some(&b'/'))
+            };
+            if nested(a, b) || nested(b, a) {
+                return Err(field(
+                    &format!("spec.inputs[{i}].path"),
+                    format!("{a:?} overlaps spec.inputs[{j}].path {b:?}; give each its own folder"),
+                ));
+            }
         }
     }
     let health = match w.spec.health {
@@ -412,6 +449,19 @@ fn check(w: ServiceWire) -> Result<ServiceSpec, JobSpecError> {
             auto_revert: u.auto_revert.unwrap_or(d.auto_revert),
         },
     };
+    for (name, v) in [
+        ("maxSurge", update.max_surge),
+        ("maxUnavailable", update.max_unavailable),
+    ] {
+        if v > MAX_SERVICE_REPLICAS {
+            return Err(field(
+                &format!("spec.update.{name}"),
+                format!(
+                    "{v} is more than the most replicas a service may have ({MAX_SERVICE_REPLICAS})"
+                ),
+            ));
+        }
+    }
     if update.max_surge == 0 && update.max_unavailable == 0 {
         return Err(field(
             "spec.update",
@@ -433,6 +483,69 @@ fn check(w: ServiceWire) -> Result<ServiceSpec, JobSpecError> {
         health,
         update,
     })
+}
+
+/// Every list and string of a checked spec within the bounds a job's are
+/// held to (`crate::bounds`), named by its YAML path.
+fn check_bounds(s: &ServiceSpec) -> Result<(), JobSpecError> {
+    use crate::bounds::{
+        BoundsError, MAX_ARG_BYTES, MAX_ARGS, MAX_ENV, MAX_ENV_NAME_BYTES, MAX_ENV_VALUE_BYTES,
+        MAX_INPUTS, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS, MAX_TEXT_BYTES, count,
+        text,
+    };
+    fn args(list: &[Arg], at: &str) -> Result<(), BoundsError> {
+        count(list.len(), MAX_ARGS, || at.to_string())?;
+        for (i, a) in list.iter().enumerate() {
+            text(a.as_str(), MAX_ARG_BYTES, || format!("{at}[{i}]"))?;
+        }
+        Ok(())
+    }
+    fn env(map: &BTreeMap<EnvName, EnvValue>, at: &str) -> Result<(), BoundsError> {
+        count(map.len(), MAX_ENV, || at.to_string())?;
+        for (k, v) in map {
+            text(k.as_str(), MAX_ENV_NAME_BYTES, || {
+                format!("{at}.{}", k.as_str())
+            })?;
+            text(v.as_str(), MAX_ENV_VALUE_BYTES, || {
+                format!("{at}.{}", k.as_str())
+            })?;
+        }
+        Ok(())
+    }
+    let checked = (|| {
+        match &s.task {
+            ServiceTask::Wasm { env: e, .. } => env(e, "spec.task.wasm.env")?,
+            ServiceTask::Container {
+                command,
+                args: a,
+                env: e,
+                ..
+            } => {
+                args(command, "spec.task.container.command")?;
+                args(a, "spec.task.container.args")?;
+                env(e, "spec.task.container.env")?;
+            }
+        }
+        count(s.inputs.len(), MAX_INPUTS, || "spec.inputs".to_string())?;
+        if let Some(g) = &s.resources.gpu
+            && let Some(m) = &g.model
+        {
+            text(m, MAX_TEXT_BYTES, || "spec.resources.gpu.model".to_string())?;
+        }
+        count(s.constraints.len(), MAX_LABELS, || {
+            "spec.constraints".to_string()
+        })?;
+        for (k, v) in &s.constraints {
+            text(k.as_str(), MAX_LABEL_KEY_BYTES, || {
+                format!("spec.constraints.{}", k.as_str())
+            })?;
+            text(v, MAX_LABEL_VALUE_BYTES, || {
+                format!("spec.constraints.{}", k.as_str())
+            })?;
+        }
+        Ok(())
+    })();
+    checked.map_err(|e: BoundsError| field(&e.field, e.problem))
 }
 
 #[derive(Deserialize)]
@@ -470,7 +583,8 @@ struct SpecWire {
     replicas: ReplicasWire,
     #[serde(default)]
     autoscale: Option<AutoscaleWire>,
-    task: TaskWire,
+    #[serde(default)]
+    task: Option<TaskWire>,
     #[serde(default)]
     inputs: Vec<Input>,
     #[serde(default)]
@@ -728,4 +842,866 @@ pub enum Refusal {
     Overloaded,
     /// The head was malformed.
     BadRequest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::ByteSize;
+    use crate::ledger::{Entry, EntryBody};
+    use crate::tag::Hlc;
+    use crate::{Bounded, NodeAdvert, Request, Response, codec};
+
+    const FULL: &str = r#"
+apiVersion: weft/v1
+kind: Service
+metadata: {name: iris}
+spec:
+  replicas: 3
+  task:
+    wasm: {module: examples/iris-serve:v1, env: {A: b}}
+  inputs: [{from: models/iris@champion, path: /inputs/model}]
+  resources: {cpu: 1, memory: 256Mi}
+  constraints: {zone: lab-a}
+  timeout: 10s
+  health: {http: /healthz, interval: 3s, timeout: 500ms, failures: 2}
+  update: {maxSurge: 2, maxUnavailable: 1, minHealthy: 2s, progressDeadline: 90s, autoRevert: false}
+"#;
+
+    fn field_err(yaml: &str) -> (String, String) {
+        match ServiceSpec::from_yaml(yaml) {
+            Err(JobSpecError::Field { path, message, .. }) => (path, message),
+            other => panic!("expected a field error, got {other:?}"),
+        }
+    }
+
+    /// `FULL` with the first line that starts like `key_prefix` replaced.
+    fn with(key_prefix: &str, line: &str) -> String {
+        let mut found = false;
+        let out: Vec<String> = FULL
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with(key_prefix) && !found {
+                    found = true;
+                    line.to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        assert!(found, "no line starts with {key_prefix}");
+        out.join("\n")
+    }
+
+    /// A minimal valid spec with `extra` lines added under `spec:`.
+    fn minimal(extra: &str) -> String {
+        format!(
+            "apiVersion: weft/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  task:\n    container: {{image: images/busybox:v1, command: [httpd, -f], port: 8080}}\n{extra}"
+        )
+    }
+
+    #[test]
+    fn a_full_spec_parses() {
+        let s = ServiceSpec::from_yaml(FULL).expect("valid");
+        assert_eq!(s.name.as_str(), "iris");
+        assert_eq!(s.replicas, Replicas::Fixed(3));
+        assert_eq!(s.base_replicas(), 3);
+        assert!(s.autoscale.is_none());
+        let ServiceTask::Wasm { module, env } = &s.task else {
+            panic!("wasm expected")
+        };
+        assert!(s.task.is_wasm());
+        assert_eq!(module.to_string(), "examples/iris-serve:v1");
+        assert_eq!(env.len(), 1);
+        assert_eq!(s.inputs[0].from.to_string(), "models/iris@champion");
+        assert_eq!(s.inputs[0].path.as_str(), "/inputs/model");
+        assert_eq!(s.resources.memory, Some(ByteSize(256 << 20)));
+        assert_eq!(s.constraints.len(), 1);
+        assert_eq!(s.timeout.duration(), Duration::from_secs(10));
+        assert_eq!(
+            s.health,
+            Some(Health {
+                http: "/healthz".into(),
+                interval: Duration::from_secs(3),
+                timeout: Duration::from_millis(500),
+                failures: 2,
+            })
+        );
+        assert_eq!(
+            s.update,
+            Update {
+                max_surge: 2,
+                max_unavailable: 1,
+                min_healthy: Duration::from_secs(2),
+                progress_deadline: Duration::from_secs(90),
+                auto_revert: false,
+            }
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let s = ServiceSpec::from_yaml(&minimal("")).expect("valid");
+        assert_eq!(s.replicas, Replicas::Fixed(1), "one replica by default");
+        assert_eq!(s.base_replicas(), 1);
+        assert_eq!(s.timeout.duration(), Duration::from_secs(30));
+        assert_eq!(s.health, None);
+        assert_eq!(s.update, Update::default());
+        assert_eq!(
+            Update::default(),
+            Update {
+                max_surge: 1,
+                max_unavailable: 0,
+                min_healthy: Duration::from_secs(1),
+                progress_deadline: Duration::from_secs(60),
+                auto_revert: true,
+            }
+        );
+        assert!(s.inputs.is_empty() && s.constraints.is_empty() && s.resources.is_empty());
+        let ServiceTask::Container {
+            command,
+            args,
+            env,
+            workdir,
+            port,
+            ..
+        } = &s.task
+        else {
+            panic!("container expected")
+        };
+        assert_eq!((command.len(), args.len(), env.len()), (2, 0, 0));
+        assert_eq!((workdir, *port), (&None, 8080));
+
+        let s =
+            ServiceSpec::from_yaml(&minimal("  health: {http: /ok}\n  update: {maxSurge: 3}\n"))
+                .expect("valid");
+        assert_eq!(
+            s.health,
+            Some(Health {
+                http: "/ok".into(),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_secs(1),
+                failures: 3,
+            })
+        );
+        assert_eq!(s.update.max_surge, 3);
+        assert_eq!(s.update.max_unavailable, 0);
+        assert!(s.update.auto_revert);
+
+        let s = ServiceSpec::from_yaml(&minimal(
+            "  replicas: auto\n  autoscale: {max: 4, targetConcurrency: 8}\n",
+        ))
+        .expect("valid");
+        assert_eq!(s.replicas, Replicas::Auto);
+        assert_eq!(
+            s.autoscale,
+            Some(Autoscale {
+                min: 0,
+                max: 4,
+                target_concurrency: 8,
+                idle: Duration::from_secs(30),
+            })
+        );
+        assert_eq!(s.base_replicas(), 0, "auto starts at autoscale.min");
+        let s = ServiceSpec::from_yaml(&minimal(
+            "  replicas: auto\n  autoscale: {min: 2, max: 4, targetConcurrency: 1, idle: 5s}\n",
+        ))
+        .expect("valid");
+        assert_eq!(s.base_replicas(), 2);
+        assert_eq!(s.autoscale.map(|a| a.idle), Some(Duration::from_secs(5)));
+        let s = ServiceSpec::from_yaml(&minimal("  replicas: 0\n")).expect("zero is fine");
+        assert_eq!(s.base_replicas(), 0);
+    }
+
+    #[test]
+    fn names_must_be_host_names() {
+        for bad in [
+            "Iris",
+            "a_b",
+            "-a",
+            "a-",
+            "1abc",
+            "\"\"",
+            &"a".repeat(64),
+            "a.b",
+        ] {
+            let (p, msg) = field_err(&with("metadata:", &format!("metadata: {{name: {bad}}}")));
+            assert_eq!(p, "metadata.name", "{bad}");
+            assert!(msg.contains("host name"), "{bad}: {msg}");
+        }
+        for good in ["a", "iris-2", &"a".repeat(63)] {
+            ServiceSpec::from_yaml(&with("metadata:", &format!("metadata: {{name: {good}}}")))
+                .expect(good);
+        }
+        assert!("Web".parse::<ServiceName>().is_err());
+        assert_eq!(
+            "web".parse::<ServiceName>().map(String::from),
+            Ok("web".into())
+        );
+    }
+
+    #[test]
+    fn replicas_and_autoscale_are_checked() {
+        for (line, path, needle) in [
+            ("  replicas: 257", "spec.replicas", "at most 256"),
+            ("  replicas: -1", "spec.replicas", "negative"),
+            ("  replicas: many", "spec.replicas", "`auto`"),
+            ("  replicas: Auto", "spec.replicas", "`auto`"),
+            ("  replicas: 1.5", "spec.replicas", "replicas or `auto`"),
+            ("  replicas: 99999999999", "spec.replicas", "too many"),
+            ("  replicas: auto", "spec.autoscale", "needs `autoscale"),
+        ] {
+            let (p, msg) = field_err(&with("replicas:", line));
+            assert_eq!(p, path, "{line}");
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        let (p, msg) = field_err(&minimal("  autoscale: {max: 2, targetConcurrency: 1}\n"));
+        assert_eq!(p, "spec.autoscale");
+        assert!(msg.contains("only with `replicas: auto`"), "{msg}");
+        for (auto, path, needle) in [
+            (
+                "{max: 0, targetConcurrency: 1}",
+                "spec.autoscale.max",
+                "1 to 256",
+            ),
+            (
+                "{max: 300, targetConcurrency: 1}",
+                "spec.autoscale.max",
+                "1 to 256",
+            ),
+            (
+                "{min: 3, max: 2, targetConcurrency: 1}",
+                "spec.autoscale.min",
+                "more than max",
+            ),
+            (
+                "{max: 2, targetConcurrency: 0}",
+                "spec.autoscale.targetConcurrency",
+                "at least 1",
+            ),
+            ("{max: 2}", "spec.autoscale", "targetConcurrency"),
+            (
+                "{max: 2, targetConcurrency: 1, idle: 5}",
+                "spec.autoscale.idle",
+                "invalid duration",
+            ),
+            (
+                "{max: 2, targetConcurrency: 1, cooldown: 5s}",
+                "spec.autoscale.cooldown",
+                "unknown field `cooldown`",
+            ),
+        ] {
+            let (p, msg) = field_err(&minimal(&format!(
+                "  replicas: auto\n  autoscale: {auto}\n"
+            )));
+            assert_eq!(p, path, "{auto}");
+            assert!(msg.contains(needle), "{auto}: {msg}");
+        }
+    }
+
+    #[test]
+    fn the_task_is_exactly_one_of_wasm_or_container() {
+        let no_task = FULL.replace(
+            "  task:\n    wasm: {module: examples/iris-serve:v1, env: {A: b}}\n",
+            "",
+        );
+        assert_ne!(no_task, FULL);
+        let (p, msg) = field_err(&no_task);
+        assert_eq!(p, "spec.task");
+        assert!(msg.starts_with("missing: give `wasm`"), "{msg}");
+        let (p, msg) = field_err(&FULL.replace(
+            "  task:\n    wasm: {module: examples/iris-serve:v1, env: {A: b}}\n",
+            "  task: {}\n",
+        ));
+        assert_eq!(p, "spec.task");
+        assert!(msg.contains("give exactly one of `wasm`"), "{msg}");
+        let both = FULL.replace(
+            "    wasm: {",
+            "    container: {image: images/x:1, port: 80}\n    wasm: {",
+        );
+        let (p, msg) = field_err(&both);
+        assert_eq!(p, "spec.task");
+        assert!(msg.contains("give exactly one of `wasm`"), "{msg}");
+        assert_eq!(
+            ServiceSpec::from_yaml(&both)
+                .expect_err("both")
+                .to_string()
+                .split(':')
+                .next(),
+            Some("spec.task")
+        );
+        for (line, path, needle) in [
+            (
+                "    wasm: {module: zz}",
+                "spec.task.wasm.module",
+                "not an artifact id",
+            ),
+            (
+                "    wasm: {module: a/b:v1, args: [x]}",
+                "spec.task.wasm",
+                "unknown field `args`",
+            ),
+            (
+                "    wasm: {module: a/b:v1, env: {\"A=B\": x}}",
+                "spec.task.wasm.env",
+                "",
+            ),
+            (
+                "    container: {image: a/b:v1, port: 0}",
+                "spec.task.container.port",
+                "1 to 65535",
+            ),
+            (
+                "    container: {image: a/b:v1, port: 70000}",
+                "spec.task.container.port",
+                "u16",
+            ),
+            (
+                "    container: {image: a/b:v1}",
+                "spec.task.container",
+                "missing field `port`",
+            ),
+            (
+                "    container: {image: a/b:v1, port: 80, workdir: rel}",
+                "spec.task.container.workdir",
+                "",
+            ),
+            (
+                "    container: {image: a/b:v1, port: 80, ports: [1]}",
+                "spec.task.container",
+                "unknown field `ports`",
+            ),
+        ] {
+            let (p, msg) = field_err(&with("wasm:", line));
+            assert!(p.starts_with(path), "{line}: {p}");
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        let (p, msg) = field_err(&with("resources:", "  resources: {gpu: {count: 1}}"));
+        assert_eq!(p, "spec.resources.gpu");
+        assert!(msg.contains("container service"), "{msg}");
+        // a container may have a GPU
+        let s = ServiceSpec::from_yaml(&minimal("  resources: {gpu: {count: 1}}\n")).expect("gpu");
+        assert_eq!(s.resources.gpu.map(|g| g.count), Some(1));
+    }
+
+    #[test]
+    fn health_update_inputs_and_timeout_are_checked() {
+        for (line, path, needle) in [
+            (
+                "  health: {http: healthz}",
+                "spec.health.http",
+                "starting with '/'",
+            ),
+            (
+                "  health: {http: \"/a\\nb\"}",
+                "spec.health.http",
+                "control",
+            ),
+            (
+                "  health: {http: /h, interval: 2x}",
+                "spec.health.interval",
+                "invalid duration",
+            ),
+            (
+                "  health: {http: /h, interval: 0s}",
+                "spec.health.interval",
+                "more than zero",
+            ),
+            (
+                "  health: {http: /h, timeout: soon}",
+                "spec.health.timeout",
+                "invalid duration",
+            ),
+            (
+                "  health: {http: /h, failures: 0}",
+                "spec.health.failures",
+                "at least 1",
+            ),
+            (
+                "  health: {http: /h, tcp: 80}",
+                "spec.health.tcp",
+                "unknown field `tcp`",
+            ),
+            (
+                "  health: {interval: 2s}",
+                "spec.health",
+                "missing field `http`",
+            ),
+        ] {
+            let (p, msg) = field_err(&with("health:", line));
+            assert_eq!(p, path, "{line}");
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        let long = format!("  health: {{http: /{}}}", "a".repeat(1024));
+        assert_eq!(field_err(&with("health:", &long)).0, "spec.health.http");
+        for (line, path, needle) in [
+            (
+                "  update: {maxSurge: 0, maxUnavailable: 0}",
+                "spec.update",
+                "both be 0",
+            ),
+            ("  update: {maxSurge: 0}", "spec.update", "both be 0"),
+            (
+                "  update: {maxSurge: 1000}",
+                "spec.update.maxSurge",
+                "most replicas",
+            ),
+            (
+                "  update: {maxUnavailable: 1000}",
+                "spec.update.maxUnavailable",
+                "most replicas",
+            ),
+            (
+                "  update: {progressDeadline: 1y}",
+                "spec.update.progressDeadline",
+                "invalid duration",
+            ),
+            (
+                "  update: {minHealthy: x}",
+                "spec.update.minHealthy",
+                "invalid duration",
+            ),
+            (
+                "  update: {autoRevert: maybe}",
+                "spec.update.autoRevert",
+                "",
+            ),
+            (
+                "  update: {max_surge: 1}",
+                "spec.update.max_surge",
+                "unknown field `max_surge`",
+            ),
+        ] {
+            let (p, msg) = field_err(&with("update:", line));
+            assert_eq!(p, path, "{line}");
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        for (line, path, needle) in [
+            (
+                "  inputs: [{from: models/iris@champion, path: /etc/m}]",
+                "spec.inputs[0].path",
+                "under /inputs/",
+            ),
+            (
+                "  inputs: [{from: mnist, path: /inputs/m}]",
+                "spec.inputs[0].from",
+                "not an artifact id",
+            ),
+            (
+                "  inputs: [{from: a/b:v1, path: /inputs/a}, {from: a/c:v1, path: /inputs/a}]",
+                "spec.inputs[1].path",
+                "overlaps spec.inputs[0].path",
+            ),
+            (
+                "  inputs: [{from: a/b:v1, path: /inputs/a}, {from: a/c:v1, path: /inputs/a/b}]",
+                "spec.inputs[1].path",
+                "overlaps",
+            ),
+        ] {
+            let (p, msg) = field_err(&with("inputs:", line));
+            assert_eq!(p, path, "{line}");
+            assert!(msg.contains(needle), "{line}: {msg}");
+        }
+        ServiceSpec::from_yaml(&with(
+            "inputs:",
+            "  inputs: [{from: a/b:v1, path: /inputs/a}, {from: a/c:v1, path: /inputs/ab}]",
+        ))
+        .expect("siblings are fine");
+        let (p, msg) = field_err(&with("timeout:", "  timeout: 10"));
+        assert_eq!(p, "spec.timeout");
+        assert!(
+            msg.contains("invalid duration") || msg.contains("unit"),
+            "{msg}"
+        );
+        let (p, _) = field_err(&with("resources:", "  resources: {memory: 5Q}"));
+        assert_eq!(p, "spec.resources.memory");
+        let (p, _) = field_err(&with("constraints:", "  constraints: {\"a b\": x}"));
+        assert!(p.starts_with("spec.constraints"), "{p}");
+    }
+
+    #[test]
+    fn unknown_fields_versions_and_documents_are_refused() {
+        let (p, msg) = field_err(&format!("{FULL}  ingress: {{}}\n"));
+        assert_eq!(p, "spec.ingress");
+        assert!(msg.contains("unknown field `ingress`"), "{msg}");
+        let err = ServiceSpec::from_yaml(&format!("{FULL}status: up\n")).expect_err("top");
+        assert!(err.to_string().contains("unknown field `status`"), "{err}");
+        let (p, msg) = field_err(&with("metadata:", "metadata: {name: iris, labels: {}}"));
+        assert_eq!(p, "metadata.labels");
+        assert!(msg.contains("unknown field `labels`"), "{msg}");
+        let (p, msg) = field_err(&with("apiVersion:", "apiVersion: weft/v2"));
+        assert_eq!(p, "apiVersion");
+        assert!(msg.contains("weft/v1"), "{msg}");
+        let (p, msg) = field_err(&with("kind:", "kind: Job"));
+        assert_eq!(p, "kind");
+        assert!(msg.contains("Service"), "{msg}");
+        for (drop, path) in [
+            ("metadata:", "metadata"),
+            ("kind:", "kind"),
+            ("apiVersion:", "apiVersion"),
+        ] {
+            let text: String = FULL
+                .lines()
+                .filter(|l| !l.starts_with(drop))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let (p, msg) = field_err(&text);
+            assert_eq!(p, path, "without {drop}");
+            assert!(msg.starts_with("missing"), "{msg}");
+        }
+        for text in ["", "  \n", "- a\n- b\n", "{{{", "apiVersion: weft/v1\n"] {
+            assert!(ServiceSpec::from_yaml(text).is_err(), "{text:?}");
+        }
+        let huge = "#".repeat(MAX_SERVICE_SPEC_BYTES + 1);
+        assert!(matches!(
+            ServiceSpec::from_yaml(&huge),
+            Err(JobSpecError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn lists_are_bounded_like_a_jobs() {
+        let args = vec!["x"; crate::bounds::MAX_ARGS + 1].join(", ");
+        let (p, msg) = field_err(&minimal("").replace(
+            "command: [httpd, -f]",
+            &format!("command: [httpd], args: [{args}]"),
+        ));
+        assert_eq!(p, "spec.task.container.args");
+        assert!(msg.contains("exceeds the limit of 256"), "{msg}");
+        let long = "a".repeat(crate::bounds::MAX_LABEL_VALUE_BYTES + 1);
+        let (p, _) = field_err(&with(
+            "constraints:",
+            &format!("  constraints: {{zone: {long}}}"),
+        ));
+        assert_eq!(p, "spec.constraints.zone");
+    }
+
+    fn entry(change: ServiceChange) -> Entry {
+        Entry {
+            hlc: Hlc {
+                wall_ms: 1,
+                counter: 2,
+            },
+            origin: "n".into(),
+            body: EntryBody::Service(ServiceEvent {
+                name: "iris".parse().expect("name"),
+                change,
+            }),
+        }
+    }
+
+    /// The ledger entries of a service. A change here needs a new ledger
+    /// protocol and record version. Bytes checked against an independent
+    /// CBOR encoder (Python's cbor2).
+    #[test]
+    fn golden_service_entries() {
+        // {"hlc": {"wall_ms": 1, "counter": 2}, "origin": "n", "body": {"service": {"name": "iris", "change": ...}}}
+        let head = concat!(
+            "a3",
+            "63686c63",
+            "a2",
+            "6777616c6c5f6d7301",
+            "67636f756e74657202",
+            "666f726967696e",
+            "616e",
+            "64626f6479",
+            "a1",
+            "6773657276696365",
+            "a2",
+            "646e616d65",
+            "6469726973",
+            "666368616e6765",
+        );
+        for (change, tail) in [
+            // {"Apply": {"spec": "s"}}
+            (
+                ServiceChange::Apply { spec: "s".into() },
+                "a1654170706c79a164737065636173",
+            ),
+            // {"Scale": {"replicas": 3}}
+            (
+                ServiceChange::Scale { replicas: 3 },
+                "a1655363616c65a1687265706c6963617303",
+            ),
+            // {"Rollback": {"to": 1, "reason": "deadline"}}
+            (
+                ServiceChange::Rollback {
+                    to: 1,
+                    reason: Some("deadline".into()),
+                },
+                "a168526f6c6c6261636ba262746f0166726561736f6e68646561646c696e65",
+            ),
+            // {"Rollback": {"to": 1}}: no reason, no key
+            (
+                ServiceChange::Rollback {
+                    to: 1,
+                    reason: None,
+                },
+                "a168526f6c6c6261636ba162746f01",
+            ),
+            // "Remove"
+            (ServiceChange::Remove, "6652656d6f7665"),
+        ] {
+            let e = entry(change);
+            let bytes = e.encode().expect("encode");
+            assert_eq!(hex::encode(&bytes), format!("{head}{tail}"), "{e:?}");
+            assert_eq!(Entry::decode(&bytes).expect("decode"), e);
+        }
+    }
+
+    /// Entries from peers are bounded: a spec over the limit, a reason over
+    /// the limit, a scale over the most replicas, a name that is no host name.
+    #[test]
+    fn service_entries_from_peers_are_bounded() {
+        let big = entry(ServiceChange::Apply {
+            spec: "a".repeat(MAX_SERVICE_SPEC_BYTES + 1),
+        });
+        let err = big.check_bounds().expect_err("too long");
+        assert!(err.field.ends_with("change.spec"), "{err}");
+        let e = entry(ServiceChange::Scale {
+            replicas: MAX_SERVICE_REPLICAS + 1,
+        });
+        assert!(e.check_bounds().is_err());
+        let e = entry(ServiceChange::Rollback {
+            to: 1,
+            reason: Some("r".repeat(crate::bounds::MAX_REASON_BYTES + 1)),
+        });
+        assert!(e.check_bounds().is_err());
+        // a name that is not a service name never decodes
+        let bytes = hex::decode(concat!(
+            "a3",
+            "63686c63a26777616c6c5f6d730167636f756e74657202",
+            "666f726967696e616e",
+            "64626f6479a16773657276696365a2646e616d65",
+            "6449524953", // "IRIS"
+            "666368616e67656652656d6f7665"
+        ))
+        .expect("hex");
+        assert!(Entry::decode(&bytes).is_err());
+    }
+
+    fn replica() -> ReplicaInfo {
+        ReplicaInfo {
+            id: ReplicaId(0x0102_0304_0506_0708),
+            service: "iris".parse().expect("name"),
+            revision: 2,
+            state: ReplicaState::Ready,
+            inflight: 1,
+            ready_since_ms: Some(5),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn golden_replicas_in_an_advert() {
+        // {"id": 0x0102030405060708, "service": "iris", "revision": 2,
+        //  "state": "Ready", "inflight": 1, "ready_since_ms": 5}
+        let one = concat!(
+            "a6",
+            "6269641b0102030405060708",
+            "67736572766963656469726973",
+            "687265766973696f6e02",
+            "657374617465655265616479",
+            "68696e666c6967687401",
+            "6e72656164795f73696e63655f6d7305"
+        );
+        assert_eq!(
+            hex::encode(codec::encode(&replica(), 1024).expect("encode")),
+            one
+        );
+        // {"id": 7, "service": "iris", "revision": 1, "state": "Failed",
+        //  "inflight": 0, "note": "exit 1"}
+        let failed = ReplicaInfo {
+            id: ReplicaId(7),
+            revision: 1,
+            state: ReplicaState::Failed,
+            inflight: 0,
+            ready_since_ms: None,
+            note: Some("exit 1".into()),
+            ..replica()
+        };
+        let two = concat!(
+            "a6",
+            "62696407",
+            "67736572766963656469726973",
+            "687265766973696f6e01",
+            "657374617465664661696c6564",
+            "68696e666c6967687400",
+            "646e6f746566657869742031"
+        );
+        assert_eq!(
+            hex::encode(codec::encode(&failed, 1024).expect("encode")),
+            two
+        );
+        // the advert's last field: "replicas": [one, two]
+        let advert = NodeAdvert {
+            peer_id: "p".into(),
+            replicas: Some(vec![replica(), failed]),
+            ..NodeAdvert::default()
+        };
+        let bytes = advert.encode().expect("encode");
+        assert!(
+            // "replicas", an array of two
+            hex::encode(&bytes).ends_with(&format!("687265706c6963617382{one}{two}")),
+            "{}",
+            hex::encode(&bytes)
+        );
+        assert_eq!(NodeAdvert::decode(&bytes).expect("decode"), advert);
+        // a node that runs none says nothing
+        let none = NodeAdvert::default().encode().expect("encode");
+        assert!(!hex::encode(&none).contains("687265706c69636173"));
+        // bounded: the count and each note
+        let mut many = advert.clone();
+        many.replicas = Some(vec![replica(); MAX_ADVERT_REPLICAS + 1]);
+        let err = NodeAdvert::decode(&many.encode().expect("encode")).expect_err("many");
+        assert!(err.to_string().contains("replicas"), "{err}");
+        let mut noted = advert;
+        noted.replicas = Some(vec![ReplicaInfo {
+            note: Some("n".repeat(crate::bounds::MAX_TEXT_BYTES + 1)),
+            ..replica()
+        }]);
+        let err = NodeAdvert::decode(&noted.encode().expect("encode")).expect_err("note");
+        assert!(err.to_string().contains("replicas[0].note"), "{err}");
+    }
+
+    #[test]
+    fn golden_data_plane_heads() {
+        let req = ServiceRequestHead {
+            service: "iris".parse().expect("name"),
+            replica: ReplicaId(7),
+            method: "GET".into(),
+            uri: "/predict?x=1".into(),
+            headers: vec![("host".into(), "iris.weft".into())],
+        };
+        let bytes = codec::encode(&req, MAX_SERVICE_HEAD_BYTES).expect("encode");
+        // {"service": "iris", "replica": 7, "method": "GET", "uri": "/predict?x=1",
+        //  "headers": [["host", "iris.weft"]]}
+        assert_eq!(
+            hex::encode(&bytes),
+            concat!(
+                "a5",
+                "67736572766963656469726973",
+                "677265706c69636107",
+                "666d6574686f6463474554",
+                "637572696c2f707265646963743f783d31",
+                "6768656164657273",
+                "81",
+                "8264686f737469697269732e77656674"
+            )
+        );
+        assert_eq!(
+            codec::decode_peer::<ServiceRequestHead>(&bytes, MAX_SERVICE_HEAD_BYTES)
+                .expect("decode"),
+            req
+        );
+        for (head, golden) in [
+            // {"Response": {"status": 200, "headers": [["content-type", "text/plain"]]}}
+            (
+                ServiceResponseHead::Response {
+                    status: 200,
+                    headers: vec![("content-type".into(), "text/plain".into())],
+                },
+                "a168526573706f6e7365a26673746174757318c8676865616465727381826c636f6e74656e742d747970656a746578742f706c61696e",
+            ),
+            // {"Refused": {"reason": "Draining", "message": "draining"}}
+            (
+                ServiceResponseHead::Refused {
+                    reason: Refusal::Draining,
+                    message: "draining".into(),
+                },
+                "a16752656675736564a266726561736f6e68447261696e696e67676d65737361676568647261696e696e67",
+            ),
+        ] {
+            let bytes = codec::encode(&head, MAX_SERVICE_HEAD_BYTES).expect("encode");
+            assert_eq!(hex::encode(&bytes), golden);
+            assert_eq!(
+                codec::decode_peer::<ServiceResponseHead>(&bytes, MAX_SERVICE_HEAD_BYTES)
+                    .expect("decode"),
+                head
+            );
+        }
+        // bounded: too many headers, a long uri
+        let mut big = req.clone();
+        big.headers = vec![("a".into(), "b".into()); MAX_SERVICE_HEADERS + 1];
+        let bytes = codec::encode(&big, MAX_SERVICE_HEAD_BYTES).expect("encode");
+        let err = codec::decode_peer::<ServiceRequestHead>(&bytes, MAX_SERVICE_HEAD_BYTES)
+            .expect_err("headers");
+        assert!(err.to_string().contains("headers"), "{err}");
+        let mut long = req;
+        long.uri = "/".repeat(crate::bounds::MAX_URI_BYTES + 1);
+        let bytes = codec::encode(&long, MAX_SERVICE_HEAD_BYTES).expect("encode");
+        let err = codec::decode_peer::<ServiceRequestHead>(&bytes, MAX_SERVICE_HEAD_BYTES)
+            .expect_err("uri");
+        assert!(err.to_string().contains("uri"), "{err}");
+        // the magic can never be a blob request's length prefix (< 64 KiB)
+        assert!(u32::from_be_bytes(SERVICE_STREAM_MAGIC) >= 1 << 16);
+    }
+
+    #[test]
+    fn golden_service_rpcs() {
+        let iris: ServiceName = "iris".parse().expect("name");
+        for (req, golden) in [
+            // {"StartReplica": {"service": "iris", "revision": 2, "replica": 7}}
+            (
+                Request::StartReplica {
+                    service: iris.clone(),
+                    revision: 2,
+                    replica: ReplicaId(7),
+                },
+                "a16c53746172745265706c696361a367736572766963656469726973687265766973696f6e02677265706c69636107",
+            ),
+            // {"StopReplica": {"service": "iris", "replica": 7, "drain_ms": 5000}}
+            (
+                Request::StopReplica {
+                    service: iris.clone(),
+                    replica: ReplicaId(7),
+                    drain_ms: 5000,
+                },
+                "a16b53746f705265706c696361a367736572766963656469726973677265706c6963610768647261696e5f6d73191388",
+            ),
+            // {"ServiceLogs": {"service": "iris"}}
+            (
+                Request::ServiceLogs {
+                    service: iris.clone(),
+                },
+                "a16b536572766963654c6f6773a167736572766963656469726973",
+            ),
+        ] {
+            let bytes = req.encode().expect("encode");
+            assert_eq!(hex::encode(&bytes), golden);
+            assert_eq!(Request::decode(&bytes).expect("decode"), req);
+        }
+        // {"ServiceLogs": {"replicas": [[7, "hello\n"]]}}
+        let logs = Response::ServiceLogs {
+            replicas: vec![(ReplicaId(7), "hello\n".into())],
+        };
+        let bytes = logs.encode().expect("encode");
+        assert_eq!(
+            hex::encode(&bytes),
+            "a16b536572766963654c6f6773a1687265706c696361738182076668656c6c6f0a"
+        );
+        assert_eq!(Response::decode(&bytes).expect("decode"), logs);
+        // a log over its bound is refused, naming the replica
+        let big = Response::ServiceLogs {
+            replicas: vec![(
+                ReplicaId(7),
+                "x".repeat(crate::bounds::MAX_REPLICA_LOG_BYTES + 1),
+            )],
+        };
+        let err = Response::decode(&big.encode().expect("encode")).expect_err("big");
+        assert!(err.to_string().contains("ServiceLogs.replicas[0]"), "{err}");
+        // a request naming no valid service never decodes
+        let bad =
+            hex::decode("a16b536572766963654c6f6773a167736572766963656449524953").expect("hex");
+        assert!(Request::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn replica_ids_print_as_hex_and_parse_back() {
+        let id = ReplicaId(0xab);
+        assert_eq!(id.to_string(), "00000000000000ab");
+        assert_eq!("00000000000000ab".parse::<ReplicaId>(), Ok(id));
+        assert!("xyz".parse::<ReplicaId>().is_err());
+        assert_eq!(ReplicaState::Unhealthy.as_str(), "unhealthy");
+    }
 }

@@ -156,12 +156,19 @@ async fn three_replicas_answer_through_every_node_s_ingress() {
     wait_ready(&cluster, 1, "web", 3, 1).await;
     let eps = endpoints(&cluster, 2, "web");
     let nodes: std::collections::BTreeSet<&str> = eps.iter().map(|e| e.node.as_str()).collect();
-    assert_eq!(nodes.len(), 3, "one replica per node while each can take one: {eps:#?}");
+    assert_eq!(
+        nodes.len(),
+        3,
+        "one replica per node while each can take one: {eps:#?}"
+    );
     let c = client();
     for i in 0..3 {
         let addr = ingress(&cluster, i);
         for _ in 0..6 {
-            assert_eq!(get(&c, addr, "web", "/hello").await, (200, "hello from mesh".into()));
+            assert_eq!(
+                get(&c, addr, "web", "/hello").await,
+                (200, "hello from mesh".into())
+            );
         }
         // by host name too
         let r = c
@@ -212,7 +219,11 @@ async fn a_lost_node_s_replica_is_replaced_and_no_get_fails() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed, _) = load.finish().await;
-    println!("replica replaced in {} ms; {ok} GETs, {} failed", replaced.as_millis(), failed.len());
+    println!(
+        "replica replaced in {} ms; {ok} GETs, {} failed",
+        replaced.as_millis(),
+        failed.len()
+    );
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
     assert!(ok > 10, "the load ran: {ok}");
     cluster.stop().await;
@@ -243,7 +254,10 @@ async fn an_unhealthy_replica_gets_no_traffic_and_is_replaced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (ok, failed, _) = load.finish().await;
-    println!("unhealthy replica replaced in {} ms", start.elapsed().as_millis());
+    println!(
+        "unhealthy replica replaced in {} ms",
+        start.elapsed().as_millis()
+    );
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
     assert!(ok > 0);
     cluster.stop().await;
@@ -267,12 +281,19 @@ async fn a_rolling_update_under_load_fails_no_request() {
     let took = wait_ready(&cluster, 0, "web", 3, 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failed, bodies) = load.finish().await;
-    println!("rolled out in {} ms under load: {ok} requests, {} failed", took.as_millis(), failed.len());
+    println!(
+        "rolled out in {} ms under load: {ok} requests, {} failed",
+        took.as_millis(),
+        failed.len()
+    );
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
     assert_eq!(bodies, vec!["one".to_string(), "two".to_string()]);
     let c = client();
     for _ in 0..5 {
-        assert_eq!(get(&c, ingress(&cluster, 2), "web", "/version").await, (200, "two".into()));
+        assert_eq!(
+            get(&c, ingress(&cluster, 2), "web", "/version").await,
+            (200, "two".into())
+        );
     }
     cluster.stop().await;
 }
@@ -280,7 +301,8 @@ async fn a_rolling_update_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revision_that_never_becomes_healthy_is_reverted() {
     let cluster = cluster(3).await;
-    let update = "  update: {maxSurge: 1, maxUnavailable: 0, progressDeadline: 4s, autoRevert: true}\n";
+    let update =
+        "  update: {maxSurge: 1, maxUnavailable: 0, progressDeadline: 4s, autoRevert: true}\n";
     apply(&cluster, 0, &spec("web", 2, "VERSION: good", update)).await;
     wait_ready(&cluster, 0, "web", 2, 1).await;
     let load = Load::start(vec![ingress(&cluster, 2)], "web", "/version", 2);
@@ -304,13 +326,19 @@ async fn a_revision_that_never_becomes_healthy_is_reverted() {
     let last = history.last().expect("an entry");
     assert_eq!(last.revision, Some(1));
     assert!(
-        last.reason.as_deref().is_some_and(|r| r.contains("did not become healthy")),
+        last.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("did not become healthy")),
         "{last:?}"
     );
     wait_ready(&cluster, 0, "web", 2, 1).await;
     let (ok, failed, bodies) = load.finish().await;
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
-    assert_eq!(bodies, vec!["good".to_string()], "the bad revision got no traffic");
+    assert_eq!(
+        bodies,
+        vec!["good".to_string()],
+        "the bad revision got no traffic"
+    );
     assert!(ok > 0);
     cluster.stop().await;
 }
@@ -341,13 +369,26 @@ async fn rollback_to_a_revision_and_scale_up_and_down() {
     assert_eq!(to, 1);
     wait_ready(&cluster, 0, "web", 2, 1).await;
     let c = client();
-    assert_eq!(get(&c, ingress(&cluster, 1), "web", "/version").await, (200, "one".into()));
-    cluster.node(1).services().scale("web", 5).await.expect("scale up");
+    assert_eq!(
+        get(&c, ingress(&cluster, 1), "web", "/version").await,
+        (200, "one".into())
+    );
+    cluster
+        .node(1)
+        .services()
+        .scale("web", 5)
+        .await
+        .expect("scale up");
     wait_ready(&cluster, 0, "web", 5, 1).await;
     let eps = endpoints(&cluster, 0, "web");
     let nodes: std::collections::BTreeSet<&str> = eps.iter().map(|e| e.node.as_str()).collect();
     assert_eq!(nodes.len(), 3, "spread over every node: {eps:#?}");
-    cluster.node(0).services().scale("web", 1).await.expect("scale down");
+    cluster
+        .node(0)
+        .services()
+        .scale("web", 1)
+        .await
+        .expect("scale down");
     wait_ready(&cluster, 2, "web", 1, 1).await;
     cluster.node(2).services().remove("web").await.expect("rm");
     let start = Instant::now();
@@ -373,11 +414,20 @@ spec:
 ";
     apply(&cluster, 0, yaml).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(endpoints(&cluster, 0, "fn").is_empty(), "none run while idle");
+    assert!(
+        endpoints(&cluster, 0, "fn").is_empty(),
+        "none run while idle"
+    );
     let c = client();
     let start = Instant::now();
-    assert_eq!(get(&c, ingress(&cluster, 1), "fn", "/hello").await, (200, "hello from world".into()));
-    println!("first request (scale from zero) in {} ms", start.elapsed().as_millis());
+    assert_eq!(
+        get(&c, ingress(&cluster, 1), "fn", "/hello").await,
+        (200, "hello from world".into())
+    );
+    println!(
+        "first request (scale from zero) in {} ms",
+        start.elapsed().as_millis()
+    );
     let eps = endpoints(&cluster, 1, "fn");
     assert_eq!(eps.len(), 1, "{eps:#?}");
     // idle: stopped
@@ -386,10 +436,16 @@ spec:
         if endpoints(&cluster, 0, "fn").is_empty() {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "still running when idle");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still running when idle"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // and back on the next request
-    assert_eq!(get(&c, ingress(&cluster, 0), "fn", "/hello").await, (200, "hello from world".into()));
+    assert_eq!(
+        get(&c, ingress(&cluster, 0), "fn", "/hello").await,
+        (200, "hello from world".into())
+    );
     cluster.stop().await;
 }

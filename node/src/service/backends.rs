@@ -44,7 +44,11 @@ pub async fn start(
     for input in &spec.inputs {
         inputs.push((resolve(ctx, &input.from).await?, input.path.clone()));
     }
-    for id in inputs.iter().map(|(h, _)| *h).chain(std::iter::once(program)) {
+    for id in inputs
+        .iter()
+        .map(|(h, _)| *h)
+        .chain(std::iter::once(program))
+    {
         ctx.fetcher
             .fetch(id)
             .await

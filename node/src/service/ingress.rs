@@ -175,7 +175,12 @@ async fn handle(
     let spec = match ing.services.cached(name.as_str()) {
         Some(state) => match state.current_spec() {
             Some((_, spec)) => spec.clone(),
-            None => return text(StatusCode::NOT_FOUND, format!("service {name} is not running")),
+            None => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!("service {name} is not running"),
+                );
+            }
         },
         None => return text(StatusCode::NOT_FOUND, format!("no service named {name}")),
     };
@@ -196,17 +201,17 @@ async fn handle(
         match v.to_str() {
             Ok(v) => headers.push((k.as_str().to_string(), v.to_string())),
             Err(_) => {
-                return text(
-                    StatusCode::BAD_REQUEST,
-                    format!("header {k} is not text"),
-                );
+                return text(StatusCode::BAD_REQUEST, format!("header {k} is not text"));
             }
         }
     }
     headers.push(("x-forwarded-for".into(), client.ip().to_string()));
     headers.push(("x-forwarded-proto".into(), "http".into()));
     if headers.len() > weft_protocol::service::MAX_SERVICE_HEADERS {
-        return text(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many headers");
+        return text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many headers",
+        );
     }
     let method = parts.method.clone();
     let head = ServiceRequestHead {
@@ -274,7 +279,9 @@ async fn handle(
     };
     text(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("no ready replica of {name} answered{why}; `weft service endpoints {name}` shows them"),
+        format!(
+            "no ready replica of {name} answered{why}; `weft service endpoints {name}` shows them"
+        ),
     )
 }
 
@@ -312,7 +319,10 @@ async fn forward(
                     http::Response::builder()
                         .status(StatusCode::BAD_GATEWAY)
                         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                        .body(Bytes::from(format!("replica {} failed: {why}\n", replica.id)))
+                        .body(Bytes::from(format!(
+                            "replica {} failed: {why}\n",
+                            replica.id
+                        )))
                         .unwrap_or_default(),
                 )),
             }

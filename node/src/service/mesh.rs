@@ -138,18 +138,26 @@ impl Mesh {
     }
 
     /// Rebuilds the view now.
-    pub async fn refresh(&self, net: &NetHandle, advert: &watch::Sender<NodeAdvert>, replicas: &Replicas) {
+    pub async fn refresh(
+        &self,
+        net: &NetHandle,
+        advert: &watch::Sender<NodeAdvert>,
+        replicas: &Replicas,
+    ) {
         let peers = net.peers().await.unwrap_or_default();
         let mut view = View::default();
         let mine = advert.borrow().clone();
         for r in replicas.all() {
             let info = r.info();
-            view.routes.entry(info.service.clone()).or_default().push(Route {
-                node: self.me.clone(),
-                peer: None,
-                addr: None,
-                info,
-            });
+            view.routes
+                .entry(info.service.clone())
+                .or_default()
+                .push(Route {
+                    node: self.me.clone(),
+                    peer: None,
+                    addr: None,
+                    info,
+                });
         }
         view.members.push(Member {
             peer: None,
@@ -164,12 +172,15 @@ impl Mesh {
                 .as_deref()
                 .and_then(|a| a.parse::<SocketAddr>().ok());
             for info in p.advert.replicas.iter().flatten() {
-                view.routes.entry(info.service.clone()).or_default().push(Route {
-                    node: id.clone(),
-                    peer: Some(p.peer_id),
-                    addr,
-                    info: info.clone(),
-                });
+                view.routes
+                    .entry(info.service.clone())
+                    .or_default()
+                    .push(Route {
+                        node: id.clone(),
+                        peer: Some(p.peer_id),
+                        addr,
+                        info: info.clone(),
+                    });
             }
             view.members.push(Member {
                 peer: Some(p.peer_id),
@@ -179,12 +190,8 @@ impl Mesh {
         }
         // forget counters and suspicions of replicas that are gone
         {
-            let live: std::collections::HashSet<ReplicaId> = view
-                .routes
-                .values()
-                .flatten()
-                .map(|r| r.info.id)
-                .collect();
+            let live: std::collections::HashSet<ReplicaId> =
+                view.routes.values().flatten().map(|r| r.info.id).collect();
             self.outstanding
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -31,7 +31,11 @@ pub fn unfit(advert: &NodeAdvert, spec: &ServiceSpec) -> Option<String> {
             .gpus
             .iter()
             .filter(|d| g.memory.is_none_or(|m| d.memory_bytes >= m.bytes()))
-            .filter(|d| g.model.as_ref().is_none_or(|m| d.model.contains(m.as_str())))
+            .filter(|d| {
+                g.model
+                    .as_ref()
+                    .is_none_or(|m| d.model.contains(m.as_str()))
+            })
             .count();
         if (fit as u32) < g.count {
             return Some("not enough GPUs".into());
@@ -53,12 +57,12 @@ pub fn choose<'a>(
         planned.iter().filter(|p| *p == node).count()
             + view
                 .routes
-            .iter()
-            .filter(|(name, _)| !only_this || **name == spec.name)
-            .flat_map(|(_, routes)| routes)
-            .filter(|r| r.node == node)
-            .filter(|r| !matches!(r.info.state, ReplicaState::Draining | ReplicaState::Failed))
-            .count()
+                .iter()
+                .filter(|(name, _)| !only_this || **name == spec.name)
+                .flat_map(|(_, routes)| routes)
+                .filter(|r| r.node == node)
+                .filter(|r| !matches!(r.info.state, ReplicaState::Draining | ReplicaState::Failed))
+                .count()
     };
     let fit: Vec<&Member> = view
         .members

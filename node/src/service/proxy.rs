@@ -18,8 +18,7 @@ use libp2p::PeerId;
 use tracing::debug;
 use weft_protocol::codec;
 use weft_protocol::service::{
-    MAX_SERVICE_HEAD_BYTES, Refusal, SERVICE_STREAM_MAGIC, ServiceRequestHead,
-    ServiceResponseHead,
+    MAX_SERVICE_HEAD_BYTES, Refusal, SERVICE_STREAM_MAGIC, ServiceRequestHead, ServiceResponseHead,
 };
 use weft_protocol::transfer::{FRAME_PREFIX, frame, frame_len};
 
@@ -55,8 +54,8 @@ pub async fn send(
     head: &ServiceRequestHead,
     body: Bytes,
 ) -> Result<http::Response<Bytes>, ProxyError> {
-    let head_frame = frame(head, MAX_SERVICE_HEAD_BYTES)
-        .map_err(|e| ProxyError::Protocol(e.to_string()))?;
+    let head_frame =
+        frame(head, MAX_SERVICE_HEAD_BYTES).map_err(|e| ProxyError::Protocol(e.to_string()))?;
     let conn = transfer
         .connect(peer, addr)
         .await
@@ -111,7 +110,8 @@ async fn read_head<T: serde::de::DeserializeOwned + weft_protocol::Bounded>(
     recv.read_exact(&mut prefix)
         .await
         .map_err(|e| HeadError::Io(e.to_string()))?;
-    let len = frame_len(prefix, MAX_SERVICE_HEAD_BYTES).map_err(|e| HeadError::Bad(e.to_string()))?;
+    let len =
+        frame_len(prefix, MAX_SERVICE_HEAD_BYTES).map_err(|e| HeadError::Bad(e.to_string()))?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload)
         .await
@@ -142,7 +142,8 @@ async fn answer(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let refuse = |reason: Refusal, message: String| ServiceResponseHead::Refused { reason, message };
+    let refuse =
+        |reason: Refusal, message: String| ServiceResponseHead::Refused { reason, message };
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head::<ServiceRequestHead>(&mut recv))
         .await
     {
@@ -246,7 +247,8 @@ pub fn build_request(
     for (k, v) in &head.headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    req.body(body).map_err(|e| format!("malformed request: {e}"))
+    req.body(body)
+        .map_err(|e| format!("malformed request: {e}"))
 }
 
 /// Headers as text pairs; values that are not text are left out.

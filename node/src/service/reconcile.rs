@@ -101,13 +101,14 @@ impl Reconciler {
     async fn tick(&mut self) {
         let view = self.mesh.view();
         let now = Instant::now();
-        for (id, node) in std::mem::take(
-            &mut *self.refusals.lock().unwrap_or_else(|p| p.into_inner()),
-        ) {
+        for (id, node) in
+            std::mem::take(&mut *self.refusals.lock().unwrap_or_else(|p| p.into_inner()))
+        {
             self.pending.remove(&id);
             self.avoid.insert(node, now + AVOID_FOR);
         }
-        self.pending.retain(|_, p| now.duration_since(p.since) < PENDING_FOR);
+        self.pending
+            .retain(|_, p| now.duration_since(p.since) < PENDING_FOR);
         self.stopping
             .retain(|_, since| now.duration_since(*since) < PENDING_FOR);
         self.avoid.retain(|_, until| *until > now);
@@ -227,13 +228,24 @@ impl Reconciler {
                     .get(&r.info.id)
                     .is_some_and(|t| t.elapsed() >= min_healthy)
         };
-        let new: Vec<&Route> = live.iter().copied().filter(|r| r.info.revision == rev).collect();
-        let old: Vec<&Route> = live.iter().copied().filter(|r| r.info.revision != rev).collect();
+        let new: Vec<&Route> = live
+            .iter()
+            .copied()
+            .filter(|r| r.info.revision == rev)
+            .collect();
+        let old: Vec<&Route> = live
+            .iter()
+            .copied()
+            .filter(|r| r.info.revision != rev)
+            .collect();
         let new_pending = pending.iter().filter(|(_, r)| *r == rev).count();
         let new_count = new.len() + new_pending;
         let total = live.len() + pending.len();
         let new_ready = new.iter().filter(|r| counts_ready(r)).count();
-        let old_ready = old.iter().filter(|r| r.info.state == ReplicaState::Ready).count();
+        let old_ready = old
+            .iter()
+            .filter(|r| r.info.state == ReplicaState::Ready)
+            .count();
         let n = desired as usize;
 
         // start replicas of the current revision
@@ -297,7 +309,9 @@ impl Reconciler {
                         self.reverted.remove(&(name.clone(), rev));
                     }
                 }
-                _ => warn!(service = %name, revision = rev, "rollout failed; nothing to roll back to"),
+                _ => {
+                    warn!(service = %name, revision = rev, "rollout failed; nothing to roll back to")
+                }
             }
         }
     }

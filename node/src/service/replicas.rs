@@ -408,9 +408,9 @@ impl Replicas {
                 (None, None) => true,
                 (Some(x), Some(y)) => {
                     x.len() == y.len()
-                        && x.iter().zip(y).all(|(a, b)| {
-                            a.id == b.id && a.state == b.state && a.note == b.note
-                        })
+                        && x.iter()
+                            .zip(y)
+                            .all(|(a, b)| a.id == b.id && a.state == b.state && a.note == b.note)
                 }
                 _ => false,
             };

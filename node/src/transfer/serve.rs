@@ -34,10 +34,10 @@ use weft_protocol::{ErrorCode, Hash};
 
 use super::Faults;
 use super::endpoint::{StreamError, server_auth, write_frame};
-use weft_protocol::transfer::{FRAME_PREFIX, frame_len};
 use super::pull::chunk_ranges;
 use crate::api::Metrics;
 use crate::store::{BLOCK_SIZE, Store};
+use weft_protocol::transfer::{FRAME_PREFIX, frame_len};
 
 /// Bytes handed to quinn at a time.
 const SEND_CHUNK: usize = 256 * 1024;
@@ -232,8 +232,7 @@ async fn request(ctx: Arc<ServeCtx>, peer: PeerId, mut send: SendStream, mut rec
         recv.read_exact(&mut payload).await?;
         Ok::<_, StreamError>(payload)
     };
-    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read).await
-    {
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Ok(Ok(payload)) => GetRequest::decode(&payload).map_err(StreamError::from),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(StreamError::Timeout(REQUEST_TIMEOUT)),
