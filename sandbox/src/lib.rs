@@ -28,6 +28,7 @@ mod container;
 mod folders;
 pub mod image;
 mod oci;
+pub mod service;
 mod wasm;
 
 use std::collections::BTreeMap;
