@@ -612,10 +612,7 @@ impl Setup {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
         if let Some(map) = self.userns {
-            for (what, dir) in [
-                ("outputs", binds.outputs),
-                ("scratch", binds.scratch),
-            ] {
+            for (what, dir) in [("outputs", binds.outputs), ("scratch", binds.scratch)] {
                 let Some(dir) = dir else { continue };
                 if let Err(e) = give_to(dir, map) {
                     let e = SandboxError::io(

@@ -107,12 +107,16 @@ pub(crate) fn config(spec: &BundleSpec<'_>) -> Value {
                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
     ];
     if let Some(inputs) = spec.inputs {
-        mounts.push(json!({"destination": "/inputs", "type": "bind", "source": inputs,
-                           "options": ["rbind", "ro", "nosuid", "nodev"]}));
+        mounts.push(
+            json!({"destination": "/inputs", "type": "bind", "source": inputs,
+                           "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        );
     }
     if let Some(outputs) = spec.outputs {
-        mounts.push(json!({"destination": "/outputs", "type": "bind", "source": outputs,
-                           "options": ["rbind", "rw", "nosuid", "nodev"]}));
+        mounts.push(
+            json!({"destination": "/outputs", "type": "bind", "source": outputs,
+                           "options": ["rbind", "rw", "nosuid", "nodev"]}),
+        );
     }
     mounts.push(match &spec.tmp {
         TmpMount::Tmpfs(bytes) => json!({
@@ -770,7 +774,10 @@ mod tests {
             .map(|m| &m["destination"])
             .collect();
         assert!(dests.contains(&&json!("/inputs")), "{dests:?}");
-        assert!(!dests.contains(&&json!("/outputs")), "no outputs given: {dests:?}");
+        assert!(
+            !dests.contains(&&json!("/outputs")),
+            "no outputs given: {dests:?}"
+        );
         assert_eq!(c["linux"]["seccomp"]["architectures"], json!([]));
         assert!(c["linux"].get("uidMappings").is_none(), "no user namespace");
         assert!(

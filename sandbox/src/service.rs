@@ -311,7 +311,10 @@ fn check(spec: &ServiceContainer) -> Result<(), SandboxError> {
     Ok(())
 }
 
-async fn start(setup: Arc<Setup>, spec: ServiceContainer) -> Result<ContainerService, SandboxError> {
+async fn start(
+    setup: Arc<Setup>,
+    spec: ServiceContainer,
+) -> Result<ContainerService, SandboxError> {
     let runtime = match &setup.runtime {
         Ok(rt) => rt.path.clone(),
         Err(why) => return Err(SandboxError::RuntimeMissing(why.clone())),
@@ -417,9 +420,9 @@ async fn launch(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
-        SandboxError::io(format!("cannot start {}", guard.runtime.display()), e)
-    })?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SandboxError::io(format!("cannot start {}", guard.runtime.display()), e))?;
     // The runtime hands these pipes to the container's process, which
     // keeps writing to them after the runtime has exited.
     if let Some(p) = child.stdout.take() {
@@ -702,7 +705,11 @@ mod tests {
         r.push(b"tail\n");
         let t = r.text();
         assert_eq!(t.len(), LOG_BYTES);
-        assert!(t.ends_with("xtail\n") && !t.contains("hello"), "{}", &t[..10]);
+        assert!(
+            t.ends_with("xtail\n") && !t.contains("hello"),
+            "{}",
+            &t[..10]
+        );
         // one push larger than the ring keeps its own end
         let mut huge = vec![b'y'; 2 * LOG_BYTES];
         huge.extend_from_slice(b"end");
