@@ -5,8 +5,8 @@
 //! visible in one place:
 //! - new user, pid, mount, ipc, uts, cgroup and network namespaces; the
 //!   user namespace maps container root to an unprivileged host id range
-//!   (see [`IdMap`]); the network namespace is empty (a loopback that is
-//!   down), so the task has no network at all;
+//!   (see [`IdMap`]); the network namespace holds only its loopback
+//!   (which the runtime brings up), so the task reaches no network;
 //! - the image's root read-only; `/inputs` bound read-only, `/outputs`
 //!   bound writable, `/tmp` a tmpfs (or a bound scratch folder);
 //! - no capabilities in any set, `noNewPrivileges`, a seccomp allow-list in

@@ -781,6 +781,12 @@ mod tests {
     }
 
     #[test]
+    fn a_service_can_be_shared_between_tasks() {
+        fn shared<T: Send + Sync>() {}
+        shared::<ContainerService>();
+    }
+
+    #[test]
     fn a_pidfd_tells_when_its_process_exits() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")

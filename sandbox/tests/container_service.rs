@@ -88,22 +88,42 @@ async fn get(svc: &ContainerService, port: u16, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Whether the host's network namespace has a listening TCP socket on
-/// `port`, on any address (`/proc/net/tcp` and `tcp6` of this process).
-fn host_listens_on(port: u16) -> bool {
-    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
-        std::fs::read_to_string(f).is_ok_and(|t| {
-            t.lines().skip(1).any(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                let listening = cols.get(3) == Some(&"0A");
-                let local = cols
-                    .get(1)
+/// The TCP sockets in the host's network namespace (this process's
+/// `/proc/net/tcp` and `tcp6`), on any address: local port, remote port
+/// and state (`0A` listening, `01` established).
+fn host_sockets() -> Vec<(u16, u16, String)> {
+    let mut found = Vec::new();
+    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(t) = std::fs::read_to_string(f) else {
+            continue;
+        };
+        for l in t.lines().skip(1) {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let port_of = |i: usize| {
+                cols.get(i)
                     .and_then(|a| a.rsplit(':').next())
-                    .and_then(|p| u16::from_str_radix(p, 16).ok());
-                listening && local == Some(port)
-            })
-        })
-    })
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            if let (Some(local), Some(remote), Some(state)) = (port_of(1), port_of(2), cols.get(3))
+            {
+                found.push((local, remote, state.to_string()));
+            }
+        }
+    }
+    found
+}
+
+fn host_listens_on(port: u16) -> bool {
+    host_sockets()
+        .iter()
+        .any(|(local, _, state)| *local == port && state == "0A")
+}
+
+/// Whether the host's namespace holds a connection from `local` to `remote`.
+fn host_has_connection(local: u16, remote: u16) -> bool {
+    host_sockets()
+        .iter()
+        .any(|(l, r, _)| (*l, *r) == (local, remote) || (*l, *r) == (remote, local))
 }
 
 /// Asserts no runtime state, bundle, root mount, cgroup or process of
@@ -191,7 +211,11 @@ async fn a_service_answers_only_inside_its_own_network_namespace() {
     // Nothing listens on the port in the host's namespace, on any address
     // (and a host listener is seen where there is one).
     let control = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    assert!(host_listens_on(control.local_addr().expect("addr").port()));
+    let control_port = control.local_addr().expect("addr").port();
+    assert!(host_listens_on(control_port));
+    let client = std::net::TcpStream::connect(("127.0.0.1", control_port)).expect("connect");
+    let client_port = client.local_addr().expect("addr").port();
+    assert!(host_has_connection(client_port, control_port));
     assert!(!host_listens_on(port), "the port is published on the host");
     let host = std::net::TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -222,8 +246,14 @@ async fn a_service_answers_only_inside_its_own_network_namespace() {
         ),
     }
 
-    // A connection made before the stop ends with it.
+    // A connection made before the stop ends with it. While it is open,
+    // neither end of it shows in the host's namespace.
     let mut open = svc.connect(port).await.expect("connect");
+    let local = open.local_addr().expect("local address");
+    assert_eq!(open.peer_addr().expect("peer").port(), port);
+    assert!(local.ip().is_loopback(), "{local}");
+    assert!(!host_listens_on(port));
+    assert!(!host_has_connection(local.port(), port));
     let id = svc.id().to_string();
     svc.stop(Duration::from_millis(500))
         .await
