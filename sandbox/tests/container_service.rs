@@ -396,6 +396,11 @@ async fn stop_asks_first_then_kills() {
     let stubborn = ContainerService::start(&s.sandbox, service(&s, "stubborn", "exec sleep 4567"))
         .await
         .expect("starts");
+    let started = Instant::now();
+    while !process_runs("sleep 4567") {
+        assert!(started.elapsed() < READY, "never came up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let grace = Duration::from_millis(600);
     let id = stubborn.id().to_string();
     let asked = Instant::now();
@@ -417,7 +422,14 @@ async fn a_dropped_service_is_deleted() {
         .await
         .expect("starts");
     assert!(svc.is_running());
-    assert!(process_runs("sleep 5678"));
+    let started = Instant::now();
+    while !process_runs("sleep 5678") {
+        assert!(
+            started.elapsed() < READY,
+            "the service never ran its command"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let id = svc.id().to_string();
     drop(svc);
     assert_nothing_left(&s, &id);
