@@ -8,7 +8,8 @@
 //!   (see [`IdMap`]); the network namespace holds only its loopback
 //!   (which the runtime brings up), so the task reaches no network;
 //! - the image's root read-only; `/inputs` bound read-only, `/outputs`
-//!   bound writable, `/tmp` a tmpfs (or a bound scratch folder);
+//!   bound writable (each when given: a service has no `/outputs`), `/tmp`
+//!   a tmpfs (or a bound scratch folder);
 //! - no capabilities in any set, `noNewPrivileges`, a seccomp allow-list in
 //!   the shape of the container engines' default profile (anything not
 //!   listed fails with EPERM: io_uring, kernel keyrings, bpf, userfaultfd,

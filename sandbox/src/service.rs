@@ -156,7 +156,7 @@ impl ContainerService {
         spec: ServiceContainer,
     ) -> Result<ContainerService, SandboxError> {
         let setup = sandbox.inner.container.setup();
-        match tokio::spawn(start(setup, spec)).await {
+        match tokio::spawn(start_service(setup, spec)).await {
             Ok(started) => started,
             Err(e) => Err(SandboxError::io(
                 "the service's start ended abnormally",
@@ -311,7 +311,7 @@ fn check(spec: &ServiceContainer) -> Result<(), SandboxError> {
     Ok(())
 }
 
-async fn start(
+async fn start_service(
     setup: Arc<Setup>,
     spec: ServiceContainer,
 ) -> Result<ContainerService, SandboxError> {
