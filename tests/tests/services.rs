@@ -449,3 +449,76 @@ spec:
     );
     cluster.stop().await;
 }
+
+/// Whether any socket of the host's network namespace listens on `port`.
+fn host_listens_on(port: u16) -> bool {
+    let want = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().skip(1).any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                // local address, state 0A = LISTEN
+                cols.len() > 3 && cols[1].ends_with(&want) && cols[3] == "0A"
+            })
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_service_is_reachable_only_through_the_ingress() {
+    // SAFETY: geteuid has no preconditions
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: containers need root (runc)");
+        return;
+    }
+    let cluster = Cluster::start(2, ClusterOptions::default())
+        .await
+        .expect("cluster");
+    let archive = weft_tests::test_image().expect("test image");
+    let tag = weft_protocol::TagName::new("images/busybox:test").expect("tag");
+    for (_, n) in cluster.running() {
+        weft_node::image::import(n.store(), &archive, Some(&tag), false).expect("import");
+    }
+    let port = 47123;
+    assert!(!host_listens_on(port), "port {port} is taken on this host");
+    let yaml = format!(
+        "apiVersion: weft/v1
+kind: Service
+metadata: {{name: box}}
+spec:
+  replicas: 2
+  task:
+    container:
+      image: images/busybox:test
+      command: [sh, -c, 'mkdir -p /tmp/www && echo ok > /tmp/www/healthz && echo hello-from-container > /tmp/www/index.html && exec httpd -f -p {port} -h /tmp/www']
+      port: {port}
+  health: {{http: /healthz, interval: 300ms, timeout: 1s, failures: 2}}
+"
+    );
+    apply(&cluster, 0, &yaml).await;
+    wait_ready(&cluster, 1, "box", 2, 1).await;
+    let c = client();
+    for i in 0..2 {
+        for _ in 0..3 {
+            let (status, body) = get(&c, ingress(&cluster, i), "box", "/").await;
+            assert_eq!((status, body.trim()), (200, "hello-from-container"));
+        }
+    }
+    // the port lives only inside each container's namespace
+    assert!(
+        !host_listens_on(port),
+        "the container's port is open on the host"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the container's port answers on the host"
+    );
+    // removed: the containers stop
+    cluster.node(1).services().remove("box").await.expect("rm");
+    let start = Instant::now();
+    while !endpoints(&cluster, 0, "box").is_empty() {
+        assert!(start.elapsed() < READY_WITHIN, "replicas left after rm");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.stop().await;
+}

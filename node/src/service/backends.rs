@@ -88,7 +88,51 @@ pub async fn start(
                 .map_err(|e| e.to_string())?;
             Ok(Arc::new(Function { f, dir }))
         }
-        ServiceTask::Container { .. } => Err("container services are not available yet".into()),
+        ServiceTask::Container {
+            command,
+            args,
+            env,
+            workdir,
+            port,
+            ..
+        } => {
+            let store = ctx.store.clone();
+            let work_dir = ctx.work_dir.clone();
+            let (rootfs, config) = tokio::task::spawn_blocking(move || {
+                crate::image::rootfs(&store, &work_dir, &program)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the image: {e}"))?;
+            let strings = |v: &[weft_protocol::job::Arg]| -> Vec<String> {
+                v.iter().map(|a| a.as_str().to_string()).collect()
+            };
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
+                .collect();
+            let mut c = weft_sandbox::service::ServiceContainer::new(
+                spec.name.as_str(),
+                rootfs,
+                config.command_line(&strings(command), &strings(args)),
+            );
+            c.env = config.environment(&env);
+            c.workdir = workdir
+                .as_ref()
+                .map(|w| w.as_str().to_string())
+                .or(config.workdir.clone());
+            c.inputs = (!spec.inputs.is_empty()).then_some(inputs_dir);
+            c.memory = spec.resources.memory.map(|m| m.bytes());
+            c.cpu_millis = spec.resources.cpu.map(|c| c.millis());
+            let svc = weft_sandbox::service::ContainerService::start(&ctx.sandbox, c)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(Container {
+                svc: tokio::sync::RwLock::new(Some(svc)),
+                port: *port,
+                dir,
+            }))
+        }
     }
 }
 
@@ -158,6 +202,86 @@ impl Backend for Function {
 
     fn stop(self: Arc<Self>, _grace: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
+            let dir = self.dir.clone();
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        })
+    }
+}
+
+/// A container listening on `port` inside its own network namespace;
+/// each request is one HTTP/1.1 exchange on a connection made inside it.
+struct Container {
+    svc: tokio::sync::RwLock<Option<weft_sandbox::service::ContainerService>>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Container {
+    async fn connect(&self) -> Result<tokio::net::TcpStream, String> {
+        let svc = self.svc.read().await;
+        let Some(svc) = svc.as_ref() else {
+            return Err("the container was stopped".into());
+        };
+        svc.connect(self.port).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Backend for Container {
+    fn handle(
+        &self,
+        req: http::Request<Bytes>,
+    ) -> BoxFuture<'_, Result<http::Response<Bytes>, String>> {
+        Box::pin(async move {
+            use http_body_util::BodyExt;
+            let stream = self.connect().await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP handshake with the container: {e}"))?;
+            let driver = tokio::spawn(conn);
+            let (parts, body) = req.into_parts();
+            let req = http::Request::from_parts(parts, http_body_util::Full::new(body));
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("the container's answer: {e}"))?;
+            let (parts, body) = resp.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("the container's answer body: {e}"))?
+                .to_bytes();
+            driver.abort();
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+
+    fn logs(&self) -> String {
+        match self.svc.try_read() {
+            Ok(svc) => svc.as_ref().map(|s| s.logs()).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self.svc.try_read() {
+            Ok(svc) => svc.as_ref().is_some_and(|s| s.is_running()),
+            Err(_) => true,
+        }
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.connect().await.map(|_| ()) })
+    }
+
+    fn stop(self: Arc<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let svc = self.svc.write().await.take();
+            if let Some(svc) = svc
+                && let Err(e) = svc.stop(grace).await
+            {
+                tracing::warn!(error = %e, "cannot stop a service container cleanly");
+            }
             let dir = self.dir.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         })
