@@ -41,6 +41,10 @@ use crate::transfer::TransferHandle;
 /// Tries of one request on different replicas.
 const ATTEMPTS: usize = 4;
 
+/// Tries that found a node unreachable (and sent nothing) that do not
+/// count as attempts.
+const MAX_UNREACHABLE: usize = 8;
+
 /// How long a request waits for a replica to become ready.
 const WAIT_READY: Duration = Duration::from_secs(20);
 
@@ -224,7 +228,8 @@ async fn handle(
     let mut tried: Vec<weft_protocol::service::ReplicaId> = Vec::new();
     let waiting_since = Instant::now();
     let mut last_error = String::new();
-    while tried.len() < ATTEMPTS {
+    let mut unreachable = 0;
+    while tried.len() < ATTEMPTS + unreachable.min(MAX_UNREACHABLE) {
         let ready: Vec<Route> = ing
             .mesh
             .ready(&name)
@@ -256,7 +261,9 @@ async fn handle(
                 last_error = why;
             }
             Err(Forward::Unreachable(why)) => {
-                ing.mesh.suspect(route.info.id);
+                // nothing was sent: another try costs no attempt
+                ing.mesh.unreachable(&route.node);
+                unreachable += 1;
                 last_error = why;
             }
             Err(Forward::Lost(why)) => {

@@ -72,6 +72,8 @@ pub struct Mesh {
     view: Arc<RwLock<Arc<View>>>,
     outstanding: Arc<Mutex<HashMap<ReplicaId, Arc<AtomicU32>>>>,
     suspects: Arc<Mutex<HashMap<ReplicaId, Instant>>>,
+    /// Nodes whose data plane could not be reached.
+    unreachable: Arc<Mutex<HashMap<String, Instant>>>,
     me: String,
 }
 
@@ -81,6 +83,7 @@ impl Mesh {
             view: Arc::default(),
             outstanding: Arc::default(),
             suspects: Arc::default(),
+            unreachable: Arc::default(),
             me,
         }
     }
@@ -119,6 +122,23 @@ impl Mesh {
             .insert(id, Instant::now() + SUSPECT_FOR);
     }
 
+    /// Passes over every replica of `node` for a while (its data plane
+    /// could not be reached).
+    pub fn unreachable(&self, node: &str) {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), Instant::now() + SUSPECT_FOR);
+    }
+
+    fn is_unreachable(&self, node: &str) -> bool {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
     pub fn is_suspect(&self, id: ReplicaId) -> bool {
         self.suspects
             .lock()
@@ -132,7 +152,11 @@ impl Mesh {
         self.view()
             .routes(service)
             .iter()
-            .filter(|r| r.info.state == ReplicaState::Ready && !self.is_suspect(r.info.id))
+            .filter(|r| {
+                r.info.state == ReplicaState::Ready
+                    && !self.is_suspect(r.info.id)
+                    && !self.is_unreachable(&r.node)
+            })
             .cloned()
             .collect()
     }
@@ -198,6 +222,10 @@ impl Mesh {
                 .retain(|id, c| live.contains(id) || c.load(Ordering::Relaxed) > 0);
             let now = Instant::now();
             self.suspects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, until| *until > now);
+            self.unreachable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|_, until| *until > now);

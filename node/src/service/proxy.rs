@@ -26,6 +26,9 @@ use super::backends::MAX_BODY;
 use super::replicas::Replicas;
 use crate::transfer::{ServiceStreams, TransferHandle};
 
+/// How long a connection to a replica's node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a peer has to send a request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,9 +59,14 @@ pub async fn send(
 ) -> Result<http::Response<Bytes>, ProxyError> {
     let head_frame =
         frame(head, MAX_SERVICE_HEAD_BYTES).map_err(|e| ProxyError::Protocol(e.to_string()))?;
-    let conn = transfer
-        .connect(peer, addr)
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, transfer.connect(peer, addr))
         .await
+        .map_err(|_| {
+            ProxyError::Unreachable(format!(
+                "no data-plane connection within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))
+        })?
         .map_err(|e| ProxyError::Unreachable(e.to_string()))?;
     let (mut send, mut recv) = conn
         .open_bi()
