@@ -10,7 +10,12 @@
 #      (every step cached), then the dataset tag moves to a changed dataset
 #      and the pipeline's trigger runs it again by itself; its status, the
 #      champion's lineage and the two evaluations side by side;
-#   6. stop the devnet.
+#   6. services: the champion served by a WASI HTTP function
+#      (examples/services/iris.yaml, two replicas) and asked for predictions
+#      through every node's ingress; a rolling update to a new revision; as
+#      root, a container service (busybox httpd, examples/services/httpd.yaml)
+#      reached only through the ingress;
+#   7. stop the devnet.
 # Installs what it needs first (Debian packages, the wasm targets).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -105,4 +110,68 @@ if [ "${#evals[@]}" -lt 2 ]; then
 fi
 echo "== weft runs compare (the evaluation before and after the data moved)"
 "$weft" "${n3[@]}" runs compare "${evals[0]}" "${evals[-1]}"
+# waits until `weft service endpoints NAME` on node 1 shows N ready
+# replicas at REVISION and no other
+wait_service() {
+  local name=$1 n=$2 rev=$3 i
+  for i in $(seq 1 600); do
+    if "$weft" "${n1[@]}" --json service endpoints "$name" | python3 -c '
+import json, sys
+eps = json.load(sys.stdin)
+n, rev = int(sys.argv[1]), int(sys.argv[2])
+ok = len(eps) == n and all(e["state"] == "ready" and e["revision"] == rev for e in eps)
+sys.exit(0 if ok else 1)' "$n" "$rev"; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "error: service $name did not reach $n ready replicas at revision $rev" >&2
+  "$weft" "${n1[@]}" service status "$name" >&2
+  exit 1
+}
+
+echo "== services: storing the iris-serve function on node 1"
+"$weft" "${n1[@]}" add "$out/iris-serve.component.wasm" --tag examples/iris-serve:v1
+echo "== weft service apply -f examples/services/iris.yaml (on node 2)"
+"$weft" "${n2[@]}" service apply -f examples/services/iris.yaml
+wait_service iris 2 1
+echo "== weft service endpoints iris (on node 3)"
+"$weft" "${n3[@]}" service endpoints iris
+for i in 1 2 3; do
+  ingress=$(cat "$dir/node$i/ingress")
+  echo "== POST $ingress/s/iris/predict (node $i's ingress)"
+  curl -sS --fail-with-body -X POST "$ingress/s/iris/predict" \
+    -H 'content-type: application/json' -d '{"features": [5.1, 3.5, 1.4, 0.2]}'
+  echo
+done
+ingress=$(cat "$dir/node3/ingress")
+echo "== the same by host name: Host: iris.weft.localhost"
+curl -sS --fail-with-body -X POST "$ingress/predict" -H "host: iris.weft.localhost" \
+  -d '[6.7, 3.0, 5.2, 2.3]'
+echo
+echo "== a rolling update: three replicas, a shorter timeout (revision 2)"
+sed -e 's/replicas: 2/replicas: 3/' -e 's/timeout: 5s/timeout: 3s/' examples/services/iris.yaml >"$dir/iris-v2.yaml"
+"$weft" "${n3[@]}" service apply -f "$dir/iris-v2.yaml"
+wait_service iris 3 2
+"$weft" "${n1[@]}" service history iris
+"$weft" "${n2[@]}" service status iris
+
+if [ "$(id -u)" -eq 0 ] && command -v runc >/dev/null 2>&1; then
+  echo "== a container service: busybox httpd (examples/services/httpd.yaml)"
+  scripts/build-test-image.sh "$dir/busybox.tar" >/dev/null
+  "$weft" "${n1[@]}" image import "$dir/busybox.tar" --tag images/busybox:v1
+  "$weft" "${n1[@]}" service apply -f examples/services/httpd.yaml
+  wait_service httpd 2 1
+  echo "== GET $ingress/s/httpd/ (its port 8080 is open only inside the containers)"
+  curl -sS --fail-with-body "$ingress/s/httpd/"
+  if curl -s -o /dev/null --max-time 2 http://127.0.0.1:8080/; then
+    echo "error: port 8080 answers on the host" >&2
+    exit 1
+  fi
+  "$weft" "${n1[@]}" service rm httpd
+else
+  echo "== (the container service needs root and runc; skipped)"
+fi
+echo "== weft service ls"
+"$weft" "${n2[@]}" service ls
 echo "== done; stopping the devnet"

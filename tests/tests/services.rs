@@ -288,6 +288,9 @@ async fn a_rolling_update_under_load_fails_no_request() {
     );
     assert!(failed.is_empty(), "failed requests: {failed:#?}");
     assert_eq!(bodies, vec!["one".to_string(), "two".to_string()]);
+    let eps = endpoints(&cluster, 0, "web");
+    let nodes: std::collections::BTreeSet<&str> = eps.iter().map(|e| e.node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "the new revision is spread too: {eps:#?}");
     let c = client();
     for _ in 0..5 {
         assert_eq!(

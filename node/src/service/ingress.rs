@@ -450,7 +450,7 @@ fn activate(ing: &Arc<Ingress>, spec: &ServiceSpec) {
         };
         let id = ServiceHandle::new_replica_id();
         let view = ing.mesh.view();
-        let target = placement::choose(&view, &spec, &[], &[]);
+        let target = placement::choose(&view, &spec, Some(revision), &[], &[]);
         match target {
             Some(m) if m.peer.is_none() => {
                 if let Err((_, why)) = ing.replicas.start(&spec.name, revision, id) {
@@ -497,4 +497,43 @@ fn activate(ing: &Arc<Ingress>, spec: &ServiceSpec) {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&spec.name);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(host: Option<&str>, uri: &str) -> Option<(String, String)> {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, HeaderValue::from_str(host).expect("host"));
+        }
+        let uri: http::Uri = uri.parse().expect("uri");
+        route("weft.localhost", &h, &uri).map(|(n, p)| (n.to_string(), p))
+    }
+
+    #[test]
+    fn requests_name_their_service_by_host_or_path() {
+        let r = |n: &str, p: &str| Some((n.to_string(), p.to_string()));
+        assert_eq!(routed(Some("web.weft.localhost"), "/a?b=1"), r("web", "/a?b=1"));
+        assert_eq!(routed(Some("WEB.Weft.Localhost.:4480"), "/"), r("web", "/"));
+        assert_eq!(routed(Some("127.0.0.1:4480"), "/s/web/a/b?c"), r("web", "/a/b?c"));
+        assert_eq!(routed(Some("localhost"), "/s/web"), r("web", "/"));
+        assert_eq!(routed(Some("localhost"), "/s/web?x=1"), r("web", "/?x=1"));
+        assert_eq!(routed(None, "/s/web/"), r("web", "/"));
+        // the host wins over the path
+        assert_eq!(routed(Some("api.weft.localhost"), "/s/web/x"), r("api", "/s/web/x"));
+        for (host, uri) in [
+            (Some("web.weft.localhost.example.com"), "/"),
+            (Some("a.b.weft.localhost"), "/"),
+            (Some("weft.localhost"), "/"),
+            (Some("-x.weft.localhost"), "/"),
+            (Some("localhost"), "/s/../x"),
+            (Some("localhost"), "/s/"),
+            (Some("localhost"), "/s/Web/"),
+            (Some("localhost"), "/web/"),
+        ] {
+            assert_eq!(routed(host, uri), None, "{host:?} {uri}");
+        }
+    }
 }

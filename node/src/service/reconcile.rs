@@ -324,10 +324,10 @@ impl Reconciler {
         let planned: Vec<String> = self
             .pending
             .values()
-            .filter(|p| p.service == state.name)
+            .filter(|p| p.service == state.name && p.revision == revision)
             .map(|p| p.node.clone())
             .collect();
-        let Some(member) = placement::choose(view, spec, &avoid, &planned) else {
+        let Some(member) = placement::choose(view, spec, Some(revision), &avoid, &planned) else {
             warn!(service = %state.name, "no node can run a replica");
             return;
         };
@@ -416,4 +416,35 @@ pub fn previous_revision(state: &ServiceState) -> Option<u32> {
         }
     }
     before.filter(|b| *b != current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_names_the_same_owner_and_a_lost_owner_moves_only_its_services() {
+        let nodes = ["n1", "n2", "n3", "n4"];
+        let names: Vec<String> = (0..40).map(|i| format!("svc{i}")).collect();
+        let owners: Vec<&str> = names
+            .iter()
+            .map(|n| owner(n, nodes.iter().copied()).expect("an owner"))
+            .collect();
+        // order of the membership does not matter
+        for (n, o) in names.iter().zip(&owners) {
+            assert_eq!(owner(n, nodes.iter().rev().copied()), Some(*o));
+        }
+        // spread: every node owns some
+        for node in nodes {
+            assert!(owners.contains(&node), "{node} owns nothing");
+        }
+        // n2 leaves: only its services move
+        let left = ["n1", "n3", "n4"];
+        for (n, o) in names.iter().zip(&owners) {
+            let now = owner(n, left.iter().copied()).expect("an owner");
+            if *o != "n2" {
+                assert_eq!(now, *o, "{n} moved though its owner stayed");
+            }
+        }
+    }
 }

@@ -57,6 +57,7 @@ async fn server(secret: [u8; 32], faults: Faults, blobs: &[Vec<u8>]) -> Server {
         secret,
         faults,
         bound.loopback_server,
+        Arc::default(),
     ));
     let task = tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
