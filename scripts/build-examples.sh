@@ -2,6 +2,9 @@
 # Builds the example WASM programs (examples/wasm) in release and copies them
 # to examples/wasm/out/: NAME.wasm for wasm32-wasip1 modules, and
 # hello.component.wasm, a WASI preview 2 component built for wasm32-wasip2.
+# The WASI HTTP functions of examples/services (a workspace of its own, built
+# for wasm32-wasip2) land in the same folder as NAME.component.wasm
+# (iris-serve.component.wasm, httptest.component.wasm).
 # Safe to run concurrently (a lock serialises builds) and cheap when nothing
 # changed. Prints the output folder on its last line.
 set -euo pipefail
@@ -28,6 +31,9 @@ cargo build --quiet --release --locked --manifest-path "$ws/Cargo.toml" \
   --target-dir "$target" --target wasm32-wasip1 >&2
 cargo build --quiet --release --locked --manifest-path "$ws/Cargo.toml" \
   --target-dir "$target" --target wasm32-wasip2 -p testprogs --bin hello >&2
+svc=$root/examples/services
+cargo build --quiet --release --locked --manifest-path "$svc/Cargo.toml" \
+  --target-dir "$svc/target" --target wasm32-wasip2 >&2
 
 copy() {
   if ! cmp -s "$1" "$2"; then
@@ -38,4 +44,7 @@ for f in "$target"/wasm32-wasip1/release/*.wasm; do
   copy "$f" "$out/$(basename "$f")"
 done
 copy "$target/wasm32-wasip2/release/hello.wasm" "$out/hello.component.wasm"
+for f in iris-serve httptest; do
+  copy "$svc/target/wasm32-wasip2/release/${f//-/_}.wasm" "$out/$f.component.wasm"
+done
 echo "$out"

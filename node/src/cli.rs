@@ -178,6 +178,9 @@ pub struct DaemonArgs {
     /// QUIC data-plane address (data.listen).
     #[arg(long, env = "WEFT_DATA_LISTEN")]
     pub data_listen: Option<String>,
+    /// HTTP ingress address for services (ingress.listen).
+    #[arg(long, env = "WEFT_INGRESS_LISTEN")]
+    pub ingress_listen: Option<String>,
     /// Cluster secret, 64 hex digits (network.cluster_secret).
     #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -210,6 +213,9 @@ impl DaemonArgs {
         }
         if let Some(d) = &self.data_listen {
             config.data.listen = d.clone();
+        }
+        if let Some(i) = &self.ingress_listen {
+            config.ingress.listen = i.clone();
         }
         if let Some(s) = &self.cluster_secret {
             config.network.cluster_secret = Some(s.clone());

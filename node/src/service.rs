@@ -13,16 +13,26 @@
 //! request to a ready replica wherever it runs (`ingress`), over the data
 //! plane when it is on another node (`proxy`).
 
+pub mod backends;
 pub mod control;
 pub mod fold;
-mod views_stub;
+pub mod ingress;
+pub mod mesh;
+pub mod placement;
+pub mod proxy;
+pub mod reconcile;
+pub mod replicas;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
+use tokio::sync::broadcast;
+use weft_protocol::ledger::EntryKind;
 use weft_protocol::service::{ReplicaId, ReplicaState, ServiceName, ServiceSpec};
 
 use crate::ledger::{LedgerError, LedgerHandle};
+use crate::net::NetHandle;
 use crate::store::{Store, StoreError};
 
 /// Why a service operation failed.
@@ -191,13 +201,83 @@ pub struct ServiceHandle {
 struct Inner {
     store: Store,
     ledger: LedgerHandle,
+    /// Every service folded, as of a count of service entries seen.
+    cache: Mutex<Option<(u64, Arc<Vec<Arc<ServiceState>>>)>>,
+    /// Bumped by each service entry stored here.
+    generation: AtomicU64,
+    runtime: OnceLock<Runtime>,
+}
+
+/// The running parts the views read.
+#[derive(Clone)]
+pub struct Runtime {
+    pub mesh: mesh::Mesh,
+    pub replicas: replicas::Replicas,
+    pub net: NetHandle,
 }
 
 impl ServiceHandle {
     pub fn new(store: Store, ledger: LedgerHandle) -> ServiceHandle {
         ServiceHandle {
-            inner: Arc::new(Inner { store, ledger }),
+            inner: Arc::new(Inner {
+                store,
+                ledger,
+                cache: Mutex::new(None),
+                generation: AtomicU64::new(0),
+                runtime: OnceLock::new(),
+            }),
         }
+    }
+
+    /// Sets the running parts (once, at start).
+    pub fn set_runtime(&self, runtime: Runtime) {
+        let _ = self.inner.runtime.set(runtime);
+    }
+
+    /// Forgets the folded states when service entries arrive, until
+    /// `shutdown`.
+    pub async fn watch_ledger(self, shutdown: tokio_util::sync::CancellationToken) {
+        let mut rx = self.inner.store.subscribe_ledger();
+        loop {
+            let e = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = rx.recv() => e,
+            };
+            match e {
+                Ok(entry) if entry.body.kind() != EntryKind::Service => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.inner.generation.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Every service's state, folded once per change.
+    pub fn cached_all(&self) -> Result<Arc<Vec<Arc<ServiceState>>>, ServiceError> {
+        let generation = self.inner.generation.load(Ordering::SeqCst);
+        if let Some((g, all)) = &*self.inner.cache.lock().unwrap_or_else(|p| p.into_inner())
+            && *g == generation
+        {
+            return Ok(all.clone());
+        }
+        let all: Arc<Vec<Arc<ServiceState>>> =
+            Arc::new(self.states()?.into_iter().map(Arc::new).collect());
+        // kept only if nothing arrived while folding
+        if self.inner.generation.load(Ordering::SeqCst) == generation {
+            *self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((generation, all.clone()));
+        }
+        Ok(all)
+    }
+
+    /// One service's state, from the cache.
+    pub fn cached(&self, name: &str) -> Option<Arc<ServiceState>> {
+        self.cached_all()
+            .ok()?
+            .iter()
+            .find(|s| s.name.as_str() == name)
+            .cloned()
     }
 
     pub fn store(&self) -> &Store {
@@ -211,5 +291,159 @@ impl ServiceHandle {
     /// A replica id nobody has used: random.
     pub fn new_replica_id() -> ReplicaId {
         ReplicaId(rand::random())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Views: desired state with what the mesh runs.
+
+impl ServiceHandle {
+    fn runtime(&self) -> Option<&Runtime> {
+        self.inner.runtime.get()
+    }
+
+    /// Every replica of `name` the mesh lists.
+    pub fn endpoints(&self, name: &str) -> Result<Vec<Endpoint>, ServiceError> {
+        let state = self.state(name)?;
+        let Some(rt) = self.runtime() else {
+            return Ok(Vec::new());
+        };
+        let view = rt.mesh.view();
+        let mut out: Vec<Endpoint> = view
+            .routes(&state.name)
+            .iter()
+            .map(|r| Endpoint::new(&r.node, &r.info))
+            .collect();
+        out.sort_by(|a, b| {
+            (a.revision, &a.node, &a.replica).cmp(&(b.revision, &b.node, &b.replica))
+        });
+        Ok(out)
+    }
+
+    fn summary(&self, state: &ServiceState) -> ServiceSummary {
+        let endpoints = self.endpoints(state.name.as_str()).unwrap_or_default();
+        let spec = state.current_spec().map(|(_, s)| s);
+        let owner = self.runtime().and_then(|rt| {
+            let view = rt.mesh.view();
+            reconcile::owner(state.name.as_str(), view.member_ids()).map(str::to_string)
+        });
+        ServiceSummary {
+            name: state.name.to_string(),
+            revision: state.current,
+            kind: match spec.map(|s| s.task.is_wasm()) {
+                Some(true) => "wasm".into(),
+                Some(false) => "container".into(),
+                None => "-".into(),
+            },
+            desired: if state.current.is_some() {
+                state.replicas
+            } else {
+                0
+            },
+            autoscale: spec.and_then(|s| s.autoscale).map(|a| (a.min, a.max)),
+            ready: endpoints
+                .iter()
+                .filter(|e| e.is_ready() && Some(e.revision) == state.current)
+                .count() as u32,
+            total: endpoints.len() as u32,
+            owner,
+        }
+    }
+
+    /// The replicas running on this node.
+    pub fn local_replicas(&self) -> Vec<ReplicaId> {
+        self.runtime()
+            .map(|rt| rt.replicas.all().iter().map(|r| r.id).collect())
+            .unwrap_or_default()
+    }
+
+    /// Fault injection for tests: `id`'s health checks fail from now on.
+    pub fn fail_health(&self, id: ReplicaId) {
+        if let Some(rt) = self.runtime() {
+            rt.replicas.fail_health(id);
+        }
+    }
+
+    /// `weft service ls`: services that are not removed.
+    pub fn list(&self) -> Result<Vec<ServiceSummary>, ServiceError> {
+        Ok(self
+            .states()?
+            .iter()
+            .filter(|s| s.current.is_some())
+            .map(|s| self.summary(s))
+            .collect())
+    }
+
+    /// `weft service status NAME`.
+    pub fn status(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
+        let state = self.state(name)?;
+        let summary = self.summary(&state);
+        let endpoints = self.endpoints(name)?;
+        let rollout = match state.current {
+            None => "removed".to_string(),
+            Some(rev) => {
+                let old = endpoints.iter().filter(|e| e.revision != rev).count();
+                if old > 0 || summary.ready < summary.desired {
+                    format!(
+                        "rolling out revision {rev}: {} of {} ready, {old} of other revisions",
+                        summary.ready, summary.desired
+                    )
+                } else if summary.desired == 0 {
+                    "scaled to zero".to_string()
+                } else {
+                    "stable".to_string()
+                }
+            }
+        };
+        Ok(ServiceStatus {
+            spec: state.current_spec().map(|(r, _)| r.yaml.clone()),
+            history: state.history.clone(),
+            summary,
+            rollout,
+            endpoints,
+        })
+    }
+
+    /// The recent output of every replica of `name`, gathered from their nodes.
+    pub async fn logs(&self, name: &str) -> Result<Vec<ReplicaLogs>, ServiceError> {
+        let state = self.state(name)?;
+        let Some(rt) = self.runtime() else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<ReplicaLogs> = rt
+            .replicas
+            .logs(&state.name)
+            .into_iter()
+            .map(|(id, logs)| ReplicaLogs {
+                replica: id.to_string(),
+                node: rt.mesh.me().to_string(),
+                logs,
+            })
+            .collect();
+        let view = rt.mesh.view();
+        let nodes: std::collections::BTreeSet<libp2p::PeerId> = view
+            .routes(&state.name)
+            .iter()
+            .filter_map(|r| r.peer)
+            .collect();
+        for peer in nodes {
+            let asked = rt
+                .net
+                .request(
+                    peer,
+                    weft_protocol::Request::ServiceLogs {
+                        service: state.name.clone(),
+                    },
+                )
+                .await;
+            if let Ok(weft_protocol::Response::ServiceLogs { replicas }) = asked {
+                out.extend(replicas.into_iter().map(|(id, logs)| ReplicaLogs {
+                    replica: id.to_string(),
+                    node: peer.to_string(),
+                    logs,
+                }));
+            }
+        }
+        Ok(out)
     }
 }

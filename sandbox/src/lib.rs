@@ -26,8 +26,10 @@
 mod capture;
 mod container;
 mod folders;
+pub mod http;
 pub mod image;
 mod oci;
+pub mod service;
 mod wasm;
 
 use std::collections::BTreeMap;

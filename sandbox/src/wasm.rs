@@ -141,6 +141,63 @@ impl WasmExecutor {
         }
     }
 
+    /// The engine HTTP functions share with tasks.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The instance slots HTTP functions share with tasks (the pool's size).
+    pub(crate) fn slots(&self) -> &Arc<Semaphore> {
+        &self.slots
+    }
+
+    /// Largest linear memory any instance may have.
+    pub(crate) fn max_memory(&self) -> u64 {
+        self.shared.max_memory
+    }
+
+    /// Sets a new store's epoch deadline (yield at every tick) and fuel.
+    pub(crate) fn prepare<T>(&self, store: &mut Store<T>) -> wasmtime::Result<()> {
+        prepare_store(store, self.shared.fuel_enabled, None)
+    }
+
+    /// A component's compiled code, from the disk cache or compiled (and
+    /// cached) on a blocking thread; not pre-linked, so the caller links it
+    /// with the imports it offers. Refuses a core module.
+    pub(crate) async fn component(&self, module: &WasmModule) -> Result<Component, SandboxError> {
+        let len = module.bytes().len() as u64;
+        if len > self.shared.max_module_bytes {
+            return Err(crate::module_too_large(len, self.shared.max_module_bytes));
+        }
+        if binary_kind(module.bytes())? != BinaryKind::Component {
+            return Err(SandboxError::InvalidTask(
+                "the module is a core WebAssembly module, not a component; \
+                 build the function for wasm32-wasip2 so that it exports wasi:http/incoming-handler"
+                    .to_string(),
+            ));
+        }
+        let shared = self.shared.clone();
+        let module = module.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = shared
+                .cache
+                .file(module.hash().as_bytes(), BinaryKind::Component);
+            shared.load_or_compile(
+                &file,
+                // SAFETY: as in `compile_now`: the cache folder holds only
+                // whole files this code wrote, named by the engine's
+                // compatibility hash, read into memory.
+                |bytes| unsafe { Component::deserialize(&shared.engine, bytes) },
+                || Component::from_binary(&shared.engine, module.bytes()),
+                Component::serialize,
+            )
+        })
+        .await
+        .map_err(|e| {
+            SandboxError::io("the wasm compiler thread failed", std::io::Error::other(e))
+        })?
+    }
+
     pub(crate) async fn run(&self, task: Task, cancel: CancellationToken) -> Report {
         let mut notes = Vec::new();
         let limits = &task.limits;
@@ -223,13 +280,13 @@ enum Compiled {
 
 /// What the limiter saw, readable after the store is gone.
 #[derive(Default)]
-struct MemoryStats {
+pub(crate) struct MemoryStats {
     peak: AtomicU64,
     hit: AtomicBool,
 }
 
 /// Caps the total linear memory of one task and records its peak.
-struct Limiter {
+pub(crate) struct Limiter {
     limit: u64,
     used: u64,
     pending: u64,
@@ -247,6 +304,17 @@ impl std::fmt::Display for MemoryLimitHit {
 }
 
 impl std::error::Error for MemoryLimitHit {}
+
+impl Limiter {
+    pub(crate) fn new(limit: u64, stats: Arc<MemoryStats>) -> Limiter {
+        Limiter {
+            limit,
+            used: 0,
+            pending: 0,
+            stats,
+        }
+    }
+}
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
@@ -420,7 +488,7 @@ fn prepare_store<T>(
 }
 
 /// Turns what wasmtime returned into an exit code or a failure.
-fn classify(
+pub(crate) fn classify(
     e: wasmtime::Error,
     stats: &MemoryStats,
     memory: u64,
