@@ -181,6 +181,48 @@ async fn service_commands_apply_scale_roll_back_and_remove() {
         "service web: revision 3"
     );
 
+    // the owner's revert of a failed rollout: a rollback with its reason,
+    // clipped to what peers accept
+    node.services()
+        .revert(
+            "web",
+            2,
+            format!("revision 3 not ready within 60s{}", "!".repeat(20_000)),
+        )
+        .await
+        .expect("revert");
+    let s = json(&["service", "status", "web"]);
+    assert_eq!(s["revision"], 2);
+    let h = json(&["service", "history", "web"]);
+    let last = h.as_array().and_then(|a| a.last()).expect("history");
+    assert_eq!(last["change"], "rollback");
+    let reason = last["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("revision 3 not ready within 60s"),
+        "{reason}"
+    );
+    assert!(
+        reason.len() <= weft_protocol::bounds::MAX_REASON_BYTES,
+        "{}",
+        reason.len()
+    );
+    assert!(node.services().revert("web", 9, "x".into()).await.is_err());
+
+    // a service that scales itself is not scaled by hand
+    let auto = write(
+        "auto.yaml",
+        "apiVersion: weft/v1\nkind: Service\nmetadata: {name: fn}\nspec:\n  replicas: auto\n  autoscale: {min: 0, max: 4, targetConcurrency: 2}\n  task: {wasm: {module: examples/httptest:v1}}\n",
+    );
+    assert_eq!(
+        weft(&["service", "apply", "-f", &auto]).trim(),
+        "service fn: revision 1"
+    );
+    let err = refused(&["service", "scale", "fn", "3"]);
+    assert!(
+        err.contains("replicas: auto") && err.contains("autoscale"),
+        "{err}"
+    );
+
     // refusals: the field path, the file, what to do
     let bad = write(
         "bad.yaml",
@@ -243,11 +285,12 @@ async fn service_commands_apply_scale_roll_back_and_remove() {
         .await
         .expect("send");
     assert_eq!(resp.status(), 404);
-    // YAML straight to the API: an equal spec is 200, not a new revision
+    // YAML straight to the API: the current spec (revision 2) again is 200,
+    // not a new revision
     let resp = client
         .request(reqwest::Method::POST, "/api/v1/services")
         .header("content-type", "application/yaml")
-        .body(spec("2", "one"))
+        .body(spec("3", "two"))
         .send()
         .await
         .expect("send");
