@@ -38,7 +38,7 @@ case $seconds in
     ;;
 esac
 
-all=(rpc_request rpc_response gossip tree transfer bao job_yaml job_cbor image pipeline_yaml)
+all=(rpc_request rpc_response gossip tree transfer bao job_yaml job_cbor image pipeline_yaml service_yaml service_head)
 if [ $# -gt 0 ]; then
   targets=("$@")
 else

@@ -20,6 +20,10 @@ use weft_protocol::sched::{
     Assignment, ExecutorKind, JobGossip, JobId, JobResult, JobState, JobStatus, Needs, Program,
     ResultSignature, Transition,
 };
+use weft_protocol::service::{
+    MAX_SERVICE_HEAD_BYTES, Refusal, ReplicaId, ReplicaInfo, ReplicaState, ServiceChange,
+    ServiceEvent, ServiceName, ServiceRequestHead, ServiceResponseHead,
+};
 use weft_protocol::tag::{Hlc, TagName, TagVersion};
 use weft_protocol::transfer::{GetRequest, GetResponse, GroupRanges};
 use weft_protocol::{
@@ -83,6 +87,11 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect(),
+        "service_yaml" => SERVICE_SPECS
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect(),
+        "service_head" => service_heads(),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -183,7 +192,86 @@ fn requests() -> Vec<Request> {
         Request::LedgerPush {
             entries: ledger_entries(),
         },
+        Request::StartReplica {
+            service: service_name(),
+            revision: 2,
+            replica: ReplicaId(7),
+        },
+        Request::StopReplica {
+            service: service_name(),
+            replica: ReplicaId(u64::MAX),
+            drain_ms: 5000,
+        },
+        Request::ServiceLogs {
+            service: service_name(),
+        },
     ]
+}
+
+fn service_name() -> ServiceName {
+    "iris".parse().expect("service name")
+}
+
+fn replicas() -> Vec<ReplicaInfo> {
+    vec![
+        ReplicaInfo {
+            id: ReplicaId(0x0102_0304_0506_0708),
+            service: service_name(),
+            revision: 2,
+            state: ReplicaState::Ready,
+            inflight: 1,
+            ready_since_ms: Some(1_700_000_000_000),
+            note: None,
+        },
+        ReplicaInfo {
+            id: ReplicaId(7),
+            service: service_name(),
+            revision: 1,
+            state: ReplicaState::Unhealthy,
+            inflight: 0,
+            ready_since_ms: None,
+            note: Some("GET /healthz: 500".into()),
+        },
+    ]
+}
+
+/// The data plane's service stream: `0` then a request head frame, or `1`
+/// then a response head frame (the magic is checked before either).
+fn service_heads() -> Vec<Vec<u8>> {
+    let req = ServiceRequestHead {
+        service: service_name(),
+        replica: ReplicaId(7),
+        method: "POST".into(),
+        uri: "/predict?x=1".into(),
+        headers: vec![
+            ("host".into(), "iris.weft".into()),
+            ("content-type".into(), "application/json".into()),
+        ],
+    };
+    let mut out = vec![prefixed(
+        0,
+        &frame::write(&codec::encode(&req, MAX_SERVICE_HEAD_BYTES).expect("encode")),
+    )];
+    for head in [
+        ServiceResponseHead::Response {
+            status: 200,
+            headers: vec![("content-length".into(), "5".into())],
+        },
+        ServiceResponseHead::Refused {
+            reason: Refusal::NotHere,
+            message: "no replica 0000000000000007 here".into(),
+        },
+        ServiceResponseHead::Refused {
+            reason: Refusal::Overloaded,
+            message: String::new(),
+        },
+    ] {
+        out.push(prefixed(
+            1,
+            &frame::write(&codec::encode(&head, MAX_SERVICE_HEAD_BYTES).expect("encode")),
+        ));
+    }
+    out
 }
 
 fn responses() -> Vec<Response> {
@@ -209,6 +297,12 @@ fn responses() -> Vec<Response> {
         Response::Ledger {
             entries: ledger_entries(),
             more: true,
+        },
+        Response::ServiceLogs {
+            replicas: vec![
+                (ReplicaId(7), "listening on :8080\n".into()),
+                (ReplicaId(8), String::new()),
+            ],
         },
         Response::error(ErrorCode::Busy, "later"),
     ]
@@ -265,6 +359,7 @@ fn advert() -> NodeAdvert {
         running_tasks: 1,
         queued_tasks: 2,
         running: Some(vec![(JobId::new(1, 2), 1)]),
+        replicas: Some(replicas()),
     }
 }
 
@@ -362,6 +457,27 @@ fn ledger_entries() -> Vec<Entry> {
             tag: tag("datasets/iris:v1"),
             target: Hash::EMPTY,
             run: Some(job),
+        })),
+        at(EntryBody::Service(ServiceEvent {
+            name: service_name(),
+            change: ServiceChange::Apply {
+                spec: SERVICE_SPECS[0].into(),
+            },
+        })),
+        at(EntryBody::Service(ServiceEvent {
+            name: service_name(),
+            change: ServiceChange::Scale { replicas: 3 },
+        })),
+        at(EntryBody::Service(ServiceEvent {
+            name: service_name(),
+            change: ServiceChange::Rollback {
+                to: 1,
+                reason: Some("revision 2 not ready within 60s".into()),
+            },
+        })),
+        at(EntryBody::Service(ServiceEvent {
+            name: service_name(),
+            change: ServiceChange::Remove,
         })),
     ]
 }
@@ -549,6 +665,45 @@ spec:
     b:
       task: {wasm: {module: m:v1}}
       needs: [a]
+"#,
+];
+
+const SERVICE_SPECS: &[&str] = &[
+    r#"apiVersion: weft/v1
+kind: Service
+metadata: {name: iris}
+spec:
+  replicas: 3
+  task:
+    wasm: {module: examples/iris-serve:v1, env: {A: b}}
+  inputs: [{from: models/iris@champion, path: /inputs/model}]
+  resources: {cpu: 1, memory: 256Mi}
+  constraints: {zone: lab-a}
+  timeout: 30s
+  health: {http: /healthz, interval: 2s, timeout: 1s, failures: 3}
+  update: {maxSurge: 1, maxUnavailable: 0, minHealthy: 1s, progressDeadline: 60s, autoRevert: true}
+"#,
+    r#"apiVersion: weft/v1
+kind: Service
+metadata: {name: web}
+spec:
+  task:
+    container:
+      image: images/busybox:1.36
+      command: [httpd, -f, -p, "8080"]
+      args: [-h, /www]
+      env: {X: "1"}
+      workdir: /www
+      port: 8080
+  resources: {gpu: {count: 1, model: H100}}
+"#,
+    r#"apiVersion: weft/v1
+kind: Service
+metadata: {name: fn}
+spec:
+  replicas: auto
+  autoscale: {min: 0, max: 4, targetConcurrency: 8, idle: 30s}
+  task: {wasm: {module: examples/httptest:v1}}
 "#,
 ];
 

@@ -38,6 +38,8 @@ pub const ALL: &[&str] = &[
     "job_cbor",
     "image",
     "pipeline_yaml",
+    "service_yaml",
+    "service_head",
 ];
 
 /// Runs target `name` on `data`.
@@ -53,6 +55,8 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "job_cbor" => job_cbor(data),
         "image" => image(data),
         "pipeline_yaml" => pipeline_yaml(data),
+        "service_yaml" => service_yaml(data),
+        "service_head" => service_head(data),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -415,6 +419,85 @@ pub fn pipeline_yaml(data: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// A service spec as YAML (what the API receives, and what every node
+/// reads from its ledger), on any UTF-8: a spec that parses keeps its own
+/// rules, parses the same again, and travels in a ledger entry.
+pub fn service_yaml(data: &[u8]) -> bool {
+    use weft_protocol::ledger::{Entry, EntryBody};
+    use weft_protocol::service::{
+        MAX_SERVICE_REPLICAS, Replicas, ServiceChange, ServiceEvent, ServiceSpec,
+    };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let Ok(s) = ServiceSpec::from_yaml(text) else {
+        return false;
+    };
+    assert_eq!(
+        s.autoscale.is_some(),
+        s.replicas == Replicas::Auto,
+        "autoscale given exactly with replicas: auto"
+    );
+    assert!(s.base_replicas() <= MAX_SERVICE_REPLICAS);
+    if let Some(a) = &s.autoscale {
+        assert!(a.min <= a.max && a.max <= MAX_SERVICE_REPLICAS && a.target_concurrency > 0);
+    }
+    if let Some(h) = &s.health {
+        assert!(h.http.starts_with('/') && h.failures > 0);
+    }
+    assert!(s.update.max_surge > 0 || s.update.max_unavailable > 0);
+    assert_eq!(ServiceSpec::from_yaml(text).expect("parses again"), s);
+    // the text travels in a ledger entry and comes back the same
+    let entry = Entry {
+        hlc: Default::default(),
+        origin: "12D3KooW".into(),
+        body: EntryBody::Service(ServiceEvent {
+            name: s.name.clone(),
+            change: ServiceChange::Apply {
+                spec: text.to_string(),
+            },
+        }),
+    };
+    let bytes = entry
+        .encode()
+        .expect("an entry with a checked spec encodes");
+    assert_eq!(Entry::decode(&bytes).expect("and decodes"), entry);
+    true
+}
+
+/// A service stream's head as the data plane reads it after the magic:
+/// the first byte picks a request (`0`) or a response (`1`) head frame.
+pub fn service_head(data: &[u8]) -> bool {
+    use weft_protocol::service::{MAX_SERVICE_HEAD_BYTES, ServiceRequestHead, ServiceResponseHead};
+    let Some((&which, rest)) = data.split_first() else {
+        return false;
+    };
+    let Ok(body) = frame::read(rest, MAX_SERVICE_HEAD_BYTES) else {
+        return false;
+    };
+    fn round_trip<T>(body: &[u8]) -> bool
+    where
+        T: serde::Serialize
+            + serde::de::DeserializeOwned
+            + weft_protocol::Bounded
+            + PartialEq
+            + std::fmt::Debug,
+    {
+        let Ok(v) = codec::decode_peer::<T>(body, MAX_SERVICE_HEAD_BYTES) else {
+            return false;
+        };
+        let bytes = codec::encode(&v, MAX_SERVICE_HEAD_BYTES).expect("a decoded head encodes");
+        let back: T = codec::decode_peer(&bytes, MAX_SERVICE_HEAD_BYTES).expect("and decodes");
+        assert_eq!(back, v, "a head changed in a round trip");
+        true
+    }
+    match which {
+        0 => round_trip::<ServiceRequestHead>(body),
+        1 => round_trip::<ServiceResponseHead>(body),
+        _ => false,
+    }
 }
 
 /// A job spec as CBOR (the form that travels between nodes).

@@ -150,14 +150,23 @@ async fn service_commands_apply_scale_roll_back_and_remove() {
     );
     assert!(json(&["service", "logs", "web"]).is_array());
 
-    // rm: gone from the running set, still listed with no revision
+    let listed = json(&["service", "ls"]);
+    assert_eq!(listed[0]["name"], "web");
+    assert_eq!(listed[0]["revision"], 2);
+    // rm: no longer listed; its status and history stay
     assert_eq!(
         weft(&["service", "rm", "web"]).trim(),
         "service web removed"
     );
     let listed = json(&["service", "ls"]);
-    assert_eq!(listed[0]["name"], "web");
-    assert_eq!(listed[0]["revision"], serde_json::Value::Null);
+    assert!(
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|s| s["name"] != "web" || s["revision"].is_null()),
+        "{listed}"
+    );
     assert_eq!(json(&["service", "status", "web"])["rollout"], "removed");
     let err = refused(&["service", "scale", "web", "2"]);
     assert!(
@@ -170,6 +179,48 @@ async fn service_commands_apply_scale_roll_back_and_remove() {
     assert_eq!(
         weft(&["service", "apply", "-f", &v1]).trim(),
         "service web: revision 3"
+    );
+
+    // the owner's revert of a failed rollout: a rollback with its reason,
+    // clipped to what peers accept
+    node.services()
+        .revert(
+            "web",
+            2,
+            format!("revision 3 not ready within 60s{}", "!".repeat(20_000)),
+        )
+        .await
+        .expect("revert");
+    let s = json(&["service", "status", "web"]);
+    assert_eq!(s["revision"], 2);
+    let h = json(&["service", "history", "web"]);
+    let last = h.as_array().and_then(|a| a.last()).expect("history");
+    assert_eq!(last["change"], "rollback");
+    let reason = last["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("revision 3 not ready within 60s"),
+        "{reason}"
+    );
+    assert!(
+        reason.len() <= weft_protocol::bounds::MAX_REASON_BYTES,
+        "{}",
+        reason.len()
+    );
+    assert!(node.services().revert("web", 9, "x".into()).await.is_err());
+
+    // a service that scales itself is not scaled by hand
+    let auto = write(
+        "auto.yaml",
+        "apiVersion: weft/v1\nkind: Service\nmetadata: {name: fn}\nspec:\n  replicas: auto\n  autoscale: {min: 0, max: 4, targetConcurrency: 2}\n  task: {wasm: {module: examples/httptest:v1}}\n",
+    );
+    assert_eq!(
+        weft(&["service", "apply", "-f", &auto]).trim(),
+        "service fn: revision 1"
+    );
+    let err = refused(&["service", "scale", "fn", "3"]);
+    assert!(
+        err.contains("replicas: auto") && err.contains("autoscale"),
+        "{err}"
     );
 
     // refusals: the field path, the file, what to do
@@ -234,11 +285,12 @@ async fn service_commands_apply_scale_roll_back_and_remove() {
         .await
         .expect("send");
     assert_eq!(resp.status(), 404);
-    // YAML straight to the API: an equal spec is 200, not a new revision
+    // YAML straight to the API: the current spec (revision 2) again is 200,
+    // not a new revision
     let resp = client
         .request(reqwest::Method::POST, "/api/v1/services")
         .header("content-type", "application/yaml")
-        .body(spec("2", "one"))
+        .body(spec("3", "two"))
         .send()
         .await
         .expect("send");

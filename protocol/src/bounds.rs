@@ -788,6 +788,52 @@ impl Bounded for GetResponse {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Services.
+
+/// Longest method in a service request head.
+pub const MAX_METHOD_BYTES: usize = 32;
+/// Longest path and query in a service request head.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Longest header name.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+/// Longest header value.
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
+/// Most bytes of one replica's logs in [`Response::ServiceLogs`].
+pub const MAX_REPLICA_LOG_BYTES: usize = 64 * 1024;
+
+fn headers(h: &[(String, String)], at: &str) -> Result<(), BoundsError> {
+    count(h.len(), MAX_SERVICE_HEADERS, || join(at, "headers"))?;
+    for (i, (k, v)) in h.iter().enumerate() {
+        text(k, MAX_HEADER_NAME_BYTES, || {
+            format!("{at}.headers[{i}].name")
+        })?;
+        text(v, MAX_HEADER_VALUE_BYTES, || {
+            format!("{at}.headers[{i}].value")
+        })?;
+    }
+    Ok(())
+}
+
+impl Bounded for ServiceRequestHead {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        text(&self.method, MAX_METHOD_BYTES, || join(at, "method"))?;
+        text(&self.uri, MAX_URI_BYTES, || join(at, "uri"))?;
+        headers(&self.headers, at)
+    }
+}
+
+impl Bounded for ServiceResponseHead {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        match self {
+            ServiceResponseHead::Response { headers: h, .. } => headers(h, &join(at, "Response")),
+            ServiceResponseHead::Refused { message, .. } => {
+                text(message, MAX_TEXT_BYTES, || join(at, "Refused.message"))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Serialize;
@@ -1327,52 +1373,6 @@ mod tests {
             let _ = JobGossip::decode(&bytes);
             let _ = NodeAdvert::decode(&bytes);
             let _ = JobSpec::from_cbor(&bytes);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Services.
-
-/// Longest method in a service request head.
-pub const MAX_METHOD_BYTES: usize = 32;
-/// Longest path and query in a service request head.
-pub const MAX_URI_BYTES: usize = 16 * 1024;
-/// Longest header name.
-pub const MAX_HEADER_NAME_BYTES: usize = 256;
-/// Longest header value.
-pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
-/// Most bytes of one replica's logs in [`Response::ServiceLogs`].
-pub const MAX_REPLICA_LOG_BYTES: usize = 64 * 1024;
-
-fn headers(h: &[(String, String)], at: &str) -> Result<(), BoundsError> {
-    count(h.len(), MAX_SERVICE_HEADERS, || join(at, "headers"))?;
-    for (i, (k, v)) in h.iter().enumerate() {
-        text(k, MAX_HEADER_NAME_BYTES, || {
-            format!("{at}.headers[{i}].name")
-        })?;
-        text(v, MAX_HEADER_VALUE_BYTES, || {
-            format!("{at}.headers[{i}].value")
-        })?;
-    }
-    Ok(())
-}
-
-impl Bounded for ServiceRequestHead {
-    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
-        text(&self.method, MAX_METHOD_BYTES, || join(at, "method"))?;
-        text(&self.uri, MAX_URI_BYTES, || join(at, "uri"))?;
-        headers(&self.headers, at)
-    }
-}
-
-impl Bounded for ServiceResponseHead {
-    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
-        match self {
-            ServiceResponseHead::Response { headers: h, .. } => headers(h, &join(at, "Response")),
-            ServiceResponseHead::Refused { message, .. } => {
-                text(message, MAX_TEXT_BYTES, || join(at, "Refused.message"))
-            }
         }
     }
 }
