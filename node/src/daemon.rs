@@ -331,10 +331,14 @@ impl Node {
         );
         {
             let replicas = replicas.clone();
+            let services = services.clone();
+            let transfer_for_stop = transfer.clone();
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 stop.cancelled().await;
                 replicas.stop_all().await;
+                services.clear_runtime();
+                transfer_for_stop.set_service_streams(None);
             });
         }
         let mesh = crate::service::mesh::Mesh::new(peer_id.clone());

@@ -24,7 +24,7 @@ pub mod reconcile;
 pub mod replicas;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -205,7 +205,9 @@ struct Inner {
     cache: Mutex<Option<(u64, Arc<Vec<Arc<ServiceState>>>)>>,
     /// Bumped by each service entry stored here.
     generation: AtomicU64,
-    runtime: OnceLock<Runtime>,
+    /// Set at start, cleared at stop (a runtime holds this handle, through
+    /// its replicas).
+    runtime: Mutex<Option<Runtime>>,
 }
 
 /// The running parts the views read.
@@ -224,14 +226,24 @@ impl ServiceHandle {
                 ledger,
                 cache: Mutex::new(None),
                 generation: AtomicU64::new(0),
-                runtime: OnceLock::new(),
+                runtime: Mutex::new(None),
             }),
         }
     }
 
     /// Sets the running parts (once, at start).
     pub fn set_runtime(&self, runtime: Runtime) {
-        let _ = self.inner.runtime.set(runtime);
+        *self.inner.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+    }
+
+    /// Forgets the running parts (the node is stopping), so that nothing
+    /// keeps the store open after it.
+    pub fn clear_runtime(&self) {
+        self.inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     /// Forgets the folded states when service entries arrive, until
@@ -298,8 +310,12 @@ impl ServiceHandle {
 // Views: desired state with what the mesh runs.
 
 impl ServiceHandle {
-    fn runtime(&self) -> Option<&Runtime> {
-        self.inner.runtime.get()
+    fn runtime(&self) -> Option<Runtime> {
+        self.inner
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Every replica of `name` the mesh lists.

@@ -341,8 +341,11 @@ pub struct TransferHandle {
     commands: mpsc::Sender<Command>,
     local_addr: SocketAddr,
     /// Who answers data-plane streams that carry service requests.
-    streams: Arc<std::sync::OnceLock<Arc<dyn ServiceStreams>>>,
+    streams: StreamsSlot,
 }
+
+/// Where the answerer of service streams is kept.
+pub(crate) type StreamsSlot = Arc<std::sync::Mutex<Option<Arc<dyn ServiceStreams>>>>;
 
 /// Answers a data-plane stream that began with
 /// [`weft_protocol::service::SERVICE_STREAM_MAGIC`] (the magic already
@@ -448,9 +451,10 @@ impl TransferHandle {
         }
     }
 
-    /// Sets who answers service streams (once; later calls change nothing).
-    pub fn set_service_streams(&self, streams: Arc<dyn ServiceStreams>) {
-        let _ = self.streams.set(streams);
+    /// Sets who answers service streams; `None` when the services stop
+    /// (the answerer holds what holds this handle).
+    pub fn set_service_streams(&self, streams: Option<Arc<dyn ServiceStreams>>) {
+        *self.streams.lock().unwrap_or_else(|p| p.into_inner()) = streams;
     }
 
     /// A connection to `peer`'s endpoint at `addr` that has passed the

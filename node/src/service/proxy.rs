@@ -270,5 +270,5 @@ pub fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
 
 /// Registers the stream handler with the data plane.
 pub fn install(transfer: &TransferHandle, replicas: Replicas) {
-    transfer.set_service_streams(Arc::new(Streams { replicas }));
+    transfer.set_service_streams(Some(Arc::new(Streams { replicas })));
 }

@@ -74,7 +74,7 @@ pub(super) struct ServeCtx {
     /// When the next byte may leave, under `faults.max_send_rate`.
     pacer: Mutex<Instant>,
     /// Who answers service streams, once the services are up.
-    streams: Arc<std::sync::OnceLock<Arc<dyn super::ServiceStreams>>>,
+    streams: super::StreamsSlot,
 }
 
 impl ServeCtx {
@@ -85,7 +85,7 @@ impl ServeCtx {
         secret: [u8; SECRET_LEN],
         faults: Faults,
         loopback_server: Arc<quinn::ServerConfig>,
-        streams: Arc<std::sync::OnceLock<Arc<dyn super::ServiceStreams>>>,
+        streams: super::StreamsSlot,
     ) -> Self {
         ServeCtx {
             store,
@@ -218,7 +218,12 @@ async fn request(ctx: Arc<ServeCtx>, peer: PeerId, mut send: SendStream, mut rec
         }
     }
     if prefix == weft_protocol::service::SERVICE_STREAM_MAGIC {
-        match ctx.streams.get() {
+        let streams = ctx
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match streams {
             Some(streams) => streams.serve(peer, send, recv).await,
             None => {
                 let _ = send.reset(VarInt::from_u32(CLOSE_PROTOCOL));
