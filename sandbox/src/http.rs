@@ -255,8 +255,13 @@ impl FnInner {
         let req = store
             .data_mut()
             .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| SandboxError::InvalidTask(format!("the request cannot be passed on: {e:#}")))?;
-        let out = store.data_mut().new_response_outparam(tx).map_err(engine_err)?;
+            .map_err(|e| {
+                SandboxError::InvalidTask(format!("the request cannot be passed on: {e:#}"))
+            })?;
+        let out = store
+            .data_mut()
+            .new_response_outparam(tx)
+            .map_err(engine_err)?;
 
         let pre = self.pre.clone();
         // Owns the store: when the handler returns or traps, the store and

@@ -193,7 +193,9 @@ impl WasmExecutor {
             )
         })
         .await
-        .map_err(|e| SandboxError::io("the wasm compiler thread failed", std::io::Error::other(e)))?
+        .map_err(|e| {
+            SandboxError::io("the wasm compiler thread failed", std::io::Error::other(e))
+        })?
     }
 
     pub(crate) async fn run(&self, task: Task, cancel: CancellationToken) -> Report {
