@@ -575,8 +575,8 @@ mod tests {
         ring.push(b"first\n");
         assert_eq!(ring.text(), "first\n");
         ring.push(b"second\nthird\n");
-        // 19 bytes written, 16 kept: the cut first line is dropped whole
-        assert_eq!(ring.text(), "third\n");
+        // 19 bytes written, 16 kept: the rest of the cut line is dropped
+        assert_eq!(ring.text(), "second\nthird\n");
         ring.push(&[b'x'; 40]);
         assert_eq!(ring.state.lock().expect("lock").bytes.len(), 16);
         let huge = format!("{}\nlast\n", "y".repeat(100));
