@@ -77,12 +77,10 @@ impl Guest for HttpTest {
                 (200, format!("slept {ms} ms").into_bytes())
             }
             (Method::Get, "/version") => (200, env("VERSION").unwrap_or_default().into_bytes()),
-            (Method::Get, p) if p.starts_with("/inputs/") => {
-                match std::fs::read(p) {
-                    Ok(bytes) => (200, bytes),
-                    Err(e) => (404, format!("{p}: {e}").into_bytes()),
-                }
-            }
+            (Method::Get, p) if p.starts_with("/inputs/") => match std::fs::read(p) {
+                Ok(bytes) => (200, bytes),
+                Err(e) => (404, format!("{p}: {e}").into_bytes()),
+            },
             (Method::Post, p) if p.starts_with("/inputs/") => {
                 let data = read_body(request);
                 match std::fs::write(p, data) {
