@@ -158,7 +158,11 @@ impl HttpFunction {
     ) -> Result<http::Response<Bytes>, SandboxError> {
         let inner = self.inner.clone();
         let timeout = inner.cfg.timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // A deadline past what the clock can hold means none: a year.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600));
         let len = req.body().len();
         if len > inner.cfg.max_body {
             return Err(SandboxError::InvalidTask(format!(

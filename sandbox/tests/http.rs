@@ -90,6 +90,15 @@ async fn routes_answer_with_the_functions_env() {
     assert_eq!(text(&r), "v2");
     let r = g.handle(get("/healthz")).await.expect("healthz");
     assert_eq!(r.status(), 500);
+
+    // A deadline too far for the clock is no reason to fail.
+    let cfg = FunctionConfig {
+        timeout: Duration::MAX,
+        ..config()
+    };
+    let h = load(&sb, cfg).await;
+    let r = h.handle(get("/hello")).await.expect("hello");
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
