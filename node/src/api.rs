@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod paths;
 mod pipelines;
 pub mod runs;
+mod services;
 mod transfers;
 
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct ApiState {
     pub ledger: Option<crate::ledger::LedgerHandle>,
     /// The pipeline engine, for the pipeline endpoints.
     pub pipelines: Option<crate::pipeline::PipelineHandle>,
+    /// Services, for the service endpoints.
+    pub services: Option<crate::service::ServiceHandle>,
 }
 
 /// The parts of a running node the API reports on, beyond the store.
@@ -188,6 +191,7 @@ pub fn router(state: ApiState) -> Router {
     let routes = artifacts::routes()
         .merge(jobs::routes())
         .merge(pipelines::routes())
+        .merge(services::routes())
         .merge(runs::routes())
         .merge(lineage::routes())
         .merge(models::routes())

@@ -13,6 +13,7 @@ mod model_cmds;
 mod output;
 mod pipeline_cmds;
 pub mod run_cmds;
+mod service_cmds;
 mod store_cmds;
 
 pub(crate) use output::human_bytes;
@@ -82,6 +83,10 @@ pub enum Command {
     /// Pipelines (kind: Pipeline): run, list runs, status, cancel.
     #[command(subcommand)]
     Pipeline(PipelineCmd),
+    /// Services (kind: Service): apply, list, status, scale, roll back, remove
+    /// (from any node of the mesh).
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Runs (every job is one) with their params and metrics, from any node.
     #[command(subcommand)]
     Runs(RunsCmd),
@@ -173,6 +178,9 @@ pub struct DaemonArgs {
     /// QUIC data-plane address (data.listen).
     #[arg(long, env = "WEFT_DATA_LISTEN")]
     pub data_listen: Option<String>,
+    /// HTTP ingress address for services (ingress.listen).
+    #[arg(long, env = "WEFT_INGRESS_LISTEN")]
+    pub ingress_listen: Option<String>,
     /// Cluster secret, 64 hex digits (network.cluster_secret).
     #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -205,6 +213,9 @@ impl DaemonArgs {
         }
         if let Some(d) = &self.data_listen {
             config.data.listen = d.clone();
+        }
+        if let Some(i) = &self.ingress_listen {
+            config.ingress.listen = i.clone();
         }
         if let Some(s) = &self.cluster_secret {
             config.network.cluster_secret = Some(s.clone());
@@ -303,6 +314,36 @@ pub enum PipelineCmd {
     Status { run: String },
     /// Cancel a run: its running steps are cancelled, the rest never start.
     Cancel { run: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Apply a service spec (YAML): a new revision unless it equals the current one.
+    Apply {
+        /// The service spec.
+        #[arg(short, long = "file")]
+        file: PathBuf,
+    },
+    /// Services with their revision, kind and ready replicas.
+    Ls,
+    /// A service: revision, replicas, rollout, endpoints and history.
+    Status { name: String },
+    /// A service's replicas: node, revision, health, requests in flight.
+    Endpoints { name: String },
+    /// Every change of a service: applies, scales, rollbacks, removals.
+    History { name: String },
+    /// Set the desired replicas of the current revision.
+    Scale { name: String, replicas: u32 },
+    /// Make an earlier revision current (default: the one before the current).
+    Rollback {
+        name: String,
+        #[arg(long = "to-revision", value_name = "N")]
+        to_revision: Option<u32>,
+    },
+    /// The recent output of each replica.
+    Logs { name: String },
+    /// Remove a service: its replicas stop; its history stays.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -496,6 +537,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 PipelineCmd::Ls => pipeline_cmds::ls(&home, cli.json).await,
                 PipelineCmd::Status { run } => pipeline_cmds::status(&home, &run, cli.json).await,
                 PipelineCmd::Cancel { run } => pipeline_cmds::cancel(&home, &run, cli.json).await,
+            },
+            Command::Service(cmd) => match cmd {
+                ServiceCmd::Apply { file } => service_cmds::apply(&home, &file, cli.json).await,
+                ServiceCmd::Ls => service_cmds::ls(&home, cli.json).await,
+                ServiceCmd::Status { name } => service_cmds::status(&home, &name, cli.json).await,
+                ServiceCmd::Endpoints { name } => {
+                    service_cmds::endpoints(&home, &name, cli.json).await
+                }
+                ServiceCmd::History { name } => {
+                    service_cmds::history(&home, &name, cli.json).await
+                }
+                ServiceCmd::Scale { name, replicas } => {
+                    service_cmds::scale(&home, &name, replicas, cli.json).await
+                }
+                ServiceCmd::Rollback { name, to_revision } => {
+                    service_cmds::rollback(&home, &name, to_revision, cli.json).await
+                }
+                ServiceCmd::Logs { name } => service_cmds::logs(&home, &name, cli.json).await,
+                ServiceCmd::Rm { name } => service_cmds::rm(&home, &name, cli.json).await,
             },
             Command::Peers => mesh_cmds::peers(&home, cli.json).await,
             Command::Node => mesh_cmds::node(&home).await,

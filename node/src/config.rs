@@ -34,6 +34,7 @@ pub struct Config {
     pub data: DataSection,
     pub api: ApiSection,
     pub sandbox: SandboxSection,
+    pub ingress: IngressSection,
     /// GPUs this node declares (machines without a driver, tests).
     #[serde(rename = "gpu", skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuDecl>,
@@ -177,6 +178,28 @@ impl Default for SandboxSection {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngressSection {
+    /// TCP address of the HTTP ingress that serves every service; `""`
+    /// turns it off. Default `127.0.0.1:4480`; `0.0.0.0:4480` serves other
+    /// machines.
+    pub listen: String,
+    /// Services answer as `NAME.<domain>` (the `Host` header), and on
+    /// every host name as `/s/NAME/...`. Default `weft.localhost`, which
+    /// resolves to the loopback address without DNS.
+    pub domain: String,
+}
+
+impl Default for IngressSection {
+    fn default() -> Self {
+        IngressSection {
+            listen: "127.0.0.1:4480".into(),
+            domain: "weft.localhost".into(),
+        }
+    }
+}
+
 /// A GPU declared in config.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -256,6 +279,19 @@ impl Config {
             ConfigError::Invalid(format!(
                 "api.listen = {:?} is not an address like 127.0.0.1:4080",
                 self.api.listen
+            ))
+        })
+    }
+
+    /// The ingress address, checked; `None` when turned off.
+    pub fn ingress_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if self.ingress.listen.is_empty() {
+            return Ok(None);
+        }
+        self.ingress.listen.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "ingress.listen = {:?} is not an address like 127.0.0.1:4480 (or \"\" to turn it off)",
+                self.ingress.listen
             ))
         })
     }

@@ -111,6 +111,8 @@ pub struct Node {
     net: NetHandle,
     sched: SchedHandle,
     pipelines: PipelineHandle,
+    services: crate::service::ServiceHandle,
+    ingress_addr: Option<SocketAddr>,
     transfer: TransferHandle,
     ledger: LedgerHandle,
     triggers: ledger::triggers::TriggersHandle,
@@ -282,7 +284,7 @@ impl Node {
                 keypair: keypair.clone(),
                 store: store.clone(),
                 net: net.clone(),
-                sandbox,
+                sandbox: sandbox.clone(),
                 fetcher: Arc::new(sched::MeshFetcher::new(
                     transfer.clone(),
                     net.clone(),
@@ -309,6 +311,88 @@ impl Node {
         tasks.spawn(engine);
         triggers.set_starter(pipeline::trigger_starter(pipelines.clone()));
 
+        // 7. services: desired state in the ledger, replicas, the ingress
+        let services = crate::service::ServiceHandle::new(store.clone(), ledger.clone());
+        tasks.spawn(services.clone().watch_ledger(shutdown.clone()));
+        let replicas = crate::service::replicas::Replicas::new(
+            services.clone(),
+            crate::service::backends::BackendCtx {
+                store: store.clone(),
+                fetcher: Arc::new(sched::MeshFetcher::new(
+                    transfer.clone(),
+                    net.clone(),
+                    store.clone(),
+                )),
+                sandbox: sandbox.clone(),
+                work_dir: home.work_dir(),
+            },
+            advert.clone(),
+            shutdown.child_token(),
+        );
+        {
+            let replicas = replicas.clone();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                replicas.stop_all().await;
+            });
+        }
+        let mesh = crate::service::mesh::Mesh::new(peer_id.clone());
+        tasks.spawn(mesh.clone().run(
+            net.clone(),
+            advert.clone(),
+            replicas.clone(),
+            shutdown.clone(),
+        ));
+        crate::service::proxy::install(&transfer, replicas.clone());
+        services.set_runtime(crate::service::Runtime {
+            mesh: mesh.clone(),
+            replicas: replicas.clone(),
+            net: net.clone(),
+        });
+        tasks.spawn(
+            crate::service::reconcile::Reconciler::new(
+                services.clone(),
+                replicas.clone(),
+                mesh.clone(),
+                net.clone(),
+            )
+            .run(shutdown.clone()),
+        );
+        let ingress_addr = match config.ingress_addr().map_err(DaemonError::Config)? {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Bind { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| DaemonError::Bind { addr, source })?;
+                let ingress = Arc::new(crate::service::ingress::Ingress::new(
+                    services.clone(),
+                    replicas.clone(),
+                    mesh.clone(),
+                    transfer.clone(),
+                    net.clone(),
+                    config.ingress.domain.clone(),
+                ));
+                let stop = shutdown.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = crate::service::ingress::serve(listener, ingress, stop).await {
+                        tracing::error!(error = %e, "ingress stopped");
+                    }
+                });
+                let file = home.ingress_file();
+                write_atomic(&file, format!("http://{bound}\n").as_bytes(), 0o644).map_err(
+                    |source| DaemonError::Io {
+                        path: file.display().to_string(),
+                        source,
+                    },
+                )?;
+                Some(bound)
+            }
+        };
+
         tasks.spawn(dispatch(
             events,
             Subsystems {
@@ -318,6 +402,7 @@ impl Node {
                 sched: sched.clone(),
                 pipelines: pipelines.clone(),
                 transfer: transfer.clone(),
+                replicas: replicas.clone(),
             },
             shutdown.clone(),
         ));
@@ -360,6 +445,7 @@ impl Node {
             transfer: Some(transfer.clone()),
             ledger: Some(ledger.clone()),
             pipelines: Some(pipelines.clone()),
+            services: Some(services.clone()),
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {
@@ -383,6 +469,8 @@ impl Node {
             net,
             sched,
             pipelines,
+            services,
+            ingress_addr,
             transfer,
             ledger,
             triggers,
@@ -402,6 +490,16 @@ impl Node {
     /// The ledger: model versions, aliases, runs, lineage, pipeline runs.
     pub fn ledger(&self) -> &LedgerHandle {
         &self.ledger
+    }
+
+    /// Where the ingress listens, when it does.
+    pub fn ingress_addr(&self) -> Option<SocketAddr> {
+        self.ingress_addr
+    }
+
+    /// Services: desired state, replicas, the ingress.
+    pub fn services(&self) -> &crate::service::ServiceHandle {
+        &self.services
     }
 
     /// The pipeline engine's handle.
@@ -478,6 +576,7 @@ struct Subsystems {
     sched: SchedHandle,
     pipelines: PipelineHandle,
     transfer: TransferHandle,
+    replicas: crate::service::replicas::Replicas,
 }
 
 /// Answers one request from a peer.
@@ -507,6 +606,33 @@ async fn answer(subsystems: Subsystems, peer: libp2p::PeerId, request: Request) 
         request @ (Request::Has { .. } | Request::Replicate { .. }) => {
             subsystems.transfer.answer(peer, request).await
         }
+        Request::StartReplica {
+            service,
+            revision,
+            replica,
+        } => match subsystems.replicas.start(&service, revision, replica) {
+            Ok(()) => Response::Ack,
+            Err((code, message)) => Response::error(code, message),
+        },
+        Request::StopReplica {
+            service,
+            replica,
+            drain_ms,
+        } => {
+            if subsystems
+                .replicas
+                .get(replica)
+                .is_some_and(|r| r.service == service)
+            {
+                let drain = Duration::from_millis(u64::from(drain_ms))
+                    .min(crate::service::reconcile::DRAIN * 3);
+                subsystems.replicas.stop(replica, drain);
+            }
+            Response::Ack
+        }
+        Request::ServiceLogs { service } => Response::ServiceLogs {
+            replicas: subsystems.replicas.logs(&service),
+        },
         other => {
             tracing::debug!(%peer, request = ?other, "request not served");
             Response::error(

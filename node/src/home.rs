@@ -101,6 +101,11 @@ impl Home {
         self.root.join("api")
     }
 
+    /// Holds the ingress's URL while the daemon runs.
+    pub fn ingress_file(&self) -> PathBuf {
+        self.root.join("ingress")
+    }
+
     /// Holds the API token (mode 0600): every mutating API request, and
     /// every read but the OpenAPI document and metrics, must carry it.
     pub fn api_token_path(&self) -> PathBuf {

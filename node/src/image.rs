@@ -149,3 +149,34 @@ mod tests {
         );
     }
 }
+
+/// An image's root folder for tasks, exported once (hard links) under
+/// `work_dir/images/<id>/rootfs` and its config; shared by tasks and
+/// services.
+pub fn rootfs(
+    store: &Store,
+    work_dir: &std::path::Path,
+    image: &Hash,
+) -> Result<(std::path::PathBuf, ImageConfig), StoreError> {
+    static EXPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let base = work_dir.join("images").join(image.to_hex());
+    let rootfs = base.join("rootfs");
+    let ready = base.join("ready");
+    let (rootfs_id, config) = config(store, image)?;
+    let _one = EXPORTING.lock().unwrap_or_else(|p| p.into_inner());
+    if !ready.exists() {
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).map_err(StoreError::io(&base))?;
+        store.export(
+            &rootfs_id,
+            &rootfs,
+            crate::store::ExportOptions {
+                force: false,
+                link: true,
+            },
+            &(),
+        )?;
+        std::fs::write(&ready, b"").map_err(StoreError::io(&ready))?;
+    }
+    Ok((rootfs, config))
+}

@@ -13,6 +13,7 @@ pub mod net;
 pub mod pipeline;
 pub mod resources;
 pub mod sched;
+pub mod service;
 pub mod store;
 pub mod tags;
 pub mod transfer;

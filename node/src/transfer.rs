@@ -340,6 +340,20 @@ enum Command {
 pub struct TransferHandle {
     commands: mpsc::Sender<Command>,
     local_addr: SocketAddr,
+    /// Who answers data-plane streams that carry service requests.
+    streams: Arc<std::sync::OnceLock<Arc<dyn ServiceStreams>>>,
+}
+
+/// Answers a data-plane stream that began with
+/// [`weft_protocol::service::SERVICE_STREAM_MAGIC`] (the magic already
+/// read), from an authenticated peer.
+pub trait ServiceStreams: Send + Sync {
+    fn serve(
+        &self,
+        peer: PeerId,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> futures::future::BoxFuture<'static, ()>;
 }
 
 impl fmt::Debug for TransferHandle {
@@ -432,6 +446,11 @@ impl TransferHandle {
             Ok(s) => render_metrics(&s),
             Err(_) => String::new(),
         }
+    }
+
+    /// Sets who answers service streams (once; later calls change nothing).
+    pub fn set_service_streams(&self, streams: Arc<dyn ServiceStreams>) {
+        let _ = self.streams.set(streams);
     }
 
     /// A connection to `peer`'s endpoint at `addr` that has passed the
@@ -558,6 +577,7 @@ pub async fn spawn(
     let handle = TransferHandle {
         commands: tx,
         local_addr,
+        streams: Arc::default(),
     };
     let span = tracing::info_span!("transfer", node = %config.keypair.public().to_peer_id());
     let actor = actor::Actor::new(

@@ -15,6 +15,7 @@ use weft_protocol::TagName;
 async fn start(dir: &Path, f: impl FnOnce(&mut Config)) -> Result<Node, DaemonError> {
     let mut config = Config::default();
     config.api.listen = "127.0.0.1:0".into();
+    config.ingress.listen = "127.0.0.1:0".into();
     config.network.mdns = false;
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.data.listen = "127.0.0.1:0".into();
@@ -165,6 +166,7 @@ async fn every_endpoint_refuses_a_request_without_the_token_or_from_another_site
             .path
             .replace("{reference}", "models/iris@champion")
             .replace("{name}", "iris")
+            .replace("{service}", "iris")
             .replace("{target}", "iris@champion")
             .replace("{id}", "0123456789abdeadbeef");
         let method = reqwest::Method::from_bytes(e.method.to_uppercase().as_bytes()).expect("m");

@@ -12,6 +12,7 @@ async fn model_commands_register_alias_roll_back_and_list() {
     let home = dir.path().join("home");
     let mut config = Config::default();
     config.api.listen = "127.0.0.1:0".into();
+    config.ingress.listen = "127.0.0.1:0".into();
     config.network.mdns = false;
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.data.listen = "127.0.0.1:0".into();

@@ -77,6 +77,11 @@ pub struct NodeAdvert {
     /// report them (an older version): nothing is concluded from its absence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<Vec<(JobId, u32)>>,
+    /// The service replicas this node runs (at most
+    /// [`crate::service::MAX_ADVERT_REPLICAS`]); `None` from a node that
+    /// runs none or does not report them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<crate::service::ReplicaInfo>>,
 }
 
 /// One GPU a node can hand to tasks.
@@ -162,6 +167,7 @@ mod tests {
             running_tasks: 1,
             queued_tasks: 2,
             running: Some(vec![(JobId::new(1, 2), 3)]),
+            replicas: None,
         }
     }
 

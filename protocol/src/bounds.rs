@@ -23,6 +23,10 @@ use crate::rpc::{MAX_HAS_HASHES, Request, Response};
 use crate::sched::{
     Assignment, JobGossip, JobResult, JobStatus, Program, RunContext, Submission, Transition,
 };
+use crate::service::{
+    MAX_ADVERT_REPLICAS, MAX_SERVICE_HEADERS, MAX_SERVICE_REPLICAS, MAX_SERVICE_SPEC_BYTES,
+    ServiceChange, ServiceRequestHead, ServiceResponseHead,
+};
 use crate::tag::{TagUpdate, TagVersion};
 use crate::transfer::{GetRequest, GetResponse, MAX_RANGES};
 
@@ -214,7 +218,10 @@ impl Bounded for Request {
             | Request::CancelJob { .. }
             | Request::CancelTask { .. }
             | Request::GetJob { .. }
-            | Request::CancelPipeline { .. } => Ok(()),
+            | Request::CancelPipeline { .. }
+            | Request::StartReplica { .. }
+            | Request::StopReplica { .. }
+            | Request::ServiceLogs { .. } => Ok(()),
             Request::Reserve { needs, .. } => {
                 let at = join(at, "Reserve.needs");
                 needs.gpu.as_ref().map_or(Ok(()), |g| {
@@ -278,6 +285,17 @@ impl Bounded for Response {
             Response::Ledger { entries, .. } => {
                 entry_list(entries, MAX_LEDGER_PAGE, &join(at, "Ledger.entries"))
             }
+            Response::ServiceLogs { replicas } => {
+                count(replicas.len(), MAX_ADVERT_REPLICAS, || {
+                    join(at, "ServiceLogs.replicas")
+                })?;
+                for (i, (_, log)) in replicas.iter().enumerate() {
+                    text(log, MAX_REPLICA_LOG_BYTES, || {
+                        format!("{at}.ServiceLogs.replicas[{i}]")
+                    })?;
+                }
+                Ok(())
+            }
             Response::Error { message, .. } => {
                 text(message, MAX_REASON_BYTES, || join(at, "Error.message"))
             }
@@ -340,6 +358,14 @@ impl Bounded for NodeAdvert {
             count(running.len(), crate::advert::MAX_ADVERT_RUNNING, || {
                 join(at, "running")
             })?;
+        }
+        if let Some(replicas) = &self.replicas {
+            count(replicas.len(), MAX_ADVERT_REPLICAS, || join(at, "replicas"))?;
+            for (i, r) in replicas.iter().enumerate() {
+                opt_text(&r.note, MAX_TEXT_BYTES, || {
+                    format!("{at}.replicas[{i}].note")
+                })?;
+            }
         }
         labels(
             self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -598,6 +624,21 @@ impl Bounded for Entry {
             EntryBody::Trigger(t) => {
                 text(&t.pipeline, MAX_JOB_NAME_BYTES, || join(&at, "pipeline"))
             }
+            EntryBody::Service(e) => match &e.change {
+                ServiceChange::Apply { spec } => {
+                    text(spec, MAX_SERVICE_SPEC_BYTES, || join(&at, "change.spec"))
+                }
+                ServiceChange::Rollback { reason, .. } => {
+                    opt_text(reason, MAX_REASON_BYTES, || join(&at, "change.reason"))
+                }
+                ServiceChange::Scale { replicas } if *replicas > MAX_SERVICE_REPLICAS => {
+                    Err(BoundsError {
+                        field: join(&at, "change.replicas"),
+                        problem: format!("{replicas} exceeds the limit of {MAX_SERVICE_REPLICAS}"),
+                    })
+                }
+                ServiceChange::Scale { .. } | ServiceChange::Remove => Ok(()),
+            },
         }
     }
 }
@@ -1286,6 +1327,52 @@ mod tests {
             let _ = JobGossip::decode(&bytes);
             let _ = NodeAdvert::decode(&bytes);
             let _ = JobSpec::from_cbor(&bytes);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Services.
+
+/// Longest method in a service request head.
+pub const MAX_METHOD_BYTES: usize = 32;
+/// Longest path and query in a service request head.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+/// Longest header name.
+pub const MAX_HEADER_NAME_BYTES: usize = 256;
+/// Longest header value.
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
+/// Most bytes of one replica's logs in [`Response::ServiceLogs`].
+pub const MAX_REPLICA_LOG_BYTES: usize = 64 * 1024;
+
+fn headers(h: &[(String, String)], at: &str) -> Result<(), BoundsError> {
+    count(h.len(), MAX_SERVICE_HEADERS, || join(at, "headers"))?;
+    for (i, (k, v)) in h.iter().enumerate() {
+        text(k, MAX_HEADER_NAME_BYTES, || {
+            format!("{at}.headers[{i}].name")
+        })?;
+        text(v, MAX_HEADER_VALUE_BYTES, || {
+            format!("{at}.headers[{i}].value")
+        })?;
+    }
+    Ok(())
+}
+
+impl Bounded for ServiceRequestHead {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        text(&self.method, MAX_METHOD_BYTES, || join(at, "method"))?;
+        text(&self.uri, MAX_URI_BYTES, || join(at, "uri"))?;
+        headers(&self.headers, at)
+    }
+}
+
+impl Bounded for ServiceResponseHead {
+    fn check_at(&self, at: &str) -> Result<(), BoundsError> {
+        match self {
+            ServiceResponseHead::Response { headers: h, .. } => headers(h, &join(at, "Response")),
+            ServiceResponseHead::Refused { message, .. } => {
+                text(message, MAX_TEXT_BYTES, || join(at, "Refused.message"))
+            }
         }
     }
 }

@@ -304,7 +304,7 @@ fn check_len(len: usize) -> Result<(), JobSpecError> {
     Ok(())
 }
 
-fn path_error(e: serde_path_to_error::Error<serde_yaml_ng::Error>) -> JobSpecError {
+pub(crate) fn path_error(e: serde_path_to_error::Error<serde_yaml_ng::Error>) -> JobSpecError {
     let path = e.path().to_string();
     let inner = e.into_inner();
     let line = inner.location().map(|l| l.line());
@@ -545,15 +545,15 @@ impl From<Task> for TaskWire {
     }
 }
 
-mod artifact_ref {
+pub(crate) mod artifact_ref {
     //! Artifact references as their text form.
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(r: &ArtifactRef, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(r: &ArtifactRef, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(r)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ArtifactRef, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ArtifactRef, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(de::Error::custom)
     }

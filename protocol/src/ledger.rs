@@ -56,6 +56,8 @@ pub enum EntryBody {
     Pipeline(PipelineDef),
     /// The one node that runs a pipeline for one tag change.
     Trigger(TriggerClaim),
+    /// A change to a service's desired state.
+    Service(crate::service::ServiceEvent),
 }
 
 /// Which kind of entry, the first byte of its key.
@@ -68,10 +70,11 @@ pub enum EntryKind {
     PipelineRun = 5,
     Pipeline = 6,
     Trigger = 7,
+    Service = 8,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 7] = [
+    pub const ALL: [EntryKind; 8] = [
         EntryKind::ModelVersion,
         EntryKind::Alias,
         EntryKind::Run,
@@ -79,6 +82,7 @@ impl EntryKind {
         EntryKind::PipelineRun,
         EntryKind::Pipeline,
         EntryKind::Trigger,
+        EntryKind::Service,
     ];
 
     pub fn from_byte(b: u8) -> Option<EntryKind> {
@@ -96,6 +100,7 @@ impl EntryBody {
             EntryBody::PipelineRun(_) => EntryKind::PipelineRun,
             EntryBody::Pipeline(_) => EntryKind::Pipeline,
             EntryBody::Trigger(_) => EntryKind::Trigger,
+            EntryBody::Service(_) => EntryKind::Service,
         }
     }
 
@@ -109,6 +114,7 @@ impl EntryBody {
             EntryBody::PipelineRun(p) => p.id.to_string(),
             EntryBody::Pipeline(p) => p.name.clone(),
             EntryBody::Trigger(t) => trigger_subject(&t.pipeline, &t.tag, &t.target),
+            EntryBody::Service(s) => s.name.to_string(),
         }
     }
 }

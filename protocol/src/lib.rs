@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod pipeline;
 pub mod rpc;
 pub mod sched;
+pub mod service;
 pub mod tag;
 pub mod transfer;
 pub mod tree;

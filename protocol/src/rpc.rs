@@ -167,6 +167,30 @@ pub enum Request {
     /// cancel it. Answered with [`Response::Ack`] once the cancel is
     /// recorded, or a `not_found` error.
     CancelPipeline { run: JobId },
+    /// Sent by a service's owner to the node it places a replica on: run
+    /// `replica` of `service` at `revision`, taking the spec from the
+    /// receiver's own ledger. Answered with [`Response::Ack`] once the
+    /// replica is starting, or an error (`not_found`: the receiver does not
+    /// know that revision yet; `unsupported`/`busy`: it cannot run it).
+    StartReplica {
+        service: crate::service::ServiceName,
+        revision: u32,
+        replica: crate::service::ReplicaId,
+    },
+    /// Sent by a service's owner: stop taking new requests on `replica`,
+    /// finish those in flight (at most `drain_ms`), then stop it. Answered
+    /// with [`Response::Ack`] at once.
+    StopReplica {
+        service: crate::service::ServiceName,
+        replica: crate::service::ReplicaId,
+        drain_ms: u32,
+    },
+    /// Sent by any node gathering a service's logs. Answered with
+    /// [`Response::ServiceLogs`]: the recent output of each of its replicas
+    /// of `service` on the receiver.
+    ServiceLogs {
+        service: crate::service::ServiceName,
+    },
 }
 
 /// A response on `/weft/rpc/1`.
@@ -202,6 +226,10 @@ pub enum Response {
     Ledger {
         entries: Vec<crate::ledger::Entry>,
         more: bool,
+    },
+    /// Answers [`Request::ServiceLogs`].
+    ServiceLogs {
+        replicas: Vec<(crate::service::ReplicaId, String)>,
     },
     /// Answers any request the responder cannot or will not serve.
     Error { code: ErrorCode, message: String },

@@ -71,9 +71,10 @@ pub(crate) struct ContainerExecutor {
     setup: Arc<Setup>,
 }
 
-struct Setup {
-    runtime: Result<ContainerRuntime, String>,
-    root: PathBuf,
+pub(crate) struct Setup {
+    pub(crate) runtime: Result<ContainerRuntime, String>,
+    /// The runtime's state folder (`--root`).
+    pub(crate) root: PathBuf,
     bundles: PathBuf,
     cgroup_parent: String,
     cgroups: Cgroups,
@@ -119,6 +120,11 @@ impl ContainerExecutor {
         Ok(ContainerExecutor {
             setup: Arc::new(setup),
         })
+    }
+
+    /// What every container of this sandbox shares: runtime, folders, limits.
+    pub(crate) fn setup(&self) -> Arc<Setup> {
+        self.setup.clone()
     }
 
     pub(crate) fn runtime(&self) -> Option<&ContainerRuntime> {
@@ -300,7 +306,7 @@ async fn pump(mut pipe: impl tokio::io::AsyncRead + Unpin, sink: CaptureSink) {
 }
 
 /// Error messages the runtime logged (`--log-format json`).
-fn runtime_errors(log: &Path) -> Vec<String> {
+pub(crate) fn runtime_errors(log: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(log) else {
         return Vec::new();
     };
@@ -316,6 +322,11 @@ fn classify_runtime_error(task: &Task, msg: &str) -> SandboxError {
         TaskKind::Container(c) => c.args.first().cloned().unwrap_or_default(),
         TaskKind::Wasm(_) => String::new(),
     };
+    classify_start_error(&program, msg)
+}
+
+/// What a runtime's error message means for a container running `program`.
+pub(crate) fn classify_start_error(program: &str, msg: &str) -> SandboxError {
     let lower = msg.to_ascii_lowercase();
     if lower.contains("executable file not found")
         || lower.contains("no such file or directory")
@@ -423,11 +434,21 @@ impl Drop for Setup {
 }
 
 /// What `prepare` made.
-struct Prepared {
-    id: String,
-    bundle: tempfile::TempDir,
-    notes: Vec<String>,
-    root_mount: Option<PathBuf>,
+pub(crate) struct Prepared {
+    pub(crate) id: String,
+    pub(crate) bundle: tempfile::TempDir,
+    pub(crate) notes: Vec<String>,
+    /// The image root bound under the mount folder.
+    pub(crate) root_mount: Option<PathBuf>,
+}
+
+/// The host folders a bundle binds: `/inputs` read-only and `/outputs`
+/// writable when given, `/tmp` writable (a tmpfs when absent).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binds<'a> {
+    pub(crate) inputs: Option<&'a Path>,
+    pub(crate) outputs: Option<&'a Path>,
+    pub(crate) scratch: Option<&'a Path>,
 }
 
 impl Setup {
@@ -475,13 +496,30 @@ impl Setup {
 
     /// Checks the task and writes its bundle. Runs on the blocking pool.
     fn prepare(&self, task: &Task) -> Result<Prepared, (SandboxError, Vec<String>)> {
-        let mut notes = Vec::new();
         let TaskKind::Container(ct) = &task.kind else {
             return Err((
                 SandboxError::InvalidTask("not a container task".into()),
-                notes,
+                Vec::new(),
             ));
         };
+        let binds = Binds {
+            inputs: Some(&task.inputs),
+            outputs: Some(&task.outputs),
+            scratch: task.scratch.as_deref(),
+        };
+        self.prepare_bundle(&task.name, ct, &task.limits, binds)
+    }
+
+    /// Checks a container and writes its bundle: the one-shot tasks' and
+    /// the long-running services' common path. Runs on the blocking pool.
+    pub(crate) fn prepare_bundle(
+        &self,
+        name: &str,
+        ct: &ContainerTask,
+        limits: &crate::Limits,
+        binds: Binds<'_>,
+    ) -> Result<Prepared, (SandboxError, Vec<String>)> {
+        let mut notes = Vec::new();
         let fail = |e, notes| Err((e, notes));
         let rootfs = match check_task(ct) {
             Ok(r) => r,
@@ -511,7 +549,6 @@ impl Setup {
                 }
             }
         }
-        let limits = &task.limits;
         let mut resources = Resources::default();
         if !self.is_root
             && (limits.memory.is_some() || limits.pids.is_some() || limits.cpu_millis.is_some())
@@ -575,10 +612,7 @@ impl Setup {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
         if let Some(map) = self.userns {
-            for (what, dir) in [
-                ("outputs", Some(&task.outputs)),
-                ("scratch", task.scratch.as_ref()),
-            ] {
+            for (what, dir) in [("outputs", binds.outputs), ("scratch", binds.scratch)] {
                 let Some(dir) = dir else { continue };
                 if let Err(e) = give_to(dir, map) {
                     let e = SandboxError::io(
@@ -592,7 +626,7 @@ impl Setup {
                 }
             }
         }
-        let id = container_id(&task.name);
+        let id = container_id(name);
         let root_mount = match (self.userns, &self.mount_dir) {
             (None, _) => None,
             (Some(_), Err(why)) => {
@@ -642,9 +676,9 @@ impl Setup {
             env: &env,
             cwd: ct.workdir.as_deref().unwrap_or("/"),
             hostname: "weft",
-            inputs: &task.inputs,
-            outputs: &task.outputs,
-            tmp: match &task.scratch {
+            inputs: binds.inputs,
+            outputs: binds.outputs,
+            tmp: match binds.scratch {
                 Some(dir) => TmpMount::Bind(dir),
                 None => TmpMount::Tmpfs(limits.tmpfs_bytes),
             },
@@ -824,7 +858,7 @@ fn bind_root(rootfs: &Path, at: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Undoes [`bind_root`]: detaches the mount and removes its folder.
-fn unbind_root(at: &Path) {
+pub(crate) fn unbind_root(at: &Path) {
     if let Ok(dst) = c_path(at) {
         // SAFETY: `dst` is NUL-terminated and outlives the call.
         unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };

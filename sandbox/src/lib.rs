@@ -29,6 +29,7 @@ mod folders;
 pub mod http;
 pub mod image;
 mod oci;
+pub mod service;
 mod wasm;
 
 use std::collections::BTreeMap;

@@ -5,10 +5,11 @@
 //! visible in one place:
 //! - new user, pid, mount, ipc, uts, cgroup and network namespaces; the
 //!   user namespace maps container root to an unprivileged host id range
-//!   (see [`IdMap`]); the network namespace is empty (a loopback that is
-//!   down), so the task has no network at all;
+//!   (see [`IdMap`]); the network namespace holds only its loopback
+//!   (which the runtime brings up), so the task reaches no network;
 //! - the image's root read-only; `/inputs` bound read-only, `/outputs`
-//!   bound writable, `/tmp` a tmpfs (or a bound scratch folder);
+//!   bound writable (each when given: a service has no `/outputs`), `/tmp`
+//!   a tmpfs (or a bound scratch folder);
 //! - no capabilities in any set, `noNewPrivileges`, a seccomp allow-list in
 //!   the shape of the container engines' default profile (anything not
 //!   listed fails with EPERM: io_uring, kernel keyrings, bpf, userfaultfd,
@@ -69,8 +70,10 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) env: &'a [String],
     pub(crate) cwd: &'a str,
     pub(crate) hostname: &'a str,
-    pub(crate) inputs: &'a Path,
-    pub(crate) outputs: &'a Path,
+    /// Bound read-only at `/inputs`; without one, nothing is mounted there.
+    pub(crate) inputs: Option<&'a Path>,
+    /// Bound writable at `/outputs`; without one, nothing is mounted there.
+    pub(crate) outputs: Option<&'a Path>,
     pub(crate) tmp: TmpMount<'a>,
     pub(crate) cgroups_path: &'a str,
     pub(crate) resources: Resources,
@@ -103,11 +106,19 @@ pub(crate) fn config(spec: &BundleSpec<'_>) -> Value {
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-        json!({"destination": "/inputs", "type": "bind", "source": spec.inputs,
-               "options": ["rbind", "ro", "nosuid", "nodev"]}),
-        json!({"destination": "/outputs", "type": "bind", "source": spec.outputs,
-               "options": ["rbind", "rw", "nosuid", "nodev"]}),
     ];
+    if let Some(inputs) = spec.inputs {
+        mounts.push(
+            json!({"destination": "/inputs", "type": "bind", "source": inputs,
+                           "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        );
+    }
+    if let Some(outputs) = spec.outputs {
+        mounts.push(
+            json!({"destination": "/outputs", "type": "bind", "source": outputs,
+                           "options": ["rbind", "rw", "nosuid", "nodev"]}),
+        );
+    }
     mounts.push(match &spec.tmp {
         TmpMount::Tmpfs(bytes) => json!({
             "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
@@ -702,8 +713,8 @@ mod tests {
             env: &env,
             cwd: "/work",
             hostname: "weft",
-            inputs: Path::new("/var/lib/weft/in"),
-            outputs: Path::new("/var/lib/weft/out"),
+            inputs: Some(Path::new("/var/lib/weft/in")),
+            outputs: Some(Path::new("/var/lib/weft/out")),
             tmp: TmpMount::Tmpfs(64 << 20),
             cgroups_path: "/weft/weft-t-0123abcd",
             resources: Resources {
@@ -737,8 +748,8 @@ mod tests {
             env: &env,
             cwd: "/",
             hostname: "weft",
-            inputs: Path::new("/i"),
-            outputs: Path::new("/o"),
+            inputs: Some(Path::new("/i")),
+            outputs: None,
             tmp: TmpMount::Bind(Path::new("/scratch")),
             cgroups_path: "/weft/x",
             resources: Resources::default(),
@@ -757,6 +768,17 @@ mod tests {
             .expect("a /tmp mount");
         assert_eq!(tmp["type"], "bind");
         assert_eq!(tmp["source"], "/scratch");
+        let dests: Vec<&Value> = c["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .map(|m| &m["destination"])
+            .collect();
+        assert!(dests.contains(&&json!("/inputs")), "{dests:?}");
+        assert!(
+            !dests.contains(&&json!("/outputs")),
+            "no outputs given: {dests:?}"
+        );
         assert_eq!(c["linux"]["seccomp"]["architectures"], json!([]));
         assert!(c["linux"].get("uidMappings").is_none(), "no user namespace");
         assert!(

@@ -52,6 +52,7 @@ pub struct Cluster {
 pub fn loopback_config(secret: &str) -> Config {
     let mut c = Config::default();
     c.api.listen = "127.0.0.1:0".into();
+    c.ingress.listen = "127.0.0.1:0".into();
     c.data.listen = "127.0.0.1:0".into();
     c.network.listen = vec![
         "/ip4/127.0.0.1/tcp/0".into(),

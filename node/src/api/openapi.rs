@@ -335,6 +335,69 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     ep!(
         "get",
+        "/api/v1/services",
+        "Services: current revision, kind, desired and ready replicas (removed ones with no revision)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/services",
+        "Apply a service spec: YAML (application/yaml) or {\"spec\": YAML}; 201 with the new revision, 200 if unchanged",
+        SPEC_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/services/{service}",
+        "A service: revision, replicas, rollout, endpoints, history and current spec",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "delete",
+        "/api/v1/services/{service}",
+        "Remove a service (its history stays; applying it again brings it back)",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/services/{service}/endpoints",
+        "A service's replicas: node, revision, state, requests in flight",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/services/{service}/history",
+        "Every change of a service: applies, scales, rollbacks, removals",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "get",
+        "/api/v1/services/{service}/logs",
+        "The recent output of each of a service's replicas",
+        NO_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/services/{service}/scale",
+        "Set the desired replicas of the current revision: {\"replicas\": N}",
+        JSON_BODY,
+        JSON
+    ),
+    ep!(
+        "post",
+        "/api/v1/services/{service}/rollback",
+        "Make an earlier revision current: {\"to_revision\": N} (or no body: the one before the current)",
+        OPTIONAL_JSON,
+        JSON
+    ),
+    ep!(
+        "get",
         "/metrics",
         "Prometheus metrics",
         NO_BODY,
@@ -355,6 +418,7 @@ fn params(path: &str) -> Vec<Value> {
                     "reference" => "an id, a unique id prefix or a tag (NAME:VERSION)",
                     "id" => "a job, run or pipeline run id (20 hex digits)",
                     "target" => "a model's alias: NAME@ALIAS (e.g. iris@champion)",
+                    "service" => "a service name (e.g. iris)",
                     "name" if path.starts_with("/api/v1/models/") => "a model name (e.g. iris)",
                     _ => "a tag name (NAME:VERSION)",
                 }

@@ -148,6 +148,7 @@ pub(crate) async fn run(
     let mut config = Config::load(home)?;
     config.api.listen = "127.0.0.1:0".into();
     config.data.listen = "127.0.0.1:0".into();
+    config.ingress.listen = String::new();
     config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     config.network.bootstrap.clear();
     config.network.mdns = false;

@@ -238,6 +238,7 @@ pub(crate) async fn devnet_up(
     let config_for = |i: usize, bootstrap: Vec<String>| {
         let mut c = Config::default();
         c.api.listen = "127.0.0.1:0".into();
+        c.ingress.listen = "127.0.0.1:0".into();
         c.data.listen = "127.0.0.1:0".into();
         c.network.listen = vec![
             "/ip4/127.0.0.1/tcp/0".into(),

@@ -103,6 +103,7 @@ pub(crate) async fn run(
         | Command::Run { .. }
         | Command::Job(_)
         | Command::Pipeline(_)
+        | Command::Service(_)
         | Command::Runs(_)
         | Command::Lineage { .. }
         | Command::Model(_)

@@ -1441,28 +1441,9 @@ impl TaskContext {
         &self,
         image: Hash,
     ) -> Result<(PathBuf, weft_sandbox::image::ImageConfig), Stop> {
-        let base = self.work_dir.join("images").join(image.to_hex());
-        let rootfs = base.join("rootfs");
-        let ready = base.join("ready");
-        self.blocking(move |store| {
-            let (rootfs_id, config) = crate::image::config(&store, &image)?;
-            if !ready.exists() {
-                let _ = std::fs::remove_dir_all(&base);
-                std::fs::create_dir_all(&base).map_err(crate::store::StoreError::io(&base))?;
-                store.export(
-                    &rootfs_id,
-                    &rootfs,
-                    ExportOptions {
-                        force: false,
-                        link: true,
-                    },
-                    &(),
-                )?;
-                std::fs::write(&ready, b"").map_err(crate::store::StoreError::io(&ready))?;
-            }
-            Ok((rootfs, config))
-        })
-        .await
+        let work_dir = self.work_dir.clone();
+        self.blocking(move |store| crate::image::rootfs(&store, &work_dir, &image))
+            .await
     }
 }
 

@@ -105,6 +105,7 @@ impl Actor {
             config.cluster_secret,
             config.faults,
             loopback_server,
+            handle.streams.clone(),
         ));
         let (replication_tx, replication) = watch::channel(ReplicationStatus::default());
         Actor {

@@ -33,10 +33,11 @@ use weft_protocol::transfer::{
 use weft_protocol::{ErrorCode, Hash};
 
 use super::Faults;
-use super::endpoint::{StreamError, read_frame, server_auth, write_frame};
+use super::endpoint::{StreamError, server_auth, write_frame};
 use super::pull::chunk_ranges;
 use crate::api::Metrics;
 use crate::store::{BLOCK_SIZE, Store};
+use weft_protocol::transfer::{FRAME_PREFIX, frame_len};
 
 /// Bytes handed to quinn at a time.
 const SEND_CHUNK: usize = 256 * 1024;
@@ -72,6 +73,8 @@ pub(super) struct ServeCtx {
     unauthenticated: Semaphore,
     /// When the next byte may leave, under `faults.max_send_rate`.
     pacer: Mutex<Instant>,
+    /// Who answers service streams, once the services are up.
+    streams: Arc<std::sync::OnceLock<Arc<dyn super::ServiceStreams>>>,
 }
 
 impl ServeCtx {
@@ -82,6 +85,7 @@ impl ServeCtx {
         secret: [u8; SECRET_LEN],
         faults: Faults,
         loopback_server: Arc<quinn::ServerConfig>,
+        streams: Arc<std::sync::OnceLock<Arc<dyn super::ServiceStreams>>>,
     ) -> Self {
         ServeCtx {
             store,
@@ -93,6 +97,7 @@ impl ServeCtx {
             encoders: Semaphore::new(MAX_ENCODERS),
             unauthenticated: Semaphore::new(MAX_UNAUTHENTICATED),
             pacer: Mutex::new(Instant::now()),
+            streams,
         }
     }
 
@@ -197,9 +202,37 @@ pub(super) async fn connection(incoming: quinn::Incoming, ctx: Arc<ServeCtx>) {
 /// Serves one request stream.
 #[instrument(skip_all, fields(%peer, stream = %send.id()))]
 async fn request(ctx: Arc<ServeCtx>, peer: PeerId, mut send: SendStream, mut recv: RecvStream) {
-    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv, MAX_REQUEST_BYTES))
-        .await
-    {
+    // the first four bytes: a blob request's frame length, or the mark of a
+    // service request
+    let mut prefix = [0u8; FRAME_PREFIX];
+    match tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut prefix)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            debug!(error = %e, "stream ended before its first frame");
+            return;
+        }
+        Err(_) => {
+            debug!("no request on the stream in time");
+            let _ = recv.stop(VarInt::from_u32(CLOSE_PROTOCOL));
+            return;
+        }
+    }
+    if prefix == weft_protocol::service::SERVICE_STREAM_MAGIC {
+        match ctx.streams.get() {
+            Some(streams) => streams.serve(peer, send, recv).await,
+            None => {
+                let _ = send.reset(VarInt::from_u32(CLOSE_PROTOCOL));
+            }
+        }
+        return;
+    }
+    let read = async {
+        let len = frame_len(prefix, MAX_REQUEST_BYTES)?;
+        let mut payload = vec![0u8; len];
+        recv.read_exact(&mut payload).await?;
+        Ok::<_, StreamError>(payload)
+    };
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
         Ok(Ok(payload)) => GetRequest::decode(&payload).map_err(StreamError::from),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(StreamError::Timeout(REQUEST_TIMEOUT)),
