@@ -68,6 +68,20 @@ async fn routes_answer_with_the_functions_env() {
     assert_eq!(r.body().as_ref(), body.as_slice());
     let r = f.handle(get("/nothing-here")).await.expect("404");
     assert_eq!(r.status(), 404);
+    // Every request gets a fresh instance: nothing it leaves in memory
+    // reaches the next one.
+    for _ in 0..3 {
+        let r = f.handle(get("/counter")).await.expect("counter");
+        assert_eq!(text(&r), "1");
+    }
+    // What instances print lands in the function's log.
+    let r = f.handle(get("/log?line=marker-7")).await.expect("log");
+    assert_eq!(r.status(), 200);
+    let logs = f.logs();
+    assert!(
+        logs.contains("out: marker-7") && logs.contains("err: marker-7"),
+        "{logs}"
+    );
     // A request with no Host and no authority still reaches the handler.
     let bare = http::Request::get("/headers")
         .body(Bytes::new())

@@ -170,11 +170,23 @@ async fn a_member_advertising_replicas_it_does_not_run_costs_no_request() {
     // the ingress sees the made-up replicas as ready
     let start = Instant::now();
     loop {
-        let eps = cluster.node(1).services().endpoints("web").unwrap_or_default();
-        if eps.iter().filter(|e| e.node == rogue_id && e.is_ready()).count() == 8 {
+        let eps = cluster
+            .node(1)
+            .services()
+            .endpoints("web")
+            .unwrap_or_default();
+        if eps
+            .iter()
+            .filter(|e| e.node == rogue_id && e.is_ready())
+            .count()
+            == 8
+        {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "fakes not listed: {eps:#?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "fakes not listed: {eps:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = reqwest::Client::new();
@@ -188,7 +200,10 @@ async fn a_member_advertising_replicas_it_does_not_run_costs_no_request() {
             .expect("request");
         assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
     }
-    println!("40 GETs beside 8 made-up replicas in {} ms", started.elapsed().as_millis());
+    println!(
+        "40 GETs beside 8 made-up replicas in {} ms",
+        started.elapsed().as_millis()
+    );
     rogue.stop().await;
     cluster.stop().await;
 }
