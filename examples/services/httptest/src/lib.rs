@@ -20,6 +20,8 @@
 //! - `GET /noresponse`: returns without answering
 //! - `GET /alloc?mb=N`: allocates and touches N MiB, then 200
 //! - `GET /headers`: the request's method, path, authority and headers
+//! - `GET /counter`: bumps a counter in the instance's memory and answers
+//!   its value (always 1 where every request gets a fresh instance)
 
 use std::io::Write;
 
@@ -30,6 +32,9 @@ use wasi::http::types::{
 };
 
 struct HttpTest;
+
+/// Requests this instance has counted.
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 wasi::http::proxy::export!(HttpTest);
 
@@ -77,12 +82,10 @@ impl Guest for HttpTest {
                 (200, format!("slept {ms} ms").into_bytes())
             }
             (Method::Get, "/version") => (200, env("VERSION").unwrap_or_default().into_bytes()),
-            (Method::Get, p) if p.starts_with("/inputs/") => {
-                match std::fs::read(p) {
-                    Ok(bytes) => (200, bytes),
-                    Err(e) => (404, format!("{p}: {e}").into_bytes()),
-                }
-            }
+            (Method::Get, p) if p.starts_with("/inputs/") => match std::fs::read(p) {
+                Ok(bytes) => (200, bytes),
+                Err(e) => (404, format!("{p}: {e}").into_bytes()),
+            },
             (Method::Post, p) if p.starts_with("/inputs/") => {
                 let data = read_body(request);
                 match std::fs::write(p, data) {
@@ -119,6 +122,10 @@ impl Guest for HttpTest {
                 }
                 let sum: usize = v.iter().step_by(4096).map(|&b| b as usize).sum();
                 (200, format!("touched {sum} pages").into_bytes())
+            }
+            (Method::Get, "/counter") => {
+                let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                (200, n.to_string().into_bytes())
             }
             (Method::Get, "/headers") => {
                 let mut text = format!(

@@ -141,15 +141,22 @@ fn load_model(path: &Path) -> Result<Model, String> {
             file.display()
         )
     })?;
-    let model: Model = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a model the train example wrote: {e}", file.display()))?;
+    let model: Model = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{} is not a model the train example wrote: {e}",
+            file.display()
+        )
+    })?;
     if model.weights.len() != model.classes.len()
         || model.bias.len() != model.classes.len()
         || model.mean.len() != model.features
         || model.std.len() != model.features
         || model.weights.iter().any(|w| w.len() != model.features)
     {
-        return Err(format!("{}: the model's shapes do not agree", file.display()));
+        return Err(format!(
+            "{}: the model's shapes do not agree",
+            file.display()
+        ));
     }
     Ok(model)
 }
@@ -166,7 +173,9 @@ fn read_body(request: IncomingRequest) -> Result<Vec<u8>, String> {
     while let Ok(chunk) = stream.blocking_read(16 * 1024) {
         data.extend_from_slice(&chunk);
         if data.len() > MAX_BODY {
-            return Err(format!("the request body is over {MAX_BODY} bytes; send one row"));
+            return Err(format!(
+                "the request body is over {MAX_BODY} bytes; send one row"
+            ));
         }
     }
     Ok(data)
@@ -227,6 +236,9 @@ mod tests {
         }
         let (status, v) = predict(b"{not json");
         assert_eq!(status, 400);
-        assert!(v["error"].as_str().expect("text").contains("JSON row"), "{v}");
+        assert!(
+            v["error"].as_str().expect("text").contains("JSON row"),
+            "{v}"
+        );
     }
 }
