@@ -49,14 +49,14 @@ fi
 max_len() {
   case $1 in
     bao) echo 4096 ;;
-    job_yaml | pipeline_yaml) echo 16384 ;;
+    job_yaml | pipeline_yaml | service_yaml) echo 16384 ;;
     image) echo 32768 ;;
     *) echo 65536 ;;
   esac
 }
 dict() {
   case $1 in
-    job_yaml | pipeline_yaml) echo fuzz/dict/yaml.dict ;;
+    job_yaml | pipeline_yaml | service_yaml) echo fuzz/dict/yaml.dict ;;
     image) echo fuzz/dict/image.dict ;;
     bao) echo "" ;;
     *) echo fuzz/dict/cbor.dict ;;

@@ -14,6 +14,7 @@ if [ -x scripts/build-examples.sh ]; then
 fi
 # the example programs' own tests (the split's determinism, the model's scores)
 cargo test --locked --manifest-path examples/wasm/Cargo.toml
+cargo test --locked --manifest-path examples/services/Cargo.toml
 cargo test --workspace --locked "$@"
 # every decoder of peer bytes, fuzzed for a bounded time (fuzz/ is its own workspace)
 scripts/fuzz.sh 20

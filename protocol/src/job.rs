@@ -79,9 +79,9 @@ pub enum JobSpecError {
         line: Option<usize>,
     },
     /// The document as a whole is not a job spec (bad YAML, wrong top level).
-    #[error("invalid job spec: {0}")]
+    #[error("invalid spec: {0}")]
     Invalid(String),
-    #[error("job spec of {len} bytes exceeds the limit of {limit} bytes")]
+    #[error("spec of {len} bytes exceeds the limit of {limit} bytes")]
     TooLarge { len: usize, limit: usize },
     #[error("job spec: {0}")]
     Codec(#[from] CodecError),

@@ -515,14 +515,23 @@ mod tests {
     #[test]
     fn requests_name_their_service_by_host_or_path() {
         let r = |n: &str, p: &str| Some((n.to_string(), p.to_string()));
-        assert_eq!(routed(Some("web.weft.localhost"), "/a?b=1"), r("web", "/a?b=1"));
+        assert_eq!(
+            routed(Some("web.weft.localhost"), "/a?b=1"),
+            r("web", "/a?b=1")
+        );
         assert_eq!(routed(Some("WEB.Weft.Localhost.:4480"), "/"), r("web", "/"));
-        assert_eq!(routed(Some("127.0.0.1:4480"), "/s/web/a/b?c"), r("web", "/a/b?c"));
+        assert_eq!(
+            routed(Some("127.0.0.1:4480"), "/s/web/a/b?c"),
+            r("web", "/a/b?c")
+        );
         assert_eq!(routed(Some("localhost"), "/s/web"), r("web", "/"));
         assert_eq!(routed(Some("localhost"), "/s/web?x=1"), r("web", "/?x=1"));
         assert_eq!(routed(None, "/s/web/"), r("web", "/"));
         // the host wins over the path
-        assert_eq!(routed(Some("api.weft.localhost"), "/s/web/x"), r("api", "/s/web/x"));
+        assert_eq!(
+            routed(Some("api.weft.localhost"), "/s/web/x"),
+            r("api", "/s/web/x")
+        );
         for (host, uri) in [
             (Some("web.weft.localhost.example.com"), "/"),
             (Some("a.b.weft.localhost"), "/"),
