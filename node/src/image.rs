@@ -125,31 +125,6 @@ pub fn config(store: &Store, image: &Hash) -> Result<(Hash, ImageConfig), StoreE
     Ok((rootfs_id, config))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The `config.json` stored in every image tree. A change here changes
-    /// image ids: make it deliberately.
-    #[test]
-    fn golden_config_json() {
-        let c = ImageConfig {
-            entrypoint: vec![],
-            cmd: vec!["sh".into()],
-            env: vec!["PATH=/bin".into()],
-            workdir: Some("/".into()),
-            user: None,
-            architecture: Some("amd64".into()),
-            os: Some("linux".into()),
-        };
-        let json = String::from_utf8(serde_json::to_vec_pretty(&c).expect("json")).expect("utf8");
-        assert_eq!(
-            json,
-            "{\n  \"entrypoint\": [],\n  \"cmd\": [\n    \"sh\"\n  ],\n  \"env\": [\n    \"PATH=/bin\"\n  ],\n  \"workdir\": \"/\",\n  \"architecture\": \"amd64\",\n  \"os\": \"linux\"\n}"
-        );
-    }
-}
-
 /// An image's root folder for tasks, exported once (hard links) under
 /// `work_dir/images/<id>/rootfs` and its config; shared by tasks and
 /// services.
@@ -179,4 +154,29 @@ pub fn rootfs(
         std::fs::write(&ready, b"").map_err(StoreError::io(&ready))?;
     }
     Ok((rootfs, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `config.json` stored in every image tree. A change here changes
+    /// image ids: make it deliberately.
+    #[test]
+    fn golden_config_json() {
+        let c = ImageConfig {
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            workdir: Some("/".into()),
+            user: None,
+            architecture: Some("amd64".into()),
+            os: Some("linux".into()),
+        };
+        let json = String::from_utf8(serde_json::to_vec_pretty(&c).expect("json")).expect("utf8");
+        assert_eq!(
+            json,
+            "{\n  \"entrypoint\": [],\n  \"cmd\": [\n    \"sh\"\n  ],\n  \"env\": [\n    \"PATH=/bin\"\n  ],\n  \"workdir\": \"/\",\n  \"architecture\": \"amd64\",\n  \"os\": \"linux\"\n}"
+        );
+    }
 }

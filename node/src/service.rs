@@ -202,13 +202,16 @@ struct Inner {
     store: Store,
     ledger: LedgerHandle,
     /// Every service folded, as of a count of service entries seen.
-    cache: Mutex<Option<(u64, Arc<Vec<Arc<ServiceState>>>)>>,
+    cache: Mutex<Option<(u64, Folded)>>,
     /// Bumped by each service entry stored here.
     generation: AtomicU64,
     /// Set at start, cleared at stop (a runtime holds this handle, through
     /// its replicas).
     runtime: Mutex<Option<Runtime>>,
 }
+
+/// Every service's state, folded.
+type Folded = Arc<Vec<Arc<ServiceState>>>;
 
 /// The running parts the views read.
 #[derive(Clone)]

@@ -202,7 +202,7 @@ async fn a_lost_node_s_replica_is_replaced_and_no_get_fails() {
         .find(|n| *n != me)
         .expect("a replica on another node");
     let victim = (1..4)
-        .find(|i| cluster.node(*i).peer_id().to_string() == victim_id)
+        .find(|i| cluster.node(*i).peer_id() == victim_id)
         .expect("the victim's index");
     let load = Load::start(vec![ingress(&cluster, 0)], "web", "/hello", 4);
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -136,7 +136,7 @@ impl Reconciler {
             if owner(state.name.as_str(), view.member_ids()) != Some(self.mesh.me()) {
                 continue;
             }
-            self.reconcile(&view, &state).await;
+            self.reconcile(&view, state).await;
         }
         // replicas of services this node knows nothing of: stopped by
         // their own node (a removed service is still known)
