@@ -433,6 +433,37 @@ spec:
     );
     let eps = endpoints(&cluster, 1, "fn");
     assert_eq!(eps.len(), 1, "{eps:#?}");
+    // more requests in flight than one replica's target: more replicas, on
+    // more than one node, never above max
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let c = c.clone();
+        let addr = ingress(&cluster, i % 2);
+        burst.spawn(async move { get(&c, addr, "fn", "/sleep?ms=700").await.0 });
+    }
+    let mut most = 0;
+    let mut nodes = std::collections::BTreeSet::new();
+    while !burst.is_empty() {
+        tokio::select! {
+            done = burst.join_next() => {
+                assert_eq!(done.expect("a request").expect("task"), 200);
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                let eps = endpoints(&cluster, 0, "fn");
+                most = most.max(eps.len());
+                nodes.extend(eps.into_iter().map(|e| e.node));
+            }
+        }
+    }
+    println!(
+        "burst of 24: up to {most} replicas on {} nodes",
+        nodes.len()
+    );
+    assert!(
+        (2..=3).contains(&most),
+        "{most} replicas for 24 requests, target 4, max 3"
+    );
+    assert_eq!(nodes.len(), 2, "scaled out over both nodes");
     // idle: stopped
     let start = Instant::now();
     loop {

@@ -342,12 +342,14 @@ pub(crate) async fn devnet_up(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("devnet of {nodes} nodes up in {}", dir.display());
-    let mut t = Table::new(&["NODE", "PID", "API", "HOME"]);
+    let mut t = Table::new(&["NODE", "PID", "API", "INGRESS", "HOME"]);
     for n in &state.nodes {
+        let ingress = fs::read_to_string(n.home.join("ingress")).unwrap_or_default();
         t.row(vec![
             n.name.clone(),
             n.pid.to_string(),
             n.api.clone(),
+            ingress.trim().to_string(),
             n.home.display().to_string(),
         ]);
     }

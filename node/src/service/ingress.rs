@@ -450,7 +450,14 @@ fn activate(ing: &Arc<Ingress>, spec: &ServiceSpec) {
         };
         let id = ServiceHandle::new_replica_id();
         let view = ing.mesh.view();
-        let target = placement::choose(&view, &spec, Some(revision), &[], &[]);
+        // the first replica here when this node can run it (no hop for the
+        // request that waits for it); more where there are fewest
+        let none_ready = ing.mesh.ready(&spec.name).is_empty();
+        let target = if none_ready && ing.replicas.can_run(&spec).is_ok() {
+            view.members.iter().find(|m| m.peer.is_none())
+        } else {
+            placement::choose(&view, &spec, Some(revision), &[], &[])
+        };
         match target {
             Some(m) if m.peer.is_none() => {
                 if let Err((_, why)) = ing.replicas.start(&spec.name, revision, id) {
