@@ -205,19 +205,12 @@ async fn request(ctx: Arc<ServeCtx>, peer: PeerId, mut send: SendStream, mut rec
     // the first four bytes: a blob request's frame length, or the mark of a
     // service request
     let mut prefix = [0u8; FRAME_PREFIX];
-    match tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut prefix)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            debug!(error = %e, "stream ended before its first frame");
-            return;
-        }
-        Err(_) => {
-            debug!("no request on the stream in time");
-            let _ = recv.stop(VarInt::from_u32(CLOSE_PROTOCOL));
-            return;
-        }
-    }
-    if prefix == weft_protocol::service::SERVICE_STREAM_MAGIC {
+    let first = match tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut prefix)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(StreamError::from(e)),
+        Err(_) => Err(StreamError::Timeout(REQUEST_TIMEOUT)),
+    };
+    if first.is_ok() && prefix == weft_protocol::service::SERVICE_STREAM_MAGIC {
         let streams = ctx
             .streams
             .lock()
@@ -232,6 +225,7 @@ async fn request(ctx: Arc<ServeCtx>, peer: PeerId, mut send: SendStream, mut rec
         return;
     }
     let read = async {
+        first?;
         let len = frame_len(prefix, MAX_REQUEST_BYTES)?;
         let mut payload = vec![0u8; len];
         recv.read_exact(&mut payload).await?;
