@@ -443,12 +443,15 @@ pub(crate) struct Prepared {
 }
 
 /// The host folders a bundle binds: `/inputs` read-only and `/outputs`
-/// writable when given, `/tmp` writable (a tmpfs when absent).
+/// writable when given, `/tmp` writable (a tmpfs when absent); and whether
+/// ports below 1024 may be bound in the container's own network namespace
+/// (services: the namespace holds only a loopback the node connects to).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Binds<'a> {
     pub(crate) inputs: Option<&'a Path>,
     pub(crate) outputs: Option<&'a Path>,
     pub(crate) scratch: Option<&'a Path>,
+    pub(crate) low_ports: bool,
 }
 
 impl Setup {
@@ -506,6 +509,7 @@ impl Setup {
             inputs: Some(&task.inputs),
             outputs: Some(&task.outputs),
             scratch: task.scratch.as_deref(),
+            low_ports: false,
         };
         self.prepare_bundle(&task.name, ct, &task.limits, binds)
     }
@@ -687,6 +691,7 @@ impl Setup {
             devices: &devices,
             arch: std::env::consts::ARCH,
             userns: self.userns,
+            low_ports: binds.low_ports,
         };
         let config = oci::config(&spec);
         let written = serde_json::to_vec_pretty(&config)

@@ -82,6 +82,10 @@ pub(crate) struct BundleSpec<'a> {
     pub(crate) arch: &'a str,
     /// The user namespace's id map; `None` runs without one.
     pub(crate) userns: Option<IdMap>,
+    /// Let processes bind ports below 1024 without a capability
+    /// (`net.ipv4.ip_unprivileged_port_start=0` in the container's own
+    /// network namespace), as services listening on port 80 need.
+    pub(crate) low_ports: bool,
 }
 
 const CFS_PERIOD_US: u64 = 100_000;
@@ -193,6 +197,9 @@ pub(crate) fn config(spec: &BundleSpec<'_>) -> Value {
         "readonlyPaths": READONLY_PATHS,
         "seccomp": seccomp(spec.arch)
     });
+    if spec.low_ports {
+        linux["sysctl"] = json!({"net.ipv4.ip_unprivileged_port_start": "0"});
+    }
     if let Some(map) = spec.userns {
         namespaces.insert(0, json!({"type": "user"}));
         let ids = json!([{"containerID": 0, "hostID": map.host_base, "size": map.size}]);
@@ -726,6 +733,7 @@ mod tests {
             devices: &devices,
             arch: "x86_64",
             userns: Some(IdMap::DEFAULT),
+            low_ports: false,
         };
         let text = serde_json::to_string_pretty(&config(&spec)).expect("json") + "\n";
         let golden = include_str!("../tests/golden/oci-config.json");
@@ -756,6 +764,7 @@ mod tests {
             devices: &[],
             arch: "riscv64",
             userns: None,
+            low_ports: true,
         };
         let c = config(&spec);
         let res = &c["linux"]["resources"];
@@ -781,6 +790,11 @@ mod tests {
         );
         assert_eq!(c["linux"]["seccomp"]["architectures"], json!([]));
         assert!(c["linux"].get("uidMappings").is_none(), "no user namespace");
+        assert_eq!(
+            c["linux"]["sysctl"],
+            json!({"net.ipv4.ip_unprivileged_port_start": "0"}),
+            "low ports asked for"
+        );
         assert!(
             !c["linux"]["namespaces"]
                 .as_array()

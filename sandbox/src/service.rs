@@ -10,7 +10,9 @@
 //! last [`LOG_BYTES`] bytes.
 //!
 //! Its network namespace is new and holds only a loopback, which the
-//! runtime brings up. The node reaches a port in it with
+//! runtime brings up; ports below 1024 may be bound in it without a
+//! capability (`net.ipv4.ip_unprivileged_port_start=0`, as container
+//! engines do), so an image that listens on port 80 works. The node reaches a port in it with
 //! [`ContainerService::connect`]: a short-lived thread enters the namespace
 //! (`setns`), connects to `127.0.0.1:PORT` and ends; the socket stays in the
 //! container's namespace, so no port is ever published on a host interface.
@@ -340,6 +342,7 @@ async fn start_service(
             inputs: spec.inputs.as_deref(),
             outputs: None,
             scratch: None,
+            low_ports: true,
         };
         prepare
             .prepare_bundle(&spec.name, &ct, &limits, binds)
