@@ -5,13 +5,7 @@
 //! host `cap` bytes. It is fed by WASI streams (it implements wasmtime-wasi's
 //! `StdoutStream`) and by container pipes (through [`CaptureSink::push`]).
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 
 /// What a task wrote to one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,67 +70,87 @@ impl CaptureSink {
 }
 
 /// Writes accepted at once from a WASI stream; the guest never waits.
-const PERMIT: usize = 1 << 20;
+pub(crate) const PERMIT: usize = 1 << 20;
 
-impl IsTerminal for CaptureSink {
-    fn is_terminal(&self) -> bool {
-        false
-    }
+/// Makes `$sink` (a `Clone` type with `fn push(&self, &[u8])`) a WASI
+/// stdout/stderr stream that takes every write at once.
+macro_rules! wasi_output_sink {
+    ($sink:ty) => {
+        impl ::wasmtime_wasi::cli::IsTerminal for $sink {
+            fn is_terminal(&self) -> bool {
+                false
+            }
+        }
+
+        impl ::wasmtime_wasi::cli::StdoutStream for $sink {
+            fn p2_stream(&self) -> Box<dyn ::wasmtime_wasi::p2::OutputStream> {
+                Box::new(self.clone())
+            }
+
+            fn async_stream(&self) -> Box<dyn ::tokio::io::AsyncWrite + Send + Sync> {
+                Box::new(self.clone())
+            }
+        }
+
+        #[::wasmtime_wasi::async_trait]
+        impl ::wasmtime_wasi::p2::OutputStream for $sink {
+            fn write(
+                &mut self,
+                bytes: ::bytes::Bytes,
+            ) -> Result<(), ::wasmtime_wasi::p2::StreamError> {
+                self.push(&bytes);
+                Ok(())
+            }
+
+            fn flush(&mut self) -> Result<(), ::wasmtime_wasi::p2::StreamError> {
+                Ok(())
+            }
+
+            fn check_write(&mut self) -> Result<usize, ::wasmtime_wasi::p2::StreamError> {
+                Ok($crate::capture::PERMIT)
+            }
+        }
+
+        #[::wasmtime_wasi::async_trait]
+        impl ::wasmtime_wasi::p2::Pollable for $sink {
+            async fn ready(&mut self) {}
+        }
+
+        impl ::tokio::io::AsyncWrite for $sink {
+            fn poll_write(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+                buf: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                self.push(buf);
+                ::std::task::Poll::Ready(Ok(buf.len()))
+            }
+
+            fn poll_flush(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::task::Poll::Ready(Ok(()))
+            }
+
+            fn poll_shutdown(
+                self: ::std::pin::Pin<&mut Self>,
+                _cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::std::task::Poll::Ready(Ok(()))
+            }
+        }
+    };
 }
+pub(crate) use wasi_output_sink;
 
-impl StdoutStream for CaptureSink {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl OutputStream for CaptureSink {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.push(&bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(PERMIT)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for CaptureSink {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for CaptureSink {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
+wasi_output_sink!(CaptureSink);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use wasmtime_wasi::p2::OutputStream;
 
     #[test]
     fn keeps_the_first_bytes_and_counts_the_rest() {

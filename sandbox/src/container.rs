@@ -353,27 +353,9 @@ struct Guard {
 
 impl Guard {
     async fn runtime_cmd(&self, args: &[&str]) -> bool {
-        let out = tokio::process::Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => true,
-            Ok(o) => {
-                debug!(id = %self.id, ?args, stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-                    "runtime command failed");
-                false
-            }
-            Err(e) => {
-                warn!(id = %self.id, ?args, error = %e, "cannot run the container runtime");
-                false
-            }
-        }
+        runtime_command(&self.runtime, &self.root, &self.id, args)
+            .await
+            .is_ok()
     }
 
     async fn kill(&self) {
@@ -1001,6 +983,37 @@ fn detect_cgroups(base: &Path) -> Cgroups {
         swap: base.join("memory/memory.memsw.limit_in_bytes").exists(),
         pids: base.join("pids").is_dir(),
         cpu: base.join("cpu").is_dir(),
+    }
+}
+
+/// Runs `runtime --root ROOT ARGS` for container `id`; the runtime's stderr
+/// when it fails.
+pub(crate) async fn runtime_command(
+    runtime: &Path,
+    root: &Path,
+    id: &str,
+    args: &[&str],
+) -> Result<(), String> {
+    let out = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
+            debug!(%id, ?args, stderr = %why, "runtime command failed");
+            Err(why)
+        }
+        Err(e) => {
+            warn!(%id, ?args, error = %e, "cannot run the container runtime");
+            Err(e.to_string())
+        }
     }
 }
 

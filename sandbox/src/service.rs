@@ -595,27 +595,7 @@ struct Guard {
 
 impl Guard {
     async fn runtime_cmd(&self, args: &[&str]) -> Result<(), String> {
-        let out = tokio::process::Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .await;
-        match out {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => {
-                let why = String::from_utf8_lossy(&o.stderr).trim().to_string();
-                debug!(id = %self.id, ?args, stderr = %why, "runtime command failed");
-                Err(why)
-            }
-            Err(e) => {
-                warn!(id = %self.id, ?args, error = %e, "cannot run the container runtime");
-                Err(e.to_string())
-            }
-        }
+        crate::container::runtime_command(&self.runtime, &self.root, &self.id, args).await
     }
 
     /// Deletes the container, lets the output readers drain, removes the

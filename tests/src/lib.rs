@@ -253,6 +253,17 @@ pub fn job(yaml: &str) -> weft_protocol::JobSpec {
     }
 }
 
+/// Imports the busybox test image on every running node of `cluster`,
+/// tagged `tag`.
+pub fn import_test_image_everywhere(cluster: &Cluster, tag: &str) -> anyhow::Result<()> {
+    let archive = test_image()?;
+    let tag = weft_protocol::TagName::new(tag).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for (_, n) in cluster.running() {
+        weft_node::image::import(n.store(), &archive, Some(&tag), false)?;
+    }
+    Ok(())
+}
+
 /// The busybox test image archive (`scripts/build-test-image.sh`), built
 /// once per test process.
 pub fn test_image() -> anyhow::Result<std::path::PathBuf> {

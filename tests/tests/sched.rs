@@ -324,11 +324,7 @@ async fn cancel_stops_a_running_container_and_leaves_nothing_behind() {
     let cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let archive = weft_tests::test_image().expect("test image");
-    let tag = TagName::new("images/busybox:test").expect("tag");
-    for (_, n) in cluster.running() {
-        weft_node::image::import(n.store(), &archive, Some(&tag), false).expect("import");
-    }
+    weft_tests::import_test_image_everywhere(&cluster, "images/busybox:test").expect("import");
     // a sleep length of its own, to tell its process from any other
     let secs = 3600 + rand::random::<u16>() as u32;
     let yaml = format!(

@@ -110,11 +110,7 @@ async fn a_container_cannot_read_host_files_through_a_symlink_in_its_outputs() {
     let cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let archive = weft_tests::test_image().expect("test image");
-    let tag = TagName::new("images/busybox:test").expect("tag");
-    for (_, n) in cluster.running() {
-        weft_node::image::import(n.store(), &archive, Some(&tag), false).expect("import");
-    }
+    weft_tests::import_test_image_everywhere(&cluster, "images/busybox:test").expect("import");
     let yaml = "apiVersion: weft/v1\nkind: Job\nmetadata: {name: plant}\nspec:\n  task:\n    container: {image: images/busybox:test, command: [busybox, ln, -s, /, /outputs/x]}\n  outputs: [{path: /outputs/x/etc/shadow}]\n  timeout: 1m\n  cache: false\n";
     let s = run_job(&cluster, yaml, Duration::from_secs(60)).await;
     assert_symlink_refused(&s);

@@ -77,11 +77,7 @@ async fn wait_done(c: &Cluster, id: &JobId) -> JobStatus {
 }
 
 fn import_image(c: &Cluster) {
-    let archive = weft_tests::test_image().expect("test image");
-    let tag = TagName::new("images/busybox:test").expect("tag");
-    for (_, n) in c.running() {
-        weft_node::image::import(n.store(), &archive, Some(&tag), false).expect("import");
-    }
+    weft_tests::import_test_image_everywhere(c, "images/busybox:test").expect("import");
 }
 
 /// A WASI command that writes 64 KiB blocks to `/outputs/big` until a write

@@ -508,11 +508,7 @@ async fn a_container_service_is_reachable_only_through_the_ingress() {
     let cluster = Cluster::start(2, ClusterOptions::default())
         .await
         .expect("cluster");
-    let archive = weft_tests::test_image().expect("test image");
-    let tag = weft_protocol::TagName::new("images/busybox:test").expect("tag");
-    for (_, n) in cluster.running() {
-        weft_node::image::import(n.store(), &archive, Some(&tag), false).expect("import");
-    }
+    weft_tests::import_test_image_everywhere(&cluster, "images/busybox:test").expect("import");
     let port = 47123;
     assert!(!host_listens_on(port), "port {port} is taken on this host");
     let yaml = format!(

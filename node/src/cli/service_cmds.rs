@@ -201,24 +201,15 @@ pub(crate) async fn scale(
     replicas: u32,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let client = require_daemon(home).await?;
-    let v: Value = client
-        .call(
-            Method::POST,
-            &path(name, "/scale"),
-            &serde_json::json!({ "replicas": replicas }),
-        )
-        .await?;
-    if json {
-        output::json(&v)?;
-    } else {
-        println!(
+    let body = serde_json::json!({ "replicas": replicas });
+    post_change(home, name, "/scale", body, json, |v| {
+        format!(
             "service {}: {} replicas",
             text(&v["name"]),
             text(&v["replicas"])
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+        )
+    })
+    .await
 }
 
 /// `weft service rollback NAME [--to-revision N]`.
@@ -228,22 +219,34 @@ pub(crate) async fn rollback(
     to: Option<u32>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let body = serde_json::json!({ "to_revision": to });
+    post_change(home, name, "/rollback", body, json, |v| {
+        format!(
+            "service {}: revision {}",
+            text(&v["name"]),
+            text(&v["revision"])
+        )
+    })
+    .await
+}
+
+/// Posts a change of service `name` and prints the answer.
+async fn post_change(
+    home: &Home,
+    name: &str,
+    suffix: &str,
+    body: Value,
+    json: bool,
+    line: impl FnOnce(&Value) -> String,
+) -> anyhow::Result<ExitCode> {
     let client = require_daemon(home).await?;
     let v: Value = client
-        .call(
-            Method::POST,
-            &path(name, "/rollback"),
-            &serde_json::json!({ "to_revision": to }),
-        )
+        .call(Method::POST, &path(name, suffix), &body)
         .await?;
     if json {
         output::json(&v)?;
     } else {
-        println!(
-            "service {}: revision {}",
-            text(&v["name"]),
-            text(&v["revision"])
-        );
+        println!("{}", line(&v));
     }
     Ok(ExitCode::SUCCESS)
 }
