@@ -341,7 +341,10 @@ impl Node {
                 transfer_for_stop.set_service_streams(None);
             });
         }
-        let mesh = crate::service::mesh::Mesh::new(peer_id.clone());
+        let mesh = crate::service::mesh::Mesh::new(
+            peer_id.clone(),
+            Duration::from_millis(config.network.advert_interval_ms),
+        );
         tasks.spawn(mesh.clone().run(
             net.clone(),
             advert.clone(),

@@ -30,6 +30,9 @@ pub struct Member {
     pub peer: Option<PeerId>,
     pub id: String,
     pub advert: NodeAdvert,
+    /// Its advert missed two refreshes: it may be gone (placement passes
+    /// over it while others can take the replica).
+    pub stale: bool,
 }
 
 /// One replica and how to reach it.
@@ -75,16 +78,19 @@ pub struct Mesh {
     /// Nodes whose data plane could not be reached.
     unreachable: Arc<Mutex<HashMap<String, Instant>>>,
     me: String,
+    /// How often adverts are refreshed.
+    advert_interval: Duration,
 }
 
 impl Mesh {
-    pub fn new(me: String) -> Mesh {
+    pub fn new(me: String, advert_interval: Duration) -> Mesh {
         Mesh {
             view: Arc::default(),
             outstanding: Arc::default(),
             suspects: Arc::default(),
             unreachable: Arc::default(),
             me,
+            advert_interval,
         }
     }
 
@@ -187,7 +193,9 @@ impl Mesh {
             peer: None,
             id: self.me.clone(),
             advert: mine,
+            stale: false,
         });
+        let stale_after = self.advert_interval * 2 + Duration::from_millis(250);
         for p in peers {
             let id = p.peer_id.to_string();
             let addr = p
@@ -210,6 +218,7 @@ impl Mesh {
                 peer: Some(p.peer_id),
                 id,
                 advert: p.advert,
+                stale: p.last_seen_age > stale_after,
             });
         }
         // forget counters and suspicions of replicas that are gone

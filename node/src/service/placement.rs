@@ -75,7 +75,7 @@ pub fn choose<'a>(
     let preferred: Vec<&Member> = fit
         .iter()
         .copied()
-        .filter(|m| !avoid.contains(&m.id))
+        .filter(|m| !avoid.contains(&m.id) && !m.stale)
         .collect();
     let pool = if preferred.is_empty() { fit } else { preferred };
     pool.into_iter().min_by_key(|m| {
@@ -111,6 +111,7 @@ mod tests {
                     .collect(),
                 ..NodeAdvert::default()
             },
+            stale: false,
         }
     }
 
@@ -179,6 +180,13 @@ mod tests {
             choose(&view2, &s, Some(1), &[], &[]).expect("a node").id,
             "a"
         );
+        // a node whose advert is late is passed over while others fit
+        view2.members[0].stale = true;
+        assert_eq!(
+            choose(&view2, &s, Some(1), &[], &[]).expect("a node").id,
+            "b"
+        );
+        view2.members[0].stale = false;
         // avoided nodes are used only when nothing else fits
         assert_eq!(
             choose(&view2, &s, Some(1), &["a".into()], &[])

@@ -37,6 +37,9 @@ pub const TICK: Duration = Duration::from_millis(300);
 /// How long a start asked for may take to show in an advert.
 const PENDING_FOR: Duration = Duration::from_secs(30);
 
+/// How long a node has to answer a start (it answers once starting).
+const START_ANSWER: Duration = Duration::from_secs(3);
+
 /// How long a node that refused a start is avoided.
 const AVOID_FOR: Duration = Duration::from_secs(10);
 
@@ -357,16 +360,18 @@ impl Reconciler {
                 let refusals = self.refusals.clone();
                 let node = member.id.clone();
                 tokio::spawn(async move {
-                    let r = net
-                        .request(
-                            peer,
-                            Request::StartReplica {
-                                service: service.clone(),
-                                revision,
-                                replica: id,
-                            },
-                        )
-                        .await;
+                    let ask = net.request(
+                        peer,
+                        Request::StartReplica {
+                            service: service.clone(),
+                            revision,
+                            replica: id,
+                        },
+                    );
+                    let r = tokio::time::timeout(START_ANSWER, ask)
+                        .await
+                        .map_err(|_| "no answer in time".to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
                     if !matches!(r, Ok(Response::Ack)) {
                         warn!(%service, %peer, answer = ?r, "a node did not start a replica");
                         refusals

@@ -250,6 +250,9 @@ impl Replicas {
         revision: u32,
         id: ReplicaId,
     ) -> Result<(), (ErrorCode, String)> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err((ErrorCode::Busy, "this node is stopping".into()));
+        }
         let state = self
             .inner
             .services
