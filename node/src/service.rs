@@ -344,7 +344,7 @@ impl ServiceHandle {
         let spec = state.current_spec().map(|(_, s)| s);
         let owner = self.runtime().and_then(|rt| {
             let view = rt.mesh.view();
-            reconcile::owner(state.name.as_str(), view.member_ids()).map(str::to_string)
+            reconcile::owner(state.name.as_str(), view.owner_candidates()).map(str::to_string)
         });
         ServiceSummary {
             name: state.name.to_string(),

@@ -63,8 +63,14 @@ impl View {
         self.routes.get(service).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    pub fn member_ids(&self) -> impl Iterator<Item = &str> {
-        self.members.iter().map(|m| m.id.as_str())
+    /// The members that may own services: those that can run replicas
+    /// (every weft node can run WASM; a member advertising no executor is
+    /// not one that reconciles).
+    pub fn owner_candidates(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|m| m.advert.executors.wasm || m.advert.executors.container_runtime.is_some())
+            .map(|m| m.id.as_str())
     }
 }
 

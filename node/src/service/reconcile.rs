@@ -136,7 +136,7 @@ impl Reconciler {
         let mut known = HashSet::new();
         for state in states.iter() {
             known.insert(state.name.clone());
-            if owner(state.name.as_str(), view.member_ids()) != Some(self.mesh.me()) {
+            if owner(state.name.as_str(), view.owner_candidates()) != Some(self.mesh.me()) {
                 continue;
             }
             self.reconcile(&view, state).await;
@@ -426,6 +426,33 @@ pub fn previous_revision(state: &ServiceState) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_that_runs_nothing_owns_no_service() {
+        use super::super::mesh::Member;
+        let member = |id: &str, wasm: bool| Member {
+            peer: None,
+            id: id.to_string(),
+            advert: weft_protocol::NodeAdvert {
+                executors: weft_protocol::Executors {
+                    wasm,
+                    container_runtime: None,
+                },
+                ..Default::default()
+            },
+            stale: false,
+        };
+        let view = View {
+            members: vec![member("worker", true), member("idle", false)],
+            ..View::default()
+        };
+        for i in 0..50 {
+            assert_eq!(
+                owner(&format!("svc{i}"), view.owner_candidates()),
+                Some("worker")
+            );
+        }
+    }
 
     #[test]
     fn every_node_names_the_same_owner_and_a_lost_owner_moves_only_its_services() {
