@@ -216,6 +216,20 @@ fn one() -> u32 {
 }
 
 impl Config {
+    /// A node alone on loopback: every listener on `127.0.0.1:0` (TCP only
+    /// for libp2p), no mDNS, a new cluster secret. For tests and one-off
+    /// nodes.
+    pub fn loopback() -> Config {
+        let mut c = Config::default();
+        c.api.listen = "127.0.0.1:0".into();
+        c.ingress.listen = "127.0.0.1:0".into();
+        c.data.listen = "127.0.0.1:0".into();
+        c.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        c.network.mdns = false;
+        c.network.cluster_secret = Some(new_secret());
+        c
+    }
+
     /// Reads the home's config file; a missing file means all defaults.
     pub fn load(home: &Home) -> Result<Config, ConfigError> {
         let path = home.config_path();

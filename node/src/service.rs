@@ -323,24 +323,27 @@ impl ServiceHandle {
 
     /// Every replica of `name` the mesh lists.
     pub fn endpoints(&self, name: &str) -> Result<Vec<Endpoint>, ServiceError> {
-        let state = self.state(name)?;
+        Ok(self.endpoints_of(&self.state(name)?.name))
+    }
+
+    /// The replicas of `name` in the mesh view, by revision and node.
+    fn endpoints_of(&self, name: &ServiceName) -> Vec<Endpoint> {
         let Some(rt) = self.runtime() else {
-            return Ok(Vec::new());
+            return Vec::new();
         };
         let view = rt.mesh.view();
         let mut out: Vec<Endpoint> = view
-            .routes(&state.name)
+            .routes(name)
             .iter()
             .map(|r| Endpoint::new(&r.node, &r.info))
             .collect();
         out.sort_by(|a, b| {
             (a.revision, &a.node, &a.replica).cmp(&(b.revision, &b.node, &b.replica))
         });
-        Ok(out)
+        out
     }
 
-    fn summary(&self, state: &ServiceState) -> ServiceSummary {
-        let endpoints = self.endpoints(state.name.as_str()).unwrap_or_default();
+    fn summary(&self, state: &ServiceState, endpoints: &[Endpoint]) -> ServiceSummary {
         let spec = state.current_spec().map(|(_, s)| s);
         let owner = self.runtime().and_then(|rt| {
             let view = rt.mesh.view();
@@ -389,15 +392,15 @@ impl ServiceHandle {
             .states()?
             .iter()
             .filter(|s| s.current.is_some())
-            .map(|s| self.summary(s))
+            .map(|s| self.summary(s, &self.endpoints_of(&s.name)))
             .collect())
     }
 
     /// `weft service status NAME`.
     pub fn status(&self, name: &str) -> Result<ServiceStatus, ServiceError> {
         let state = self.state(name)?;
-        let summary = self.summary(&state);
-        let endpoints = self.endpoints(name)?;
+        let endpoints = self.endpoints_of(&state.name);
+        let summary = self.summary(&state, &endpoints);
         let rollout = match state.current {
             None => "removed".to_string(),
             Some(rev) => {

@@ -13,13 +13,7 @@ use weft_node::home::Home;
 use weft_protocol::TagName;
 
 async fn start(dir: &Path, f: impl FnOnce(&mut Config)) -> Result<Node, DaemonError> {
-    let mut config = Config::default();
-    config.api.listen = "127.0.0.1:0".into();
-    config.ingress.listen = "127.0.0.1:0".into();
-    config.network.mdns = false;
-    config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-    config.data.listen = "127.0.0.1:0".into();
-    config.network.cluster_secret = Some(weft_node::config::new_secret());
+    let mut config = Config::loopback();
     f(&mut config);
     Node::start(Home::at(dir), config).await
 }

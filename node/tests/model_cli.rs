@@ -10,13 +10,7 @@ use weft_node::home::Home;
 async fn model_commands_register_alias_roll_back_and_list() {
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("home");
-    let mut config = Config::default();
-    config.api.listen = "127.0.0.1:0".into();
-    config.ingress.listen = "127.0.0.1:0".into();
-    config.network.mdns = false;
-    config.network.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
-    config.data.listen = "127.0.0.1:0".into();
-    config.network.cluster_secret = Some(weft_node::config::new_secret());
+    let config = Config::loopback();
     let node = Node::start(Home::at(&home), config).await.expect("start");
     let run = |args: &[&str]| -> Output {
         Command::new(env!("CARGO_BIN_EXE_weft"))

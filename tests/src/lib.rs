@@ -50,15 +50,11 @@ pub struct Cluster {
 
 /// A config for a node in this process: everything on loopback, ports from the OS.
 pub fn loopback_config(secret: &str) -> Config {
-    let mut c = Config::default();
-    c.api.listen = "127.0.0.1:0".into();
-    c.ingress.listen = "127.0.0.1:0".into();
-    c.data.listen = "127.0.0.1:0".into();
+    let mut c = Config::loopback();
     c.network.listen = vec![
         "/ip4/127.0.0.1/tcp/0".into(),
         "/ip4/127.0.0.1/udp/0/quic-v1".into(),
     ];
-    c.network.mdns = false;
     c.network.cluster_secret = Some(secret.to_string());
     c
 }

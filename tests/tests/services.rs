@@ -181,6 +181,28 @@ async fn three_replicas_answer_through_every_node_s_ingress() {
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(r.text().await.expect("body"), "round trip");
     }
+    // what the replicas print is gathered from their nodes
+    for i in 0..12 {
+        let (status, _) = get(
+            &c,
+            ingress(&cluster, i % 3),
+            "web",
+            &format!("/log?line=mark-{i}"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let logs = cluster.node(0).services().logs("web").await.expect("logs");
+    assert_eq!(logs.len(), 3, "one log per replica: {logs:#?}");
+    let all: String = logs.iter().map(|l| l.logs.as_str()).collect();
+    for i in 0..12 {
+        assert!(
+            all.contains(&format!("mark-{i}")),
+            "mark-{i} missing: {all}"
+        );
+    }
+    let with_marks = logs.iter().filter(|l| l.logs.contains("mark-")).count();
+    assert!(with_marks >= 2, "the logs of one node only: {logs:#?}");
     // unknown services are named
     let (status, body) = get(&c, ingress(&cluster, 0), "nope", "/").await;
     assert_eq!(status, 404, "{body}");

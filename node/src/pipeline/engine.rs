@@ -28,17 +28,11 @@ const MAX_RUN_REASON: usize = 1024;
 /// Longest trigger kept for a run (the ledger's bound).
 const MAX_TRIGGER: usize = 512;
 
-/// Shortens a text to at most `max` bytes, at a character boundary.
+/// Shortens a text, when there is one, to at most `max` bytes
+/// ([`weft_protocol::bounds::clip`]).
 pub(super) fn clip(text: &mut Option<String>, max: usize) {
-    if let Some(t) = text
-        && t.len() > max
-    {
-        let mut end = max.saturating_sub('…'.len_utf8());
-        while !t.is_char_boundary(end) {
-            end -= 1;
-        }
-        t.truncate(end);
-        t.push('…');
+    if let Some(t) = text {
+        weft_protocol::bounds::clip(t, max);
     }
 }
 

@@ -40,7 +40,7 @@ use super::records::{ReportRecord, sign_result};
 use super::{Fetcher, SchedConfig, SchedError, now_ms, reply};
 use crate::net::NetHandle;
 use crate::store::records::Record;
-use crate::store::{AddOptions, ExportOptions, Keep, Store, StoreError};
+use crate::store::{AddOptions, Keep, Store, StoreError};
 
 /// An unclaimed reservation older than this is dropped.
 const RESERVATION_TTL: Duration = Duration::from_secs(120);
@@ -1148,38 +1148,12 @@ impl TaskContext {
                 .await
                 .map_err(|e| Stop::Executor(format!("fetching {id}: {e}")))?;
         }
-        // checked paths, none inside another, each written fresh inside the
-        // inputs folder: nothing is replaced, nothing outside is touched
-        for (id, path) in &checked.inputs {
-            let rel = path.relative();
-            let dest = if rel.is_empty() {
-                inputs.clone()
-            } else {
-                inputs.join(rel)
-            };
-            let id = *id;
+        // checked paths, none inside another
+        {
+            let list = checked.inputs.clone();
             let inputs = inputs.clone();
-            self.blocking(move |store| {
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
-                    // every folder on the way is one this export made
-                    let real = parent.canonicalize().map_err(StoreError::io(parent))?;
-                    let root = inputs.canonicalize().map_err(StoreError::io(&inputs))?;
-                    if !real.starts_with(&root) {
-                        return Err(StoreError::Escapes { path: dest });
-                    }
-                }
-                store.export(
-                    &id,
-                    &dest,
-                    ExportOptions {
-                        force: false,
-                        link: true,
-                    },
-                    &(),
-                )
-            })
-            .await?;
+            self.blocking(move |store| store.export_inputs(&inputs, &list))
+                .await?;
         }
         let kind = match &a.program {
             Program::Wasm { module, args, env } => {

@@ -14,7 +14,7 @@ use weft_sandbox::Sandbox;
 
 use super::replicas::{Backend, replica_dir};
 use crate::sched::Fetcher;
-use crate::store::{ExportOptions, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Largest request or response body a replica takes or gives.
 pub const MAX_BODY: usize = 16 << 20;
@@ -145,7 +145,7 @@ async fn resolve(ctx: &BackendCtx, r: &ArtifactRef) -> Result<Hash, String> {
         .map_err(|e| format!("{r}: {e}"))
 }
 
-/// Exports each input, read-only hard links, at its path under `inputs`.
+/// A fresh replica folder with the inputs laid out in it.
 fn lay_out(
     store: &Store,
     dir: &std::path::Path,
@@ -154,32 +154,7 @@ fn lay_out(
 ) -> Result<(), StoreError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(inputs).map_err(StoreError::io(inputs))?;
-    for (id, path) in list {
-        let rel = path.relative();
-        let dest = if rel.is_empty() {
-            inputs.to_path_buf()
-        } else {
-            inputs.join(rel)
-        };
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
-            let real = parent.canonicalize().map_err(StoreError::io(parent))?;
-            let root = inputs.canonicalize().map_err(StoreError::io(inputs))?;
-            if !real.starts_with(&root) {
-                return Err(StoreError::Escapes { path: dest });
-            }
-        }
-        store.export(
-            id,
-            &dest,
-            ExportOptions {
-                force: false,
-                link: true,
-            },
-            &(),
-        )?;
-    }
-    Ok(())
+    store.export_inputs(inputs, list)
 }
 
 /// A `wasi:http` function: an instance per request.

@@ -176,17 +176,15 @@ async fn handle(
             ),
         );
     };
-    let spec = match ing.services.cached(name.as_str()) {
-        Some(state) => match state.current_spec() {
-            Some((_, spec)) => spec.clone(),
-            None => {
-                return text(
-                    StatusCode::NOT_FOUND,
-                    format!("service {name} is not running"),
-                );
-            }
-        },
-        None => return text(StatusCode::NOT_FOUND, format!("no service named {name}")),
+    // the folded state is shared (`Arc`); the spec is borrowed from it
+    let Some(state) = ing.services.cached(name.as_str()) else {
+        return text(StatusCode::NOT_FOUND, format!("no service named {name}"));
+    };
+    let Some((_, spec)) = state.current_spec() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("service {name} is not running"),
+        );
     };
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -236,8 +234,8 @@ async fn handle(
             .into_iter()
             .filter(|r| !tried.contains(&r.info.id))
             .collect();
-        if wants_more(&ing, &spec, &ready) {
-            activate(&ing, &spec);
+        if wants_more(&ing, spec, &ready) {
+            activate(&ing, spec);
         }
         let Some(route) = pick(&ing.mesh, &ready) else {
             if waiting_since.elapsed() > WAIT_READY || !tried.is_empty() {

@@ -26,10 +26,12 @@ use tracing::{info, warn};
 use weft_protocol::service::{ReplicaId, ReplicaState, Replicas as ReplicaCount, ServiceName};
 use weft_protocol::{Request, Response};
 
+use super::fold::previous_revision;
 use super::mesh::{Mesh, Route, View};
-use super::replicas::{Replicas, now_ms};
+use super::replicas::Replicas;
 use super::{ServiceHandle, ServiceState, placement};
 use crate::net::NetHandle;
+use crate::sched::now_ms;
 
 /// How often the owner looks.
 pub const TICK: Duration = Duration::from_millis(300);
@@ -407,20 +409,6 @@ impl Reconciler {
             }
         }
     }
-}
-
-/// The revision current before the current one.
-pub fn previous_revision(state: &ServiceState) -> Option<u32> {
-    let current = state.current?;
-    let mut before = None;
-    let mut last = None;
-    for h in &state.history {
-        if h.revision != last {
-            before = last;
-            last = h.revision;
-        }
-    }
-    before.filter(|b| *b != current)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use weft_protocol::{ErrorCode, NodeAdvert};
 
 use super::ServiceHandle;
 use super::backends::{self, BackendCtx};
+use crate::sched::now_ms;
 
 /// Most replicas one node runs at once.
 pub const MAX_LOCAL_REPLICAS: usize = 64;
@@ -458,13 +459,7 @@ impl Replicas {
 
     fn fail(&self, r: &Replica, why: String) {
         let mut why = why;
-        if why.len() > 200 {
-            let mut cut = 200;
-            while !why.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            why.truncate(cut);
-        }
+        weft_protocol::bounds::clip(&mut why, 200);
         if r.set(ReplicaState::Failed, Some(why)) {
             self.publish();
         }
@@ -544,11 +539,4 @@ async fn probe(backend: &Arc<dyn Backend>, health: &Health) -> Result<(), String
 /// Where replicas keep their inputs.
 pub fn replica_dir(work_dir: &std::path::Path, id: ReplicaId) -> PathBuf {
     work_dir.join("services").join(id.to_string())
-}
-
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

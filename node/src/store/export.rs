@@ -21,6 +21,43 @@ pub struct ExportOptions {
 }
 
 impl Store {
+    /// Lays out a task's or replica's inputs: each artifact exported
+    /// (read-only hard links) at its checked path under `inputs`, written
+    /// fresh, with every folder on the way one this export made, so nothing
+    /// is replaced and nothing outside `inputs` is touched.
+    pub fn export_inputs(
+        &self,
+        inputs: &Path,
+        list: &[(Hash, weft_protocol::job::InputPath)],
+    ) -> Result<()> {
+        for (id, path) in list {
+            let rel = path.relative();
+            let dest = if rel.is_empty() {
+                inputs.to_path_buf()
+            } else {
+                inputs.join(rel)
+            };
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).map_err(StoreError::io(parent))?;
+                let real = parent.canonicalize().map_err(StoreError::io(parent))?;
+                let root = inputs.canonicalize().map_err(StoreError::io(inputs))?;
+                if !real.starts_with(&root) {
+                    return Err(StoreError::Escapes { path: dest });
+                }
+            }
+            self.export(
+                id,
+                &dest,
+                ExportOptions {
+                    force: false,
+                    link: true,
+                },
+                &(),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Bytes of content below `h` (a file's size or a tree's total).
     pub fn content_size(&self, h: &Hash) -> Result<u64> {
         if self.is_tree(h)? {
