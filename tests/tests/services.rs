@@ -32,7 +32,7 @@ metadata: {{name: {name}}}
 spec:
   replicas: {replicas}
   task: {{wasm: {{module: test/httptest:v1, env: {{{env}}}}}}}
-  health: {{http: /healthz, interval: 200ms, timeout: 1s, failures: 2}}
+  health: {{http: /healthz, interval: 200ms, timeout: 2s, failures: 3}}
 {extra}"
     )
 }

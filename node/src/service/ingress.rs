@@ -38,14 +38,11 @@ use super::{ServiceHandle, placement};
 use crate::net::NetHandle;
 use crate::transfer::TransferHandle;
 
-/// Tries of one request on different replicas.
+/// Sends of one request that were lost after it went out (idempotent
+/// methods only).
 const ATTEMPTS: usize = 4;
 
-/// Tries that found a node unreachable (and sent nothing) that do not
-/// count as attempts.
-const MAX_UNREACHABLE: usize = 8;
-
-/// How long a request waits for a replica to become ready.
+/// How long a request waits for a replica that takes it.
 const WAIT_READY: Duration = Duration::from_secs(20);
 
 /// Headers that belong to one hop and are not passed on.
@@ -223,11 +220,17 @@ async fn handle(
         uri,
         headers,
     };
+    // Replicas tried since the view last changed. A refusal or an
+    // unreachable node means the request was never seen, so when every
+    // ready replica has refused (the view lags a replica that is draining
+    // or turned unhealthy) the request waits for the view to change and
+    // goes again, up to WAIT_READY; only a request lost after it was sent
+    // counts as an attempt.
     let mut tried: Vec<weft_protocol::service::ReplicaId> = Vec::new();
     let waiting_since = Instant::now();
     let mut last_error = String::new();
-    let mut unreachable = 0;
-    while tried.len() < ATTEMPTS + unreachable.min(MAX_UNREACHABLE) {
+    let mut lost = 0;
+    while lost < ATTEMPTS {
         let ready: Vec<Route> = ing
             .mesh
             .ready(&name)
@@ -238,13 +241,14 @@ async fn handle(
             activate(&ing, spec);
         }
         let Some(route) = pick(&ing.mesh, &ready) else {
-            if waiting_since.elapsed() > WAIT_READY || !tried.is_empty() {
+            if waiting_since.elapsed() > WAIT_READY {
                 break;
             }
             tokio::select! {
                 _ = ing.replicas.changed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
+            tried.clear();
             continue;
         };
         tried.push(route.info.id);
@@ -259,9 +263,7 @@ async fn handle(
                 last_error = why;
             }
             Err(Forward::Unreachable(why)) => {
-                // nothing was sent: another try costs no attempt
                 ing.mesh.unreachable(&route.node);
-                unreachable += 1;
                 last_error = why;
             }
             Err(Forward::Lost(why)) => {
@@ -272,6 +274,7 @@ async fn handle(
                         format!("the replica of {name} stopped answering: {why}"),
                     );
                 }
+                lost += 1;
                 last_error = why;
             }
             Err(Forward::Failed(resp)) => return respond(resp),
