@@ -130,6 +130,7 @@ impl From<StoreError> for ApiError {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             StoreError::Ambiguous { .. } => (StatusCode::BAD_REQUEST, "ambiguous"),
+            StoreError::BadRef(_) => (StatusCode::BAD_REQUEST, "bad_input"),
             StoreError::Exists { .. } => (StatusCode::CONFLICT, "exists"),
             StoreError::IsTree(_) => (StatusCode::BAD_REQUEST, "is_tree"),
             StoreError::Symlink { .. }

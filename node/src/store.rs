@@ -70,8 +70,11 @@ pub enum StoreError {
     Escapes { path: PathBuf },
     #[error("{path}: symbolic links form a loop")]
     LinkLoop { path: PathBuf },
-    #[error("no artifact matches {0}")]
+    /// Nothing is known by that name; the text says what was looked for.
+    #[error("{0}")]
     NotFound(String),
+    #[error(transparent)]
+    BadRef(#[from] weft_protocol::tag::RefParseError),
     #[error("id prefix {prefix} matches {} artifacts ({}); give more digits", .candidates.len(), .candidates.iter().map(|h| h.short(12)).collect::<Vec<_>>().join(", "))]
     Ambiguous {
         prefix: String,
@@ -446,7 +449,10 @@ impl Store {
                     }
                 }
                 match found.len() {
-                    0 => Err(StoreError::NotFound(prefix.as_str().to_string())),
+                    0 => Err(StoreError::NotFound(format!(
+                        "no artifact id starts with {}",
+                        prefix.as_str()
+                    ))),
                     1 => Ok(found[0]),
                     _ => Err(StoreError::Ambiguous {
                         prefix: prefix.as_str().to_string(),
@@ -459,9 +465,7 @@ impl Store {
 
     /// Parses and resolves a reference as a user typed it.
     pub fn resolve_str(&self, s: &str) -> Result<Hash> {
-        let r: ArtifactRef = s
-            .parse()
-            .map_err(|e: weft_protocol::tag::RefParseError| StoreError::NotFound(e.to_string()))?;
+        let r: ArtifactRef = s.parse()?;
         self.resolve(&r)
     }
 

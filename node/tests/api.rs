@@ -222,7 +222,7 @@ async fn uploads_downloads_ranges_and_json_errors() {
         ("PUT", "/api/v1/tags/bad name", "{\"ref\": \"abcd\"}", 400),
         ("GET", "/api/v1/nowhere", "", 404),
         ("GET", "/api/v1/artifacts/ffffffff", "", 404),
-        ("GET", "/api/v1/artifacts/zz", "", 404),
+        ("GET", "/api/v1/artifacts/zz", "", 400),
         ("DELETE", "/api/v1/gc", "", 405),
     ] {
         let resp = http(&node)

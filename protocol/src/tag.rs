@@ -133,10 +133,12 @@ pub enum RefParseError {
     Tag(#[from] TagNameError),
     #[error("{input:?} is not a model alias: write models/NAME@ALIAS, e.g. models/iris@champion")]
     Alias { input: String },
-    #[error("{input:?} is not an artifact id ({source}) nor a tag (NAME:VERSION)")]
+    /// The reason is part of the message (not a `source`), so a printed
+    /// error chain names it once.
+    #[error("{input:?} is not an artifact id ({reason}) nor a tag (NAME:VERSION)")]
     Id {
         input: String,
-        source: HashParseError,
+        reason: HashParseError,
     },
 }
 
@@ -158,9 +160,9 @@ impl FromStr for ArtifactRef {
         } else {
             s.parse()
                 .map(ArtifactRef::Id)
-                .map_err(|source| RefParseError::Id {
+                .map_err(|reason| RefParseError::Id {
                     input: s.chars().take(80).collect(),
-                    source,
+                    reason,
                 })
         }
     }
