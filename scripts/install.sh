@@ -64,8 +64,8 @@ if [ -n "$secret" ] && ! [[ $secret =~ ^[0-9a-fA-F]{64}$ ]]; then
 fi
 for b in "${bootstrap[@]}"; do
   case $b in
-    /*/p2p/*) ;;
-    *) die "--bootstrap '$b' is not a multiaddr ending in /p2p/PEER_ID (\`weft node\` on that machine prints its addresses)" ;;
+    /*) ;;
+    *) die "--bootstrap '$b' is not a multiaddr like /ip4/10.0.0.5/udp/4001/quic-v1/p2p/PEER_ID (\`weft node\` on that machine prints its addresses)" ;;
   esac
 done
 if [ -n "$root" ]; then
