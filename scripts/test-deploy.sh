@@ -121,7 +121,7 @@ grep -qF "\"$boot\"" "$stage/var/lib/weft/config.toml" || fail "config.toml lack
 cmp -s deploy/systemd/weft.service "$stage/etc/systemd/system/weft.service" || fail "the unit is not installed"
 cmp -s deploy/systemd/weft.service.d/containers.conf "$stage/etc/systemd/system/weft.service.d/containers.conf" ||
   fail "the containers drop-in is not installed"
-peer=$("$weft" --home "$stage/var/lib/weft" node | sed -n 's/^ *"peer_id": "\([^"]*\)".*/\1/p')
+peer=$("$weft" --home "$stage/var/lib/weft" node | sed -n 's/^ *"peer_id": "\([^"]*\)".*/\1/p' | head -n 1)
 [ -n "$peer" ] || fail "weft node prints no peer id for the staged home"
 grep -qF "/ip4/198.18.0.9/udp/4001/quic-v1/p2p/$peer" "$work/install.log" ||
   fail "install.sh does not print this node's address to join: $(cat "$work/install.log")"
@@ -177,7 +177,7 @@ on_a init >/dev/null
 ip netns exec "$ns_a" "$weft" --home "$work/a" daemon --no-mdns >"$work/a.log" 2>&1 &
 pids+=($!)
 wait_api a "$work/a"
-peer_a=$(on_a node | sed -n 's/^ *"peer_id": "\([^"]*\)".*/\1/p')
+peer_a=$(on_a node | sed -n 's/^ *"peer_id": "\([^"]*\)".*/\1/p' | head -n 1)
 secret_a=$(sed -n 's/^cluster_secret = "\(.*\)"$/\1/p' "$work/a/config.toml")
 [ -n "$peer_a" ] || fail "host A has no peer id"
 [ -n "$secret_a" ] || fail "host A's config.toml has no cluster secret"
@@ -189,7 +189,7 @@ on_b init --cluster-secret "$secret_a" --bootstrap "/ip4/198.18.0.5/udp/4001/qui
 ip netns exec "$ns_b" "$weft" --home "$work/b" daemon --no-mdns >"$work/b.log" 2>&1 &
 pids+=($!)
 wait_api b "$work/b"
-peer_b=$(on_b node | sed -n 's/^ *"peer_id": "\([^"]*\)".*/\1/p')
+peer_b=$(on_b node | sed -n 's/^ *"peer_id": "\([^"]*\)".*/\1/p' | head -n 1)
 
 seen=0
 for _ in $(seq 150); do
