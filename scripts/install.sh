@@ -191,10 +191,13 @@ elif [ -f "$dropin" ]; then
 fi
 
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then
+  was_active=0
+  systemctl is-active --quiet weft.service && was_active=1
   run systemctl daemon-reload
   run systemctl enable --now weft.service
-  if [ "$changed" = 1 ]; then
-    run systemctl try-restart weft.service
+  # a running node picks up a new binary, unit or config
+  if [ "$changed" = 1 ] && [ "$was_active" = 1 ]; then
+    run systemctl restart weft.service
   fi
   started=1
 else
@@ -210,9 +213,10 @@ addrs=
 if [ "$dry" = 0 ]; then
   # with a running daemon `weft node` prints the addresses it listens on;
   # without, its id and config
+  # (a just started daemon's addresses, waited for up to 10 s)
   for _ in $(seq 50); do
     node_json=$("${weft_cmd[@]}" node 2>/dev/null || true)
-    case $node_json in *'"addrs"'*|*'"running": false'*) break ;; esac
+    case $node_json in *'"addrs"'*) break ;; esac
     [ "$started" = 1 ] || break
     sleep 0.2
   done
