@@ -10,15 +10,15 @@
 #
 # What is timed (each figure the median of 3 runs; the file is in page
 # cache; every output is a file on the same disk):
-#   weft PUT     `weft add --no-pin FILE` on node 1 (hashed, stored, synced),
-#                node 1's store emptied by `weft gc` before each run
+#   weft PUT     `weft add --no-pin FILE` on node 1 (hashed, stored, synced)
 #   weft GET     `weft get ID -o FILE` on node 2: fetched from node 1 over the
-#                data plane, then written out; node 2 emptied before each run
+#                data plane, then written out
 #   S3 PUT       boto3 `upload_file` to node 1's gateway (TransferConfig:
-#                16 MiB parts, 8 threads); the object deleted and node 1
-#                emptied before each run
+#                16 MiB parts, 8 threads)
 #   S3 GET       boto3 `download_file` of that object from node 2's gateway
 #                (read through the other node; 8 threads, ranged GETs)
+# Before each run both nodes' stores are emptied (`weft gc`, the S3 object
+# deleted), so node 1 stores the file anew and node 2 fetches all of it.
 #   nginx PUT    `curl -T FILE` to nginx with `dav_methods PUT`
 #   nginx GET    `curl -o FILE` from nginx (sendfile)
 # boto3 is timed inside Python, around the transfer only.
@@ -83,17 +83,15 @@ echo "starting a devnet of 2 nodes..." >&2
 "$weft" devnet up --nodes 2 --dir "$work/devnet" >/dev/null
 home() { echo "$work/devnet/node$1"; }
 native_put=() native_get=()
-id=
+gc_both() { "$weft" --home "$(home 1)" gc >/dev/null; "$weft" --home "$(home 2)" gc >/dev/null; }
 for _ in $(seq $runs); do
-  "$weft" --home "$(home 1)" gc >/dev/null
-  sync
+  # each run starts with both stores empty: node 1 stores the file anew,
+  # node 2 fetches all of it from node 1
+  gc_both
+  rm -f "$work/out"; sync
   t0=$(now); id=$("$weft" --home "$(home 1)" add --no-pin "$data"); t1=$(now)
   native_put+=("$(elapsed "$t0" "$t1")")
-done
-sleep 1 # let the mesh hear that node 1 holds it
-for _ in $(seq $runs); do
-  "$weft" --home "$(home 2)" gc >/dev/null
-  rm -f "$work/out"; sync
+  sync; sleep 1 # the mesh hears that node 1 holds it
   t0=$(now); "$weft" --home "$(home 2)" get "$id" -o "$work/out"; t1=$(now)
   native_get+=("$(elapsed "$t0" "$t1")")
   same "$work/out"
@@ -130,10 +128,12 @@ mib = 1 << 20
 tc = TransferConfig(multipart_threshold=16 * mib, multipart_chunksize=16 * mib,
                     max_concurrency=8, use_threads=True)
 if op == "mkbucket":
+    from botocore.exceptions import ClientError
     try:
         s3.create_bucket(Bucket=bucket)
-    except s3.exceptions.BucketAlreadyOwnedByYou:
-        pass
+    except ClientError as e:
+        if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
     print(endpoint)
 elif op == "delete":
     s3.delete_object(Bucket=bucket, Key=key)
@@ -153,14 +153,13 @@ put_endpoint=$(s3 mkbucket "$s3json" 0 bench - -)
 get_endpoint=$(s3 mkbucket "$s3json" 1 bench - -)
 s3_put=() s3_get=()
 for _ in $(seq $runs); do
+  # as above: the object deleted and both stores emptied first, so node 1
+  # stores it anew and node 2 fetches it from node 1 while it is read
   s3 delete "$s3json" 0 bench data - >/dev/null 2>&1 || true
-  "$weft" --home "$(home 1)" gc >/dev/null
-  sync
-  s3_put+=("$(s3 put "$s3json" 0 bench data "$data")")
-done
-for _ in $(seq $runs); do
-  "$weft" --home "$(home 2)" gc >/dev/null
+  gc_both
   rm -f "$work/out"; sync
+  s3_put+=("$(s3 put "$s3json" 0 bench data "$data")")
+  sync; sleep 1 # the tag reaches node 2
   s3_get+=("$(s3 get "$s3json" 1 bench data "$work/out")")
   same "$work/out"
 done
