@@ -61,6 +61,10 @@ pub enum Command {
         /// Join an existing cluster: its secret (64 hex digits). Default: a new one.
         #[arg(long, env = "WEFT_CLUSTER_SECRET", hide_env_values = true)]
         cluster_secret: Option<String>,
+        /// A peer of that cluster to dial at start, repeatable
+        /// (network.bootstrap), e.g. /ip4/10.0.0.5/udp/4001/quic-v1/p2p/12D3KooW...
+        #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+        bootstrap: Vec<String>,
         /// Overwrite an existing config file.
         #[arg(long)]
         force: bool,
@@ -107,7 +111,8 @@ pub enum Command {
     Model(ModelCmd),
     /// Peers in the mesh, from their adverts (needs a running daemon).
     Peers,
-    /// This node's id, addresses and advert (needs a running daemon).
+    /// This node's id, addresses and advert; without a running daemon, its
+    /// id and the addresses its config listens on.
     Node,
     /// A local multi-node cluster on loopback, for trying weft out.
     #[command(subcommand)]
@@ -484,9 +489,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Init {
                 cluster_secret,
+                bootstrap,
                 force,
             } => {
-                init(&home, cluster_secret, force)?;
+                init(&home, cluster_secret, bootstrap, force)?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Run { file, wait, local } => {
@@ -585,7 +591,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// `weft init`: identity and config for a new node.
-fn init(home: &Home, cluster_secret: Option<String>, force: bool) -> anyhow::Result<()> {
+fn init(
+    home: &Home,
+    cluster_secret: Option<String>,
+    bootstrap: Vec<String>,
+    force: bool,
+) -> anyhow::Result<()> {
+    for b in &bootstrap {
+        b.parse::<libp2p::Multiaddr>().map_err(|e| {
+            anyhow::anyhow!(
+                "--bootstrap {b:?} is not a multiaddr ({e}); give one like /ip4/10.0.0.5/udp/4001/quic-v1/p2p/PEER_ID (`weft node` on that machine prints its addresses)"
+            )
+        })?;
+    }
     home.ensure()?;
     let path = home.config_path();
     if path.exists() && !force {
@@ -603,6 +621,9 @@ fn init(home: &Home, cluster_secret: Option<String>, force: bool) -> anyhow::Res
     };
     let mut config = Config::load(home).unwrap_or_default();
     config.network.cluster_secret = Some(secret);
+    if !bootstrap.is_empty() {
+        config.network.bootstrap = bootstrap;
+    }
     config.save(home)?;
     let peer = home.identity()?.public().to_peer_id();
     // the API's token, which the daemon would make on its first start

@@ -41,6 +41,7 @@ mod codec;
 mod tests;
 
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use libp2p::identity::Keypair;
@@ -201,10 +202,57 @@ pub struct PeerInfo {
     /// Addresses to reach it: what it told us through identify when
     /// connected, else those in its advert.
     pub addrs: Vec<Multiaddr>,
+    /// The IP address this node is connected to it on, when connected.
+    pub remote_ip: Option<IpAddr>,
     /// Whether this node has an authenticated connection to it.
     pub connected: bool,
     /// Time since its advert was last refreshed.
     pub last_seen_age: Duration,
+}
+
+impl PeerInfo {
+    /// Where its data plane listens: its advert's address, or, when the
+    /// advert names an unspecified host (`0.0.0.0:4002`), that port on a
+    /// host this node can reach it on. See [`reachable_host`].
+    pub fn data_addr(&self) -> Option<SocketAddr> {
+        let a: SocketAddr = self.advert.data_plane_addr.as_deref()?.parse().ok()?;
+        if !a.ip().is_unspecified() {
+            return Some(a);
+        }
+        reachable_host(a.ip(), self.remote_ip, &self.addrs).map(|ip| SocketAddr::new(ip, a.port()))
+    }
+}
+
+/// A host to reach a peer's service that listens on `unspecified`
+/// (`0.0.0.0` or `::`): the address this node is connected to the peer on,
+/// else the first of its libp2p addresses that is not a loopback address
+/// (a loopback address of another machine is this machine's own), else a
+/// loopback one (the peer runs on this machine). A service bound to
+/// `0.0.0.0` takes IPv4 only.
+pub fn reachable_host(
+    unspecified: IpAddr,
+    remote_ip: Option<IpAddr>,
+    addrs: &[Multiaddr],
+) -> Option<IpAddr> {
+    let fits = |ip: &IpAddr| !ip.is_unspecified() && (unspecified.is_ipv6() || ip.is_ipv4());
+    if let Some(ip) = remote_ip.filter(fits) {
+        return Some(ip);
+    }
+    let ips: Vec<IpAddr> = addrs
+        .iter()
+        .filter_map(|m| {
+            m.iter().find_map(|p| match p {
+                Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+                _ => None,
+            })
+        })
+        .filter(fits)
+        .collect();
+    ips.iter()
+        .find(|ip| !ip.is_loopback())
+        .or_else(|| ips.first())
+        .copied()
 }
 
 type Reply<T> = oneshot::Sender<Result<T, NetError>>;

@@ -88,7 +88,9 @@ pub(crate) struct Setup {
 
 impl ContainerExecutor {
     pub(crate) fn new(config: &SandboxConfig) -> Result<ContainerExecutor, SandboxError> {
-        let runtime = find_runtime(config.oci_runtime.as_deref());
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        let runtime = usable_runtime(find_runtime(config.oci_runtime.as_deref()), euid);
         for dir in [&config.runtime_root, &config.bundle_dir] {
             std::fs::create_dir_all(dir)
                 .and_then(|()| {
@@ -96,8 +98,7 @@ impl ContainerExecutor {
                 })
                 .map_err(|e| SandboxError::io(format!("cannot create {}", dir.display()), e))?;
         }
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let is_root = unsafe { libc::geteuid() } == 0;
+        let is_root = euid == 0;
         let mount_dir = match config.userns {
             Some(map) if is_root && runtime.is_ok() => {
                 make_mount_dir(&config.mount_dir, map).map(|()| config.mount_dir.clone())
@@ -912,6 +913,23 @@ fn container_id(name: &str) -> String {
 }
 
 /// Finds the configured runtime, or `runc` then `crun` on `PATH`.
+/// Containers need root: the runtime creates their namespaces, cgroups
+/// and mounts. A runtime found by a node that runs as another user is
+/// reported as missing, so the node neither advertises containers it
+/// cannot run nor accepts their tasks.
+fn usable_runtime(
+    found: Result<ContainerRuntime, String>,
+    euid: u32,
+) -> Result<ContainerRuntime, String> {
+    match found {
+        Ok(rt) if euid != 0 => Err(format!(
+            "{} is installed, but containers need root and the node runs as uid {euid}",
+            rt.name
+        )),
+        other => other,
+    }
+}
+
 fn find_runtime(configured: Option<&Path>) -> Result<ContainerRuntime, String> {
     let path = match configured {
         Some(p) => {
@@ -1020,6 +1038,23 @@ pub(crate) async fn runtime_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_are_offered_only_as_root() {
+        let rt = ContainerRuntime {
+            name: "runc".into(),
+            path: PathBuf::from("/usr/sbin/runc"),
+            version: "runc version 1.1.5".into(),
+        };
+        assert_eq!(usable_runtime(Ok(rt.clone()), 0), Ok(rt.clone()));
+        let why = usable_runtime(Ok(rt), 998).expect_err("not root");
+        assert!(
+            why.contains("need root") && why.contains("uid 998"),
+            "{why}"
+        );
+        let missing = usable_runtime(Err("neither runc nor crun is on PATH".into()), 998);
+        assert_eq!(missing, Err("neither runc nor crun is on PATH".into()));
+    }
 
     #[test]
     fn ids_are_unique_and_valid() {

@@ -73,7 +73,14 @@ pub(crate) async fn peers(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
         }
         t.row(vec![
             p.peer_id,
-            p.addrs.first().cloned().unwrap_or_default(),
+            // a loopback address of another machine says nothing: the first
+            // other one, unless the peer runs here
+            p.addrs
+                .iter()
+                .find(|a| !a.starts_with("/ip4/127.") && !a.starts_with("/ip6/::1/"))
+                .or(p.addrs.first())
+                .cloned()
+                .unwrap_or_default(),
             human_duration(Duration::from_millis(p.last_seen_ms)) + " ago",
             a.cpu_cores.to_string(),
             format!(
@@ -97,9 +104,29 @@ pub(crate) async fn peers(home: &Home, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `weft node`.
 pub(crate) async fn node(home: &Home) -> anyhow::Result<ExitCode> {
-    let client = require_daemon(home).await?;
-    let v: serde_json::Value = client.get("/api/v1/node").await?;
-    output::json(&v)?;
+    if let Some(client) = daemon_client(home).await? {
+        let v: serde_json::Value = client.get("/api/v1/node").await?;
+        output::json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // no daemon: what the home says (an install script prints join commands
+    // from it before the service starts)
+    if !home.config_path().exists() {
+        bail!(
+            "{} has no config and no daemon runs there; run `weft init` first",
+            home.root().display()
+        );
+    }
+    let config = Config::load(home)?;
+    let peer = home.identity()?.public().to_peer_id();
+    output::json(&serde_json::json!({
+        "peer_id": peer.to_string(),
+        "version": weft_protocol::VERSION,
+        "running": false,
+        "listen": config.network.listen,
+        "data_listen": config.data.listen,
+        "bootstrap": config.network.bootstrap,
+    }))?;
     Ok(ExitCode::SUCCESS)
 }
 

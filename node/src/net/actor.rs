@@ -5,6 +5,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -90,6 +91,9 @@ struct Conn {
     auth: AuthState,
     /// The address this node dialed it at, if it did.
     dialed_addr: Option<Multiaddr>,
+    /// The IP address its first connection came from or went to: where
+    /// this node reaches it.
+    remote_ip: Option<IpAddr>,
     /// Its listen addresses, from identify.
     listen_addrs: Vec<Multiaddr>,
     /// How many times this node's own proof was sent to it.
@@ -167,6 +171,15 @@ fn without_p2p(mut addr: Multiaddr) -> Multiaddr {
         addr.pop();
     }
     addr
+}
+
+/// The IP address a multiaddr starts with, if any.
+fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 fn advert_addrs(advert: &NodeAdvert) -> Vec<Multiaddr> {
@@ -552,6 +565,7 @@ impl Actor {
                     peer_id: *peer,
                     advert: member.advert.clone(),
                     addrs,
+                    remote_ip: conn.and_then(|c| c.remote_ip),
                     connected: conn.is_some_and(Conn::is_authenticated),
                     last_seen_age: now.saturating_duration_since(member.last_seen),
                 }
@@ -642,11 +656,15 @@ impl Actor {
             ConnectedPoint::Dialer { address, .. } => Some(without_p2p(address.clone())),
             ConnectedPoint::Listener { .. } => None,
         };
+        let remote_ip = ip_of(endpoint.get_remote_address());
         match self.conns.entry(peer) {
             Entry::Occupied(mut entry) => {
                 let conn = entry.get_mut();
                 if conn.dialed_addr.is_none() {
                     conn.dialed_addr = dialed;
+                }
+                if conn.remote_ip.is_none() {
+                    conn.remote_ip = remote_ip;
                 }
             }
             Entry::Vacant(entry) => {
@@ -656,6 +674,7 @@ impl Actor {
                         held: Vec::new(),
                     },
                     dialed_addr: dialed,
+                    remote_ip,
                     listen_addrs: Vec::new(),
                     proofs_sent: 0,
                 });

@@ -915,3 +915,60 @@ async fn connections_from_one_peer_are_limited() {
         "{open} connections from one peer"
     );
 }
+
+fn peer_with(data_plane: &str, remote_ip: Option<&str>, addrs: &[&str]) -> PeerInfo {
+    PeerInfo {
+        peer_id: PeerId::random(),
+        advert: NodeAdvert {
+            data_plane_addr: Some(data_plane.to_string()),
+            ..NodeAdvert::default()
+        },
+        addrs: addrs
+            .iter()
+            .map(|a| a.parse().expect("multiaddr"))
+            .collect(),
+        remote_ip: remote_ip.map(|ip| ip.parse().expect("ip")),
+        connected: remote_ip.is_some(),
+        last_seen_age: Duration::ZERO,
+    }
+}
+
+fn sock(s: &str) -> Option<SocketAddr> {
+    Some(s.parse().expect("socket address"))
+}
+
+/// A peer on another machine whose data plane listens on 0.0.0.0 lists its
+/// loopback address first among its libp2p addresses: dialing that would
+/// reach this machine's own node. Its data plane is reached where the peer
+/// is connected to, else on a non-loopback address it listens on.
+#[test]
+fn data_addr_of_a_wildcard_listener_is_never_anothers_loopback() {
+    let listens = [
+        "/ip4/127.0.0.1/udp/4001/quic-v1",
+        "/ip4/198.18.0.5/udp/4001/quic-v1",
+        "/ip6/::1/udp/4001/quic-v1",
+    ];
+    // not connected: the first address that is not loopback
+    let p = peer_with("0.0.0.0:4002", None, &listens);
+    assert_eq!(p.data_addr(), sock("198.18.0.5:4002"));
+    // connected: where this node reaches it, whatever it lists
+    let p = peer_with("0.0.0.0:4002", Some("198.18.0.9"), &listens);
+    assert_eq!(p.data_addr(), sock("198.18.0.9:4002"));
+    // an IPv4 wildcard is not reached on an IPv6 address
+    let p = peer_with("0.0.0.0:4002", Some("fd00::5"), &listens);
+    assert_eq!(p.data_addr(), sock("198.18.0.5:4002"));
+    let p = peer_with("[::]:4002", Some("fd00::5"), &listens);
+    assert_eq!(p.data_addr(), sock("[fd00::5]:4002"));
+    // a node on this machine (a devnet): loopback is right
+    let p = peer_with("0.0.0.0:4002", None, &["/ip4/127.0.0.1/tcp/4001"]);
+    assert_eq!(p.data_addr(), sock("127.0.0.1:4002"));
+    // a named host is taken as it is
+    let p = peer_with("10.1.2.3:4002", Some("198.18.0.9"), &listens);
+    assert_eq!(p.data_addr(), sock("10.1.2.3:4002"));
+    // nothing to reach it on, or no address at all
+    let p = peer_with("0.0.0.0:4002", None, &["/dns4/example.org/tcp/4001"]);
+    assert_eq!(p.data_addr(), None);
+    let mut p = peer_with("0.0.0.0:4002", None, &listens);
+    p.advert.data_plane_addr = None;
+    assert_eq!(p.data_addr(), None);
+}

@@ -204,11 +204,7 @@ impl Mesh {
         let stale_after = self.advert_interval * 2 + Duration::from_millis(250);
         for p in peers {
             let id = p.peer_id.to_string();
-            let addr = p
-                .advert
-                .data_plane_addr
-                .as_deref()
-                .and_then(|a| a.parse::<SocketAddr>().ok());
+            let addr = p.data_addr();
             for info in p.advert.replicas.iter().flatten() {
                 view.routes
                     .entry(info.service.clone())

@@ -4,13 +4,12 @@
 //! not answer is asked on its data plane.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
-use libp2p::multiaddr::Protocol;
 use tracing::debug;
 use weft_protocol::{Hash, Request, Response};
 
@@ -47,20 +46,9 @@ pub(super) struct Provider {
     pub(super) addr: SocketAddr,
 }
 
-/// Where `p`'s data plane listens: its advert's address, with the host
-/// taken from its libp2p addresses when the advert names an unspecified one.
+/// Where `p`'s data plane listens (see [`PeerInfo::data_addr`]).
 pub(super) fn data_addr(p: &PeerInfo) -> Option<SocketAddr> {
-    let a: SocketAddr = p.advert.data_plane_addr.as_deref()?.parse().ok()?;
-    if !a.ip().is_unspecified() {
-        return Some(a);
-    }
-    p.addrs.iter().find_map(|m| {
-        m.iter().find_map(|proto| match proto {
-            Protocol::Ip4(ip) => Some(SocketAddr::new(IpAddr::V4(ip), a.port())),
-            Protocol::Ip6(ip) => Some(SocketAddr::new(IpAddr::V6(ip), a.port())),
-            _ => None,
-        })
-    })
+    p.data_addr()
 }
 
 /// Providers of `hash` among the mesh: connected peers and up to
