@@ -388,8 +388,17 @@ async fn odd_input_is_answered_with_a_documented_json_error() {
             (0..48).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
         reqwest::Body::wrap_stream(futures::stream::iter(chunks))
     };
-    let cases: Vec<(&str, &str, &str, Option<&str>, reqwest::Body, u16, &str)> = vec![
-        // (method, url path, document path, content type, body, status, code)
+    // (method, url path, document path, content type, body, status, code)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        reqwest::Body,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/api/v1/jobs?limit=many",
