@@ -66,11 +66,33 @@ pub(super) struct Exported {
     path: PathBuf,
 }
 
+/// One value of a tag (`weft_protocol::TagVersion`): what it pointed at
+/// (`null` once removed), when, and which node wrote it.
+#[derive(ToSchema)]
+#[schema(as = TagVersion)]
+#[allow(dead_code)] // the schema of `weft_protocol::TagVersion`
+pub(super) struct TagVersionSchema {
+    /// The artifact's id, or `null` for a removal.
+    target: Option<String>,
+    /// The writer's hybrid logical clock.
+    hlc: HlcSchema,
+    /// The writer's node id.
+    origin: String,
+}
+
+/// A hybrid logical clock reading (`weft_protocol::Hlc`).
+#[derive(ToSchema)]
+#[schema(as = Hlc)]
+#[allow(dead_code)] // the schema of `weft_protocol::Hlc`
+pub(super) struct HlcSchema {
+    wall_ms: u64,
+    counter: u32,
+}
+
 /// `{"problems": [...]}`: what re-hashing found.
 #[derive(Serialize, ToSchema)]
 pub(super) struct Verified {
     /// One entry per blob whose bytes do not match its id.
-    #[schema(value_type = Vec<Object>)]
     problems: Vec<crate::store::VerifyProblem>,
 }
 
@@ -129,7 +151,7 @@ struct ListQuery {
     tag = "artifacts",
     summary = "Artifacts (query all=true for every blob)",
     params(ListQuery),
-    responses((status = 200, description = "the artifacts here", body = Vec<Object>)),
+    responses((status = 200, description = "the artifacts here", body = Vec<crate::store::ArtifactInfo>)),
 )]
 async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     let store = state.store.clone();
@@ -161,7 +183,7 @@ fn yes() -> bool {
     params(AddQuery),
     request_body(content = String, content_type = "application/octet-stream", description = "the file's bytes, streamed"),
     responses(
-        (status = 201, description = "stored", body = Object),
+        (status = 201, description = "stored", body = crate::store::AddOutcome),
         (status = 507, description = "the store's disk is full"),
     ),
 )]
@@ -231,7 +253,7 @@ struct ImportBody {
     summary = "Import a path on the daemon's host",
     request_body(content = ImportBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "stored", body = Object),
+        (status = 201, description = "stored", body = crate::store::AddOutcome),
         (status = 404, description = "no such path"),
         (status = 507, description = "the store's disk is full"),
     ),
@@ -570,7 +592,7 @@ async fn download(
     path = "/api/v1/tags",
     tag = "tags",
     summary = "Live tags",
-    responses((status = 200, description = "the tags", body = Vec<Object>)),
+    responses((status = 200, description = "the tags", body = Vec<crate::store::TagInfo>)),
 )]
 async fn list_tags(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
@@ -619,7 +641,7 @@ struct SetTagBody {
     params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
     request_body(content = SetTagBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "the tag's new version", body = Object),
+        (status = 200, description = "the tag's new version", body = TagVersionSchema),
         (status = 404, description = "no such artifact"),
     ),
 )]
@@ -648,7 +670,7 @@ async fn set_tag(
     summary = "Remove a tag",
     params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
     responses(
-        (status = 200, description = "the tag's new version (pointing at nothing)", body = Object),
+        (status = 200, description = "the tag's new version (pointing at nothing)", body = TagVersionSchema),
         (status = 404, description = "no such tag"),
     ),
 )]
@@ -674,7 +696,7 @@ async fn remove_tag(
     summary = "Every version a tag has had",
     params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
     responses(
-        (status = 200, description = "the versions, oldest first", body = Vec<Object>),
+        (status = 200, description = "the versions, oldest first", body = Vec<TagVersionSchema>),
         (status = 404, description = "no such tag"),
     ),
 )]
@@ -692,7 +714,7 @@ async fn tag_history(
     path = "/api/v1/pins",
     tag = "pins",
     summary = "Pins",
-    responses((status = 200, description = "the pins", body = Vec<Object>)),
+    responses((status = 200, description = "the pins", body = Vec<crate::store::PinInfo>)),
 )]
 async fn list_pins(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
@@ -780,7 +802,7 @@ async fn unpin(
     path = "/api/v1/gc",
     tag = "store",
     summary = "Remove what no pin or tag keeps",
-    responses((status = 200, description = "what was removed", body = Object)),
+    responses((status = 200, description = "what was removed", body = crate::store::GcReport)),
 )]
 async fn gc(State(state): State<ApiState>) -> ApiResult<Response> {
     // what fetches in progress are bringing here stays

@@ -182,7 +182,7 @@ struct StatusQuery {
     path = "/api/v1/jobs/{id}",
     tag = "jobs",
     summary = "A job's status (query wait_ms to wait for the end)",
-    params(("id" = String, Path, description = "a job id (20 hex digits)")),
+    params(("id" = String, Path, description = "a job id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     params(StatusQuery),
     responses(
         (status = 200, description = "the job's status", body = Object),
@@ -213,7 +213,7 @@ async fn status(
     path = "/api/v1/jobs/{id}/cancel",
     tag = "jobs",
     summary = "Cancel a job",
-    params(("id" = String, Path, description = "a job id (20 hex digits)")),
+    params(("id" = String, Path, description = "a job id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     responses(
         (status = 200, description = "the job's status", body = Object),
         (status = 404, description = "no such job"),
@@ -231,7 +231,7 @@ async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> ApiRes
     path = "/api/v1/jobs/{id}/logs",
     tag = "jobs",
     summary = "A finished job's stdout and stderr",
-    params(("id" = String, Path, description = "a job id (20 hex digits)")),
+    params(("id" = String, Path, description = "a job id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     responses(
         (status = 200, description = "the job's output", body = JobLogs),
         (status = 404, description = "no such job"),

@@ -155,7 +155,7 @@ struct StatusQuery {
     path = "/api/v1/pipelines/runs/{id}",
     tag = "pipelines",
     summary = "A pipeline run with its steps (query wait_ms to wait for the end, since=UPDATED_MS for the next change)",
-    params(("id" = String, Path, description = "a pipeline run id (20 hex digits)")),
+    params(("id" = String, Path, description = "a pipeline run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     params(StatusQuery),
     responses(
         (status = 200, description = "the run", body = Object),
@@ -185,7 +185,7 @@ async fn status(
     path = "/api/v1/pipelines/runs/{id}/cancel",
     tag = "pipelines",
     summary = "Cancel a pipeline run",
-    params(("id" = String, Path, description = "a pipeline run id (20 hex digits)")),
+    params(("id" = String, Path, description = "a pipeline run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     responses(
         (status = 200, description = "the run", body = Object),
         (status = 404, description = "no such run"),

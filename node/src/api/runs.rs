@@ -391,7 +391,7 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiR
     path = "/api/v1/runs/{id}",
     tag = "runs",
     summary = "A run: params, latest metrics and their history, tags, start, end, node, status",
-    params(("id" = String, Path, description = "a run id (20 hex digits)")),
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     responses(
         (status = 200, description = "the run", body = RunJson),
         (status = 404, description = "no such run"),
@@ -409,7 +409,7 @@ async fn show(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResul
     path = "/api/v1/runs/{id}/log-batch",
     tag = "runs",
     summary = "Log metrics (append-only), params (write-once) and tags: at most 1000 metrics, 100 params, 100 tags, 1000 in all, 1 MB; keys up to 250 bytes, values up to 6000 (MLflow's limits)",
-    params(("id" = String, Path, description = "a run id (20 hex digits)")),
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     request_body(content = BatchJson, content_type = "application/json"),
     responses(
         (status = 200, description = "logged", body = Logged),
@@ -472,7 +472,7 @@ async fn log_batch(
     path = "/api/v1/runs/{id}/end",
     tag = "runs",
     summary = "End a run: {\"status\": \"succeeded\"|\"failed\"|\"cancelled\"}",
-    params(("id" = String, Path, description = "a run id (20 hex digits)")),
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     request_body(content = EndJson, content_type = "application/json"),
     responses(
         (status = 200, description = "the run", body = RunJson),
@@ -537,7 +537,7 @@ async fn end(
     path = "/api/v1/runs/{id}/openlineage",
     tag = "runs",
     summary = "A run's OpenLineage 2-0-2 RunEvents (START, then COMPLETE, FAIL or ABORT)",
-    params(("id" = String, Path, description = "a run id (20 hex digits)")),
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
     responses(
         (status = 200, description = "the events", body = Vec<Object>),
         (status = 404, description = "no such run"),
