@@ -177,10 +177,8 @@ fn finish_operation(method: &str, path: &str, op: &mut Value) {
     } else {
         json!([bearer])
     };
-    if op.get("operationId").is_none_or(|v| !v.is_string()) {
-        op["operationId"] =
-            json!(format!("{method}{path}").replace(['/', '{', '}', '.', '-'], "_"));
-    }
+    // unique across the API (handlers in different modules share names)
+    op["operationId"] = json!(operation_id(method, path));
     let responses = op
         .as_object_mut()
         .map(|o| o.entry("responses").or_insert_with(|| json!({})));
@@ -199,6 +197,23 @@ fn finish_operation(method: &str, path: &str, op: &mut Value) {
         }
     }
     if let Some(body) = op.get_mut("requestBody") {
+        // an optional body (`Option<T>`) is one that may be left out, not
+        // a JSON `null`
+        let mut optional = false;
+        if let Some(content) = body["content"].as_object_mut() {
+            for media in content.values_mut() {
+                let one_of = media["schema"]["oneOf"].as_array().cloned();
+                if let Some([inner, null]) = one_of.as_deref()
+                    && null == &json!({"type": "null"})
+                {
+                    media["schema"] = inner.clone();
+                    optional = true;
+                }
+            }
+        }
+        if optional {
+            body["required"] = json!(false);
+        }
         let streamed = body["content"]
             .as_object()
             .is_some_and(|c| c.contains_key(STREAMED));
@@ -206,6 +221,18 @@ fn finish_operation(method: &str, path: &str, op: &mut Value) {
             body[MAX_BODY_EXT] = json!(MAX_BODY_BYTES);
         }
     }
+}
+
+/// `get_api_v1_tags_name` for `GET /api/v1/tags/{name}`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for part in path.split(|c: char| !c.is_ascii_alphanumeric()) {
+        if !part.is_empty() {
+            id.push('_');
+            id.push_str(part);
+        }
+    }
+    id
 }
 
 /// The document (built once).
@@ -323,6 +350,7 @@ mod tests {
 
     #[test]
     fn every_operation_has_security_and_the_error_responses() {
+        let mut ids = BTreeSet::new();
         for o in operations() {
             let op = &document()["paths"][&o.path][&o.method];
             let security = op["security"].as_array().expect("security");
@@ -347,7 +375,12 @@ mod tests {
                     o.path
                 );
             }
-            assert!(op["operationId"].is_string());
+            assert!(
+                ids.insert(op["operationId"].as_str().expect("operationId")),
+                "{} {}: operationId not unique",
+                o.method,
+                o.path
+            );
             let ok = op["responses"]
                 .as_object()
                 .expect("responses")
@@ -393,6 +426,11 @@ mod tests {
         assert!(jobs.body.contains(&"application/yaml".to_string()));
         let pin = body_rule("put", "/api/v1/pins/{reference}").expect("pin");
         assert!(!pin.body_required);
+        assert_eq!(
+            document()["paths"]["/api/v1/pins/{reference}"]["put"]["requestBody"]["content"]["application/json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/PinBody"
+        );
         let gc = body_rule("post", "/api/v1/gc").expect("gc");
         assert!(gc.body.is_empty());
         assert!(body_rule("post", "/api/v1/nowhere").is_none());
