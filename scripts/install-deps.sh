@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the sandbox tests and examples need, once: runc and
-# busybox-static (Debian packages) and the wasm32-wasip1 and wasm32-wasip2
-# Rust targets.
+# busybox-static (Debian packages), promtool (Debian package prometheus,
+# for scripts/test-api.sh) and the wasm32-wasip1 and wasm32-wasip2 Rust
+# targets.
 # Idempotent: does nothing when everything is already there.
 set -euo pipefail
 
 need=()
 command -v runc >/dev/null 2>&1 || need+=(runc)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -2,7 +2,12 @@
 //! peers, an OpenAPI document at `/api/openapi.json` and Prometheus text at
 //! `/metrics`. The CLI is a client of this API whenever a daemon runs.
 //!
-//! Every error is JSON `{error, detail}` with a fitting status code. Uploads
+//! The document is generated from the handlers ([`openapi`]): a route
+//! exists only through `routes!`, so it is always in the document.
+//!
+//! Every error is JSON `{error, detail}` with a fitting status code, the
+//! extractors' own refusals (a malformed query or path parameter, a body
+//! over the limit) included. Uploads
 //! stream to the store's temp files; downloads stream from blob files with
 //! HTTP Range support.
 //!
@@ -30,7 +35,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -83,6 +88,7 @@ pub struct ApiError {
     pub detail: String,
 }
 
+/// The JSON body of every error (`Error` in the document).
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -189,16 +195,8 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResu
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    let routes = artifacts::routes()
-        .merge(jobs::routes())
-        .merge(pipelines::routes())
-        .merge(services::routes())
-        .merge(runs::routes())
-        .merge(lineage::routes())
-        .merge(models::routes())
-        .merge(transfers::routes())
-        .merge(openapi::routes())
-        .merge(metrics::routes())
+    let (routes, _) = openapi::api_routes().split_for_parts();
+    let routes = routes
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -214,9 +212,54 @@ pub fn router(state: ApiState) -> Router {
             )
         });
     routes
+        .layer(DefaultBodyLimit::max(openapi::MAX_BODY_BYTES as usize))
+        .layer(middleware::from_fn(json_refusals))
         .layer(middleware::from_fn_with_state(state.clone(), guard::guard))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// The code of an extractor's refusal, by its status.
+fn refusal_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
+/// The extractors (query, path, body) refuse in plain text; every error of
+/// this API is JSON `{error, detail}`, so their refusals are rewritten
+/// (422 becomes 400: the request is malformed).
+async fn json_refusals(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return resp;
+    }
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    let text = match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => e.to_string(),
+    };
+    let detail = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "{text}; a JSON or YAML body may have at most {} bytes (uploads of bytes stream and have no limit)",
+            openapi::MAX_BODY_BYTES
+        ),
+        _ => format!("{text}; see /api/openapi.json for what this endpoint takes"),
+    };
+    ApiError::new(status, refusal_code(status), detail).into_response()
 }
 
 async fn count(State(state): State<ApiState>, req: Request, next: Next) -> Response {

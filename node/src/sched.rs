@@ -357,6 +357,10 @@ impl SchedHandle {
     /// may still be on the way); the coordinator answers.
     async fn ask_around(&self, job: JobId) -> Result<JobStatus, SchedError> {
         let peers = self.net.peers().await.unwrap_or_default();
+        if peers.is_empty() {
+            // nobody to ask (and `select_ok` takes at least one)
+            return Err(SchedError::NotFound(job));
+        }
         let asks = peers.into_iter().map(|p| {
             let net = self.net.clone();
             let job = job.clone();

@@ -173,8 +173,9 @@ type TestHook = Arc<dyn Fn(import::Hook<'_>) + Send + Sync>;
 type UnlinkCheck = Box<dyn Fn(&Hash) + Send + Sync>;
 
 /// One artifact as listed by `weft ls`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ArtifactInfo {
+    #[schema(value_type = String)]
     pub id: Hash,
     /// "file" or "tree".
     pub kind: String,
@@ -187,17 +188,19 @@ pub struct ArtifactInfo {
 }
 
 /// One live tag.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TagInfo {
     pub name: String,
+    #[schema(value_type = String)]
     pub id: Hash,
     pub set_ms: u64,
     pub origin: String,
 }
 
 /// One pin.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PinInfo {
+    #[schema(value_type = String)]
     pub id: Hash,
     pub replicas: u32,
     pub created_ms: u64,

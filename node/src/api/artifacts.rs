@@ -3,43 +3,97 @@
 use std::io::SeekFrom;
 use std::path::PathBuf;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::{ReaderStream, StreamReader, SyncIoBridge};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weft_protocol::{Hash, TagName};
 
 use super::{ApiError, ApiResult, ApiState, blocking, parse_json};
 use crate::store::{AddOptions, ExportOptions};
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/node", get(node))
-        .route("/api/v1/peers", get(peers))
-        .route("/api/v1/artifacts", get(list).post(upload))
-        .route("/api/v1/artifacts/import", post(import))
-        .route("/api/v1/artifacts/{reference}", get(download).head(head))
-        .route("/api/v1/artifacts/{reference}/export", post(export))
-        .route("/api/v1/tags", get(list_tags))
-        .route(
-            "/api/v1/tags/{*name}",
-            get(get_tag).put(set_tag).delete(remove_tag),
-        )
-        .route("/api/v1/tag-history/{*name}", get(tag_history))
-        .route("/api/v1/pins", get(list_pins))
-        .route(
-            "/api/v1/pins/{reference}",
-            axum::routing::put(pin).delete(unpin),
-        )
-        .route("/api/v1/images/import", post(import_image))
-        .route("/api/v1/gc", post(gc))
-        .route("/api/v1/store/verify", post(verify))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(node))
+        .routes(routes!(peers))
+        .routes(routes!(list, upload))
+        .routes(routes!(import))
+        .routes(routes!(download, head))
+        .routes(routes!(export))
+        .routes(routes!(list_tags))
+        .routes(routes!(get_tag, set_tag, remove_tag))
+        .routes(routes!(tag_history))
+        .routes(routes!(list_pins))
+        .routes(routes!(pin, unpin))
+        .routes(routes!(import_image))
+        .routes(routes!(gc))
+        .routes(routes!(verify))
+}
+
+/// `{"name", "id"}`: what a tag points at.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TagTarget {
+    /// The tag, `NAME:VERSION`.
+    #[schema(value_type = String)]
+    name: TagName,
+    /// The artifact's id (64 hex digits).
+    #[schema(value_type = String)]
+    id: Hash,
+}
+
+/// `{"id", "replicas"}`: a pin.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Pinned {
+    #[schema(value_type = String)]
+    id: Hash,
+    replicas: u32,
+}
+
+/// `{"id", "path"}`: where an export went.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Exported {
+    #[schema(value_type = String)]
+    id: Hash,
+    /// The destination as the caller named it.
+    #[schema(value_type = String)]
+    path: PathBuf,
+}
+
+/// One value of a tag (`weft_protocol::TagVersion`): what it pointed at
+/// (`null` once removed), when, and which node wrote it.
+#[derive(ToSchema)]
+#[schema(as = TagVersion)]
+#[allow(dead_code)] // the schema of `weft_protocol::TagVersion`
+pub(super) struct TagVersionSchema {
+    /// The artifact's id, or `null` for a removal.
+    target: Option<String>,
+    /// The writer's hybrid logical clock.
+    hlc: HlcSchema,
+    /// The writer's node id.
+    origin: String,
+}
+
+/// A hybrid logical clock reading (`weft_protocol::Hlc`).
+#[derive(ToSchema)]
+#[schema(as = Hlc)]
+#[allow(dead_code)] // the schema of `weft_protocol::Hlc`
+pub(super) struct HlcSchema {
+    wall_ms: u64,
+    counter: u32,
+}
+
+/// `{"problems": [...]}`: what re-hashing found.
+#[derive(Serialize, ToSchema)]
+pub(super) struct Verified {
+    /// One entry per blob whose bytes do not match its id.
+    problems: Vec<crate::store::VerifyProblem>,
 }
 
 fn tag_name(s: &str) -> ApiResult<TagName> {
@@ -51,6 +105,13 @@ async fn resolve(state: &ApiState, reference: String) -> ApiResult<Hash> {
     blocking(move || store.resolve_str(&reference)).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/node",
+    tag = "node",
+    summary = "This node: id, version, resources, addresses",
+    responses((status = 200, description = "the node", body = Object)),
+)]
 async fn node(State(state): State<ApiState>) -> ApiResult<Response> {
     match &state.node {
         Some(n) => Ok(axum::Json(n.node().await).into_response()),
@@ -62,6 +123,13 @@ async fn node(State(state): State<ApiState>) -> ApiResult<Response> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/peers",
+    tag = "node",
+    summary = "Live peers from their adverts",
+    responses((status = 200, description = "the peers", body = Vec<Object>)),
+)]
 async fn peers(State(state): State<ApiState>) -> ApiResult<Response> {
     match &state.node {
         Some(n) => Ok(axum::Json(n.peers().await).into_response()),
@@ -69,22 +137,36 @@ async fn peers(State(state): State<ApiState>) -> ApiResult<Response> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Every blob, not only the artifacts (tree roots and loose files).
     #[serde(default)]
     all: bool,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/artifacts",
+    tag = "artifacts",
+    summary = "Artifacts (query all=true for every blob)",
+    params(ListQuery),
+    responses((status = 200, description = "the artifacts here", body = Vec<crate::store::ArtifactInfo>)),
+)]
 async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     let store = state.store.clone();
     let items = blocking(move || store.list(q.all)).await?;
     Ok(axum::Json(items).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AddQuery {
+    /// Tag the upload (`NAME:VERSION`).
     tag: Option<String>,
+    /// Pin the upload (default true).
     #[serde(default = "yes")]
+    #[param(default = true)]
     pin: bool,
 }
 
@@ -93,6 +175,18 @@ fn yes() -> bool {
 }
 
 /// `POST /api/v1/artifacts`: the body is a file's bytes, streamed to disk.
+#[utoipa::path(
+    post,
+    path = "/api/v1/artifacts",
+    tag = "artifacts",
+    summary = "Upload a file's bytes (query tag, pin)",
+    params(AddQuery),
+    request_body(content = String, content_type = "application/octet-stream", description = "the file's bytes, streamed"),
+    responses(
+        (status = 201, description = "stored", body = crate::store::AddOutcome),
+        (status = 507, description = "the store's disk is full"),
+    ),
+)]
 async fn upload(
     State(state): State<ApiState>,
     Query(q): Query<AddQuery>,
@@ -137,9 +231,11 @@ async fn fetch_missing(state: &ApiState, id: Hash) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportBody {
+    /// A path on the daemon's host, under api.path_roots.
+    #[schema(value_type = String)]
     path: PathBuf,
     #[serde(default)]
     follow_symlinks: bool,
@@ -150,6 +246,18 @@ struct ImportBody {
 
 /// `POST /api/v1/artifacts/import`: the daemon reads a path on its own host
 /// (what the CLI uses: one pass over the file, no copy through HTTP).
+#[utoipa::path(
+    post,
+    path = "/api/v1/artifacts/import",
+    tag = "artifacts",
+    summary = "Import a path on the daemon's host",
+    request_body(content = ImportBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "stored", body = crate::store::AddOutcome),
+        (status = 404, description = "no such path"),
+        (status = 507, description = "the store's disk is full"),
+    ),
+)]
 async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let req: ImportBody = parse_json(&body)?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
@@ -180,9 +288,11 @@ async fn import(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respons
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImageImportBody {
+    /// An image archive on the daemon's host, under api.path_roots.
+    #[schema(value_type = String)]
     path: PathBuf,
     tag: Option<String>,
     #[serde(default)]
@@ -190,6 +300,18 @@ struct ImageImportBody {
 }
 
 /// `POST /api/v1/images/import`: an image archive on the daemon's host.
+#[utoipa::path(
+    post,
+    path = "/api/v1/images/import",
+    tag = "artifacts",
+    summary = "Import an image archive on the daemon's host",
+    request_body(content = ImageImportBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "imported", body = Object),
+        (status = 404, description = "no such path"),
+        (status = 507, description = "the store's disk is full"),
+    ),
+)]
 async fn import_image(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let req: ImageImportBody = parse_json(&body)?;
     let tag = req.tag.as_deref().map(tag_name).transpose()?;
@@ -209,9 +331,11 @@ async fn import_image(State(state): State<ApiState>, body: Bytes) -> ApiResult<R
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExportBody {
+    /// Where to write, on the daemon's host, under api.path_roots.
+    #[schema(value_type = String)]
     path: PathBuf,
     #[serde(default)]
     force: bool,
@@ -219,6 +343,22 @@ struct ExportBody {
 
 /// `POST /api/v1/artifacts/{ref}/export`: the daemon writes the artifact to
 /// a path on its host, fetching first from the mesh what it lacks.
+#[utoipa::path(
+    post,
+    path = "/api/v1/artifacts/{reference}/export",
+    tag = "artifacts",
+    summary = "Write an artifact to a path on the daemon's host",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)")),
+    request_body(content = ExportBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "written", body = Exported),
+        (status = 404, description = "no such artifact, here or in the mesh"),
+        (status = 409, description = "the destination exists (send force)"),
+        (status = 502, description = "fetching from the mesh failed"),
+        (status = 503, description = "the node is stopping"),
+        (status = 507, description = "the destination's disk is full"),
+    ),
+)]
 async fn export(
     State(state): State<ApiState>,
     Path(reference): Path<String>,
@@ -242,7 +382,7 @@ async fn export(
             .map_err(|e| dest.explain(e.into()))
     })
     .await??;
-    Ok(axum::Json(serde_json::json!({ "id": id, "path": shown })).into_response())
+    Ok(axum::Json(Exported { id, path: shown }).into_response())
 }
 
 /// Before a forced export of a tree into a folder that holds things
@@ -281,10 +421,15 @@ fn no_links_on_the_way(
     Ok(())
 }
 
-#[derive(Serialize)]
+/// A tree's entries.
+#[derive(Serialize, ToSchema)]
 struct TreeListing {
+    #[schema(value_type = String)]
     id: Hash,
+    /// `tree`.
+    #[schema(value_type = String)]
     kind: &'static str,
+    #[schema(value_type = Vec<Object>)]
     entries: Vec<weft_protocol::TreeEntry>,
 }
 
@@ -344,6 +489,17 @@ fn id_headers(id: &Hash, kind: &str, len: u64) -> [(header::HeaderName, HeaderVa
     ]
 }
 
+#[utoipa::path(
+    head,
+    path = "/api/v1/artifacts/{reference}",
+    tag = "artifacts",
+    summary = "Size, kind and id of an artifact",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)")),
+    responses(
+        (status = 200, description = "headers only: ETag, X-Weft-Id, X-Weft-Kind, Content-Length"),
+        (status = 404, description = "no such artifact here"),
+    ),
+)]
 async fn head(State(state): State<ApiState>, Path(reference): Path<String>) -> ApiResult<Response> {
     let id = resolve(&state, reference).await?;
     let store = state.store.clone();
@@ -359,6 +515,22 @@ async fn head(State(state): State<ApiState>, Path(reference): Path<String>) -> A
 
 /// `GET /api/v1/artifacts/{ref}`: a file's bytes (Range supported), or a
 /// tree's entries as JSON.
+#[utoipa::path(
+    get,
+    path = "/api/v1/artifacts/{reference}",
+    tag = "artifacts",
+    summary = "A file's bytes (Range supported) or a tree's entries",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)")),
+    responses(
+        (status = 200, description = "a file's bytes, or a tree's entries", content(
+            (String = "application/octet-stream"),
+            (TreeListing = "application/json"),
+        )),
+        (status = 206, description = "the asked range of a file's bytes", content_type = "application/octet-stream", body = String),
+        (status = 404, description = "no such artifact here"),
+        (status = 416, description = "the range is not within the file"),
+    ),
+)]
 async fn download(
     State(state): State<ApiState>,
     Path(reference): Path<String>,
@@ -415,18 +587,36 @@ async fn download(
     Ok(resp)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tags",
+    tag = "tags",
+    summary = "Live tags",
+    responses((status = 200, description = "the tags", body = Vec<crate::store::TagInfo>)),
+)]
 async fn list_tags(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
     Ok(axum::Json(blocking(move || store.list_tags()).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tags/{*name}",
+    tag = "tags",
+    summary = "What a tag points at",
+    params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
+    responses(
+        (status = 200, description = "the tag", body = TagTarget),
+        (status = 404, description = "no such tag"),
+    ),
+)]
 async fn get_tag(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Response> {
     let name = tag_name(&name)?;
     let store = state.store.clone();
     let n = name.clone();
     let id = blocking(move || store.tag(&n)).await?;
     match id {
-        Some(id) => Ok(axum::Json(serde_json::json!({ "name": name, "id": id })).into_response()),
+        Some(id) => Ok(axum::Json(TagTarget { name, id }).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -435,13 +625,26 @@ async fn get_tag(State(state): State<ApiState>, Path(name): Path<String>) -> Api
     }
 }
 
-#[derive(Deserialize)]
+/// `{"ref": ID|PREFIX|TAG}`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetTagBody {
     #[serde(rename = "ref")]
     reference: String,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/tags/{*name}",
+    tag = "tags",
+    summary = "Point a tag at an artifact",
+    params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
+    request_body(content = SetTagBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the tag's new version", body = TagVersionSchema),
+        (status = 404, description = "no such artifact"),
+    ),
+)]
 async fn set_tag(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -460,6 +663,17 @@ async fn set_tag(
     Ok(axum::Json(version).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tags/{*name}",
+    tag = "tags",
+    summary = "Remove a tag",
+    params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
+    responses(
+        (status = 200, description = "the tag's new version (pointing at nothing)", body = TagVersionSchema),
+        (status = 404, description = "no such tag"),
+    ),
+)]
 async fn remove_tag(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -475,6 +689,17 @@ async fn remove_tag(
     Ok(axum::Json(version).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tag-history/{*name}",
+    tag = "tags",
+    summary = "Every version a tag has had",
+    params(("name" = String, Path, description = "a tag name (NAME:VERSION)")),
+    responses(
+        (status = 200, description = "the versions, oldest first", body = Vec<TagVersionSchema>),
+        (status = 404, description = "no such tag"),
+    ),
+)]
 async fn tag_history(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -484,17 +709,40 @@ async fn tag_history(
     Ok(axum::Json(blocking(move || store.tag_history(&name)).await?).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pins",
+    tag = "pins",
+    summary = "Pins",
+    responses((status = 200, description = "the pins", body = Vec<crate::store::PinInfo>)),
+)]
 async fn list_pins(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
     Ok(axum::Json(blocking(move || store.list_pins()).await?).into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// `{"replicas": N}`.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PinBody {
+    /// How many nodes should hold it (default 1).
     replicas: Option<u32>,
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/pins/{reference}",
+    tag = "pins",
+    summary = "Pin an artifact: {\"replicas\": N} (or no body: one replica)",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)")),
+    request_body(content = Option<PinBody>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "pinned", body = Pinned),
+        (status = 404, description = "no such artifact, here or in the mesh"),
+        (status = 502, description = "fetching from the mesh failed"),
+        (status = 503, description = "the node is stopping"),
+    ),
+)]
 async fn pin(
     State(state): State<ApiState>,
     Path(reference): Path<String>,
@@ -519,9 +767,20 @@ async fn pin(
     if let Some(t) = &state.transfer {
         t.nudge_replication().await;
     }
-    Ok(axum::Json(serde_json::json!({ "id": id, "replicas": replicas })).into_response())
+    Ok(axum::Json(Pinned { id, replicas }).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/pins/{reference}",
+    tag = "pins",
+    summary = "Unpin an artifact",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)")),
+    responses(
+        (status = 204, description = "unpinned"),
+        (status = 404, description = "no such artifact, or not pinned"),
+    ),
+)]
 async fn unpin(
     State(state): State<ApiState>,
     Path(reference): Path<String>,
@@ -538,6 +797,13 @@ async fn unpin(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/gc",
+    tag = "store",
+    summary = "Remove what no pin or tag keeps",
+    responses((status = 200, description = "what was removed", body = crate::store::GcReport)),
+)]
 async fn gc(State(state): State<ApiState>) -> ApiResult<Response> {
     // what fetches in progress are bringing here stays
     let keep = match &state.transfer {
@@ -548,10 +814,17 @@ async fn gc(State(state): State<ApiState>) -> ApiResult<Response> {
     Ok(axum::Json(blocking(move || store.gc(&keep)).await?).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/store/verify",
+    tag = "store",
+    summary = "Re-hash every blob",
+    responses((status = 200, description = "what does not match", body = Verified)),
+)]
 async fn verify(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
     let problems = blocking(move || store.verify()).await?;
-    Ok(axum::Json(serde_json::json!({ "problems": problems })).into_response())
+    Ok(axum::Json(Verified { problems }).into_response())
 }
 
 #[cfg(test)]

@@ -14,17 +14,26 @@
 //!    of other sites are refused with 403 (the API sends no CORS headers,
 //!    so a browser never lets them read an answer either).
 //! 3. **Token.** Every request needs `Authorization: Bearer <token>`, except
-//!    `GET`/`HEAD` of `/api/openapi.json` and `/metrics` when the API listens
-//!    on a loopback address. The token is `api.token` from the config, else
+//!    the operations the document marks open (an empty security
+//!    requirement: `GET`/`HEAD` of `/api/openapi.json` and `/metrics`) when
+//!    the API listens on a loopback address. The token is `api.token` from the config, else
 //!    the daemon's `api-token` file in the home (mode 0600): holding it is
 //!    being the home's user. 401 without it.
 //! 4. **Content type.** A `POST`, `PUT`, `PATCH` or `DELETE` may carry only
-//!    the media types its endpoint documents in [`super::openapi::ENDPOINTS`]
-//!    (JSON endpoints `application/json`, uploads `application/octet-stream`,
-//!    job specs JSON or YAML); an endpoint that takes no body accepts no
+//!    the media types its operation's request body lists in the generated
+//!    document ([`super::openapi::body_rule`]: JSON endpoints
+//!    `application/json`, uploads `application/octet-stream`, job specs
+//!    JSON or YAML); an endpoint that takes no body accepts no
 //!    `Content-Type` but `application/json`. The bodies a browser may send
 //!    cross-site without asking first (`text/plain`, forms) are refused
 //!    with 415.
+//! 5. **Size.** A body the handler buffers may have at most the
+//!    `x-weft-max-body-bytes` of its request body in the document; a
+//!    larger `Content-Length` is refused with 413 before it is read (a
+//!    chunked body is cut at the same limit by the extractor).
+//!
+//! The rules are read from the document, and a route exists only through
+//! `routes!`, which puts it in the document: no route escapes them.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -34,7 +43,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::openapi::{ENDPOINTS, Endpoint};
+use super::openapi::{self, Operation};
 use super::{ApiError, ApiState};
 
 /// What the guard checks requests against.
@@ -140,11 +149,16 @@ impl Access {
         }
     }
 
-    /// Whether `path` may be read without the token.
-    fn open_read(&self, method: &Method, path: &str) -> bool {
-        self.listen.ip().is_loopback()
-            && (method == Method::GET || method == Method::HEAD)
-            && matches!(path, "/api/openapi.json" | "/metrics")
+    /// Whether the request may go without the token: an operation the
+    /// document marks open, on a loopback listener.
+    fn open_read(&self, method: &Method, route: Option<&str>) -> bool {
+        // HEAD is GET without the body where no HEAD is documented
+        let op = |m: &str| route.and_then(|r| openapi::body_rule(m, r));
+        let op = match op(method.as_str()) {
+            None if method == Method::HEAD => op("GET"),
+            found => found,
+        };
+        self.listen.ip().is_loopback() && op.is_some_and(|op| op.open)
     }
 }
 
@@ -243,19 +257,10 @@ fn mutating(m: &Method) -> bool {
     )
 }
 
-/// The documented endpoint a matched route is; the router spells a
+/// The documented operation a matched route is; the router spells a
 /// catch-all `{*name}`, the document `{name}`.
-fn endpoint(method: &Method, route: &str) -> Option<&'static Endpoint> {
-    let path = route.replace("{*", "{");
-    let method = method.as_str().to_ascii_lowercase();
-    ENDPOINTS
-        .iter()
-        .find(|e| e.method == method && e.path == path)
-}
-
-fn is_documented_path(route: &str) -> bool {
-    let path = route.replace("{*", "{");
-    ENDPOINTS.iter().any(|e| e.path == path)
+fn endpoint(method: &Method, route: &str) -> Option<&'static Operation> {
+    openapi::body_rule(method.as_str(), route)
 }
 
 /// The media type of a `Content-Type` value, lowercased, without parameters.
@@ -265,6 +270,32 @@ fn media_type(v: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase()
+}
+
+/// A `Content-Length` over what the operation buffers is refused before
+/// the body is read.
+fn check_size(op: &Operation, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(max) = op.max_body else {
+        return Ok(()); // streamed
+    };
+    // an operation without a body still takes an empty JSON object
+    let max = max.max(if op.body.is_empty() { 1024 } else { 0 });
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(n) if n > max => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is {n} bytes; {} {} takes at most {max} (send large files as application/octet-stream to POST /api/v1/artifacts)",
+                op.method.to_ascii_uppercase(),
+                op.path
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
@@ -283,7 +314,7 @@ fn check_content_type(req: &Request) -> Result<(), ApiError> {
         return Ok(()); // no route: the fallback answers 404
     };
     let Some(ep) = endpoint(req.method(), route) else {
-        if is_documented_path(route) {
+        if openapi::has_path(route) {
             return Ok(()); // the router answers 405
         }
         return Err(ApiError::internal(format!(
@@ -302,7 +333,8 @@ fn check_content_type(req: &Request) -> Result<(), ApiError> {
             detail,
         ))
     };
-    let accepted = ep.body;
+    let accepted = &ep.body;
+    check_size(ep, req.headers())?;
     match given {
         None if accepted.is_empty() || (!ep.body_required && !has_body(req.headers())) => Ok(()),
         None => refuse(format!(
@@ -313,7 +345,7 @@ fn check_content_type(req: &Request) -> Result<(), ApiError> {
         Some(t) if accepted.is_empty() => refuse(format!(
             "this endpoint takes no body, and Content-Type {t} is refused; send none"
         )),
-        Some(t) if accepted.contains(&t.as_str()) => Ok(()),
+        Some(t) if accepted.contains(&t) => Ok(()),
         Some(t) => refuse(format!(
             "Content-Type {t} is refused here; this endpoint takes {}",
             accepted.join(" or ")
@@ -340,7 +372,8 @@ pub(super) async fn guard(State(state): State<ApiState>, req: Request, next: Nex
 fn check(access: &Access, req: &Request) -> Result<(), ApiError> {
     let host = check_host(access, req)?;
     check_origin(req.headers(), &host)?;
-    if !access.open_read(req.method(), req.uri().path()) {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    if !access.open_read(req.method(), route) {
         check_token(access, req.headers())?;
     }
     check_content_type(req)

@@ -16,11 +16,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weft_protocol::Hash;
 use weft_protocol::ledger::{EntryBody, EntryKind, Lineage};
 use weft_protocol::sched::{ExecutorKind, JobId};
@@ -35,12 +36,12 @@ pub const MAX_NODES: usize = 5000;
 /// Most entries of a hand-made folder looked up for a lineage.
 pub const MAX_TREE_ENTRIES: usize = 256;
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new().route("/api/v1/lineage/{reference}", get(lineage))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(lineage))
 }
 
 /// Which way to walk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// To what made it.
@@ -95,7 +96,7 @@ impl GraphNode {
 
 /// An edge, in the direction data flows: input artifact → job (`path`
 /// where it was mounted), job → output artifact (`path` it was stored from).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 pub struct Edge {
     pub from: String,
     pub to: String,
@@ -103,12 +104,14 @@ pub struct Edge {
 }
 
 /// The answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Graph {
     /// The artifact asked about (hex).
     pub root: String,
     pub direction: Direction,
     pub depth: u32,
+    /// Artifacts (`kind: artifact`) and jobs (`kind: job`).
+    #[schema(value_type = Vec<Object>)]
     pub nodes: Vec<GraphNode>,
     pub edges: Vec<Edge>,
     /// The walk stopped at [`MAX_NODES`].
@@ -331,14 +334,30 @@ impl Walk {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LineageQuery {
+    /// `up` (what made it, the default) or `down` (what was made from it).
     #[serde(default)]
+    #[param(inline)]
     direction: Direction,
+    /// How many jobs away to walk (1 to 64, default 64).
+    #[param(minimum = 1, maximum = 64)]
     depth: Option<u32>,
 }
 
 /// `GET /api/v1/lineage/{reference}?direction=up|down&depth=N`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/lineage/{reference}",
+    tag = "lineage",
+    summary = "The lineage graph of an artifact (query direction=up|down, depth)",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)"), LineageQuery),
+    responses(
+        (status = 200, description = "the graph", body = Graph),
+        (status = 404, description = "no such artifact"),
+    ),
+)]
 async fn lineage(
     State(state): State<ApiState>,
     Path(reference): Path<String>,

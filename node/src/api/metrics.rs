@@ -5,11 +5,11 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiResult, ApiState, blocking};
 
@@ -140,10 +140,17 @@ pub(super) fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new().route("/metrics", get(metrics))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain", body = String)),
+)]
 async fn metrics(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
     let (bytes, blobs) = blocking(move || store.stats()).await?;

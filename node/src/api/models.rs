@@ -3,13 +3,14 @@
 //! takes the rest of the path: `/api/v1/models/team/iris`,
 //! `/api/v1/model-aliases/team/iris@champion`.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weft_protocol::ledger::{AliasName, ModelName};
 
 use super::client::{ApiClient, ClientError, segment};
@@ -19,12 +20,12 @@ use crate::ledger::registry::{
     self, AliasMoved, ModelDetail, ModelSummary, Registration, RegistryError,
 };
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/models", get(list).post(register))
-        .route("/api/v1/models/{*name}", get(show))
-        .route("/api/v1/model-aliases/{*target}", put(set_alias))
-        .route("/api/v1/model-rollbacks/{*target}", post(rollback))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, register))
+        .routes(routes!(show))
+        .routes(routes!(set_alias))
+        .routes(routes!(rollback))
 }
 
 impl From<RegistryError> for ApiError {
@@ -61,7 +62,7 @@ fn alias_ref(s: &str) -> ApiResult<(ModelName, AliasName)> {
 }
 
 /// `POST /api/v1/models`'s body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterBody {
     name: String,
@@ -71,12 +72,24 @@ struct RegisterBody {
 }
 
 /// `PUT /api/v1/model-aliases/{name@alias}`'s body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AliasBody {
     version: u64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/models",
+    tag = "models",
+    summary = "Register the next version of a model: {\"name\", \"ref\": ID|TAG|models/NAME@ALIAS|JOB_ID:/PATH}",
+    request_body(content = RegisterBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "the registration", body = Object),
+        (status = 404, description = "the reference names nothing"),
+        (status = 503, description = "the node keeps no ledger"),
+    ),
+)]
 async fn register(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let b: RegisterBody = super::parse_json(&body)?;
     let name = model_name(&b.name)?;
@@ -94,12 +107,30 @@ async fn register(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respo
     Ok((StatusCode::CREATED, axum::Json(r)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models",
+    tag = "models",
+    summary = "Registered models: version count and aliases",
+    responses((status = 200, description = "the models", body = Vec<Object>)),
+)]
 async fn list(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
     let models = blocking(move || registry::list(&store)).await?;
     Ok(axum::Json(models).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/models/{*name}",
+    tag = "models",
+    summary = "A model's versions (artifact, run, metrics) and aliases with their history",
+    params(("name" = String, Path, description = "a model name (e.g. iris)")),
+    responses(
+        (status = 200, description = "the model", body = Object),
+        (status = 404, description = "no such model"),
+    ),
+)]
 async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Response> {
     let name = model_name(&name)?;
     let store = state.store.clone();
@@ -107,6 +138,19 @@ async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> ApiRes
     Ok(axum::Json(detail).into_response())
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/model-aliases/{*target}",
+    tag = "models",
+    summary = "Point an alias (NAME@ALIAS) at a version: {\"version\": N}",
+    params(("target" = String, Path, description = "a model's alias: NAME@ALIAS (e.g. iris@champion)")),
+    request_body(content = AliasBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the move", body = Object),
+        (status = 404, description = "no such model or version"),
+        (status = 503, description = "the node keeps no ledger"),
+    ),
+)]
 async fn set_alias(
     State(state): State<ApiState>,
     Path(target): Path<String>,
@@ -118,6 +162,18 @@ async fn set_alias(
     Ok(axum::Json(moved).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/model-rollbacks/{*target}",
+    tag = "models",
+    summary = "Move an alias (NAME@ALIAS) back to where it pointed before its last move",
+    params(("target" = String, Path, description = "a model's alias: NAME@ALIAS (e.g. iris@champion)")),
+    responses(
+        (status = 200, description = "the move", body = Object),
+        (status = 404, description = "no such model or alias, or nothing to go back to"),
+        (status = 503, description = "the node keeps no ledger"),
+    ),
+)]
 async fn rollback(
     State(state): State<ApiState>,
     Path(target): Path<String>,

@@ -8,13 +8,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weft_protocol::pipeline::PipelineSpec;
 use weft_protocol::sched::JobId;
 
@@ -24,11 +25,11 @@ use crate::pipeline::{PipelineError, PipelineHandle, StartRequest};
 /// Longest a status request may wait.
 const MAX_WAIT_MS: u64 = 300_000;
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/pipelines/runs", get(list).post(start))
-        .route("/api/v1/pipelines/runs/{id}", get(status))
-        .route("/api/v1/pipelines/runs/{id}/cancel", post(cancel))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, start))
+        .routes(routes!(status))
+        .routes(routes!(cancel))
 }
 
 impl From<PipelineError> for ApiError {
@@ -74,12 +75,14 @@ enum ParamValue {
 }
 
 /// `POST /api/v1/pipelines/runs`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StartJson {
     /// The pipeline spec as YAML text (`uses:` already inlined).
     spec: String,
+    /// The pipeline's params: text or numbers.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, String>)]
     params: BTreeMap<String, ParamValue>,
     /// Run every step, reusing no cached result.
     #[serde(default)]
@@ -89,6 +92,17 @@ struct StartJson {
     force_steps: Vec<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/runs",
+    tag = "pipelines",
+    summary = "Start a pipeline run here: {\"spec\": YAML, \"params\": {K: V}, \"force\": BOOL, \"force_steps\": [STEP]}",
+    request_body(content = StartJson, content_type = "application/json"),
+    responses(
+        (status = 201, description = "the run", body = Object),
+        (status = 503, description = "the node runs no pipeline engine, or is stopping"),
+    ),
+)]
 async fn start(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     let j: StartJson = super::parse_json(&body)?;
     let spec = PipelineSpec::from_yaml(&j.spec)
@@ -112,18 +126,43 @@ async fn start(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response
     Ok((StatusCode::CREATED, axum::Json(rec)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/runs",
+    tag = "pipelines",
+    summary = "Pipeline runs this node knows, newest first",
+    responses(
+        (status = 200, description = "the runs", body = Vec<Object>),
+        (status = 503, description = "the node runs no pipeline engine, or is stopping"),
+    ),
+)]
 async fn list(State(state): State<ApiState>) -> ApiResult<Response> {
     Ok(axum::Json(engine(&state)?.runs().await?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
-    /// Wait up to this long for the run to end.
+    /// Wait up to this long (at most 300000) for the run to end.
+    #[param(maximum = 300000)]
     wait_ms: Option<u64>,
     /// With `wait_ms`: answer at the first change after this `updated_ms`.
     since: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/runs/{id}",
+    tag = "pipelines",
+    summary = "A pipeline run with its steps (query wait_ms to wait for the end, since=UPDATED_MS for the next change)",
+    params(("id" = String, Path, description = "a pipeline run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
+    params(StatusQuery),
+    responses(
+        (status = 200, description = "the run", body = Object),
+        (status = 404, description = "no such run"),
+        (status = 503, description = "the node runs no pipeline engine, or is stopping"),
+    ),
+)]
 async fn status(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -141,6 +180,18 @@ async fn status(
     Ok(axum::Json(rec).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/runs/{id}/cancel",
+    tag = "pipelines",
+    summary = "Cancel a pipeline run",
+    params(("id" = String, Path, description = "a pipeline run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
+    responses(
+        (status = 200, description = "the run", body = Object),
+        (status = 404, description = "no such run"),
+        (status = 503, description = "the node runs no pipeline engine, or is stopping"),
+    ),
+)]
 async fn cancel(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = run_id(&id)?;
     Ok(axum::Json(engine(&state)?.cancel(id).await?).into_response())

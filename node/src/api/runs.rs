@@ -11,13 +11,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use weft_protocol::bounds::{MAX_JOB_NAME_BYTES, MAX_PARAM_KEY_BYTES, MAX_PARAM_VALUE_BYTES};
 use weft_protocol::ledger::{EntryBody, EntryKind, Lineage, Metric, RunEnd, RunEvent, RunStart};
 use weft_protocol::sched::JobId;
@@ -44,27 +45,34 @@ pub const OPENLINEAGE_SCHEMA: &str =
 /// The namespace of weft's jobs and datasets in OpenLineage events.
 pub const OPENLINEAGE_NAMESPACE: &str = "weft";
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/runs", get(list).post(create))
-        .route("/api/v1/runs/{id}", get(show))
-        .route("/api/v1/runs/{id}/log-batch", post(log_batch))
-        .route("/api/v1/runs/{id}/end", post(end))
-        .route("/api/v1/runs/{id}/openlineage", get(openlineage))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
+        .routes(routes!(log_batch))
+        .routes(routes!(end))
+        .routes(routes!(openlineage))
 }
+
+/// `{}`: a batch was logged.
+#[derive(Serialize, ToSchema)]
+struct Logged {}
 
 /// One write at a time on this node, so a param's write-once check and
 /// its write are not split by another request.
 static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A run as the API shows it: its events folded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunJson {
+    #[schema(value_type = String)]
     pub id: JobId,
     pub name: Option<String>,
     pub experiment: Option<String>,
     /// The job it is, when it is one.
+    #[schema(value_type = Option<String>)]
     pub job: Option<JobId>,
+    #[schema(value_type = Option<String>)]
     pub pipeline_run: Option<JobId>,
     pub step: Option<String>,
     /// `running` until it ends, then `succeeded`, `failed` or `cancelled`.
@@ -79,7 +87,9 @@ pub struct RunJson {
     pub tags: BTreeMap<String, String>,
     /// The latest value of each metric (highest step).
     pub metrics: BTreeMap<String, f64>,
-    /// Every point logged, in the order written.
+    /// Every point logged, in the order written: `{key, value, step,
+    /// timestamp_ms}`.
+    #[schema(value_type = Vec<Object>)]
     pub metric_history: Vec<Metric>,
 }
 
@@ -144,7 +154,7 @@ async fn view(state: &ApiState, id: &JobId) -> ApiResult<RunView> {
 }
 
 /// A key and a value, as MLflow sends params and tags.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyValue {
     key: String,
@@ -153,7 +163,7 @@ struct KeyValue {
 
 /// A metric point, as MLflow sends it: `step` defaults to 0, `timestamp`
 /// (Unix ms) to now.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MetricJson {
     key: String,
@@ -164,7 +174,7 @@ struct MetricJson {
     timestamp: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateJson {
     name: String,
@@ -176,7 +186,7 @@ struct CreateJson {
     tags: Vec<KeyValue>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchJson {
     /// MLflow clients name the run in the body too; it must be the path's.
@@ -190,7 +200,7 @@ struct BatchJson {
     tags: Vec<KeyValue>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EndJson {
     /// `succeeded`, `failed` or `cancelled` (MLflow's `FINISHED`, `FAILED`
@@ -286,6 +296,14 @@ fn new_params(
 }
 
 /// `POST /api/v1/runs`: `{name, experiment, params: [{key, value}], tags}` → the run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs",
+    tag = "runs",
+    summary = "Create a run: {\"name\", \"experiment\", \"params\": [{\"key\", \"value\"}], \"tags\": [...]}",
+    request_body(content = CreateJson, content_type = "application/json"),
+    responses((status = 201, description = "the run", body = RunJson)),
+)]
 async fn create(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
     if body.len() > MAX_BATCH_BYTES {
         return Err(invalid(format!(
@@ -323,7 +341,8 @@ async fn create(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respons
     Ok((StatusCode::CREATED, axum::Json(RunJson::from(v))).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     experiment: Option<String>,
     limit: Option<usize>,
@@ -335,6 +354,14 @@ struct ListQuery {
 /// `GET /api/v1/runs?experiment=E&limit=N&history=BOOL`: newest first,
 /// each with the latest value of its metrics (and every point with
 /// `history=true`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs",
+    tag = "runs",
+    summary = "Runs, newest first, with their latest metrics (query experiment, limit, history=true for every point)",
+    params(ListQuery),
+    responses((status = 200, description = "the runs", body = Vec<RunJson>)),
+)]
 async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
     let store = state.store.clone();
     let mut runs: Vec<RunJson> = blocking(move || store.run_views())
@@ -359,6 +386,17 @@ async fn list(State(state): State<ApiState>, Query(q): Query<ListQuery>) -> ApiR
 }
 
 /// `GET /api/v1/runs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{id}",
+    tag = "runs",
+    summary = "A run: params, latest metrics and their history, tags, start, end, node, status",
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
+    responses(
+        (status = 200, description = "the run", body = RunJson),
+        (status = 404, description = "no such run"),
+    ),
+)]
 async fn show(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = run_id(&id)?;
     Ok(axum::Json(RunJson::from(view(&state, &id).await?)).into_response())
@@ -366,6 +404,18 @@ async fn show(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResul
 
 /// `POST /api/v1/runs/{id}/log-batch`: `{metrics: [{key, value, step,
 /// timestamp}], params: [{key, value}], tags: [{key, value}]}` → `{}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{id}/log-batch",
+    tag = "runs",
+    summary = "Log metrics (append-only), params (write-once) and tags: at most 1000 metrics, 100 params, 100 tags, 1000 in all, 1 MB; keys up to 250 bytes, values up to 6000 (MLflow's limits)",
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
+    request_body(content = BatchJson, content_type = "application/json"),
+    responses(
+        (status = 200, description = "logged", body = Logged),
+        (status = 404, description = "no such run"),
+    ),
+)]
 async fn log_batch(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -409,14 +459,27 @@ async fn log_batch(
         end: None,
     };
     if ev.params.is_empty() && ev.metrics.is_empty() && ev.tags.is_empty() {
-        return Ok(axum::Json(serde_json::json!({})).into_response());
+        return Ok(axum::Json(Logged {}).into_response());
     }
     let store = state.store.clone();
     blocking(move || append_run(&store, ev)).await?;
-    Ok(axum::Json(serde_json::json!({})).into_response())
+    Ok(axum::Json(Logged {}).into_response())
 }
 
 /// `POST /api/v1/runs/{id}/end`: `{status}` → the run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{id}/end",
+    tag = "runs",
+    summary = "End a run: {\"status\": \"succeeded\"|\"failed\"|\"cancelled\"}",
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
+    request_body(content = EndJson, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the run", body = RunJson),
+        (status = 404, description = "no such run"),
+        (status = 409, description = "the run ended already"),
+    ),
+)]
 async fn end(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -469,6 +532,17 @@ async fn end(
 /// ended, its COMPLETE, FAIL or ABORT event (OpenLineage 2-0-2). Inputs
 /// and outputs are the artifacts of the run's lineage (known for a job
 /// that succeeded); each dataset is named by its artifact id.
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{id}/openlineage",
+    tag = "runs",
+    summary = "A run's OpenLineage 2-0-2 RunEvents (START, then COMPLETE, FAIL or ABORT)",
+    params(("id" = String, Path, description = "a run id (20 hex digits)", pattern = "^[0-9a-f]{20}$")),
+    responses(
+        (status = 200, description = "the events", body = Vec<Object>),
+        (status = 404, description = "no such run"),
+    ),
+)]
 async fn openlineage(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = run_id(&id)?;
     let run = view(&state, &id).await?;

@@ -3,21 +3,21 @@
 
 use std::convert::Infallible;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{ApiError, ApiResult, ApiState, blocking};
 use crate::transfer::{FetchEvent, TransferHandle};
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/artifacts/{reference}/fetch", post(fetch))
-        .route("/api/v1/transfers", get(transfers))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(fetch))
+        .routes(routes!(transfers))
 }
 
 fn data_plane(state: &ApiState) -> ApiResult<TransferHandle> {
@@ -40,6 +40,18 @@ fn line(v: serde_json::Value) -> Result<Bytes, Infallible> {
 /// fetching what is missing from the mesh. The answer is NDJSON: progress
 /// lines `{"event": "progress", ...}`, then `{"event": "done", "report":
 /// ...}` or `{"event": "error", "error": CODE, "detail": ...}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/artifacts/{reference}/fetch",
+    tag = "artifacts",
+    summary = "Fetch an artifact from the mesh; NDJSON progress, then the report",
+    params(("reference" = String, Path, description = "an id, a unique id prefix or a tag (NAME:VERSION)")),
+    responses(
+        (status = 200, description = "one JSON object a line: {event: progress, ...}, then {event: done, report} or {event: error, error, detail}", content_type = "application/x-ndjson", body = String),
+        (status = 404, description = "no such artifact"),
+        (status = 503, description = "the node runs no data plane, or is stopping"),
+    ),
+)]
 async fn fetch(
     State(state): State<ApiState>,
     Path(reference): Path<String>,
@@ -77,6 +89,16 @@ async fn fetch(
 
 /// `GET /api/v1/transfers`: fetches in progress, counters and the
 /// replication worker's view of every pin.
+#[utoipa::path(
+    get,
+    path = "/api/v1/transfers",
+    tag = "artifacts",
+    summary = "Fetches in progress, transfer counters, replication of pins",
+    responses(
+        (status = 200, description = "the data plane's state", body = Object),
+        (status = 503, description = "the node runs no data plane, or is stopping"),
+    ),
+)]
 async fn transfers(State(state): State<ApiState>) -> ApiResult<Response> {
     let transfer = data_plane(&state)?;
     Ok(axum::Json(transfer.status().await?).into_response())

@@ -39,8 +39,9 @@ pub struct AddOptions {
 }
 
 /// What an import produced.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddOutcome {
+    #[schema(value_type = String)]
     pub id: Hash,
     /// "file" or "tree".
     pub kind: String,

@@ -14,14 +14,15 @@ use super::records::BlobKind;
 use super::{BLOCK_SIZE, Result, Store, StoreError};
 
 /// One blob that failed verification.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VerifyProblem {
+    #[schema(value_type = String)]
     pub id: Hash,
     pub problem: String,
 }
 
 /// What a GC pass did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GcReport {
     /// Blobs kept because a pin, tag or running job reaches them.
     pub kept: u64,
