@@ -161,7 +161,7 @@ pub(crate) fn content_type_for(name: &str) -> &'static str {
 /// What `expose` needs of the store, local or through the daemon.
 enum Target {
     Local(crate::store::Store),
-    Remote(crate::api::ApiClient),
+    Remote(crate::api::client::ApiClient),
 }
 
 impl Target {
@@ -219,6 +219,7 @@ impl Target {
             Target::Remote(c) => {
                 let req = c
                     .request(Method::POST, &format!("/api/v1/artifacts?tag={tag}"))
+                    .header("content-type", "application/octet-stream")
                     .body(bytes);
                 c.send(req).await?;
             }
@@ -296,7 +297,7 @@ pub(crate) async fn expose(
                 TreeEntry {
                     name: String::new(),
                     kind: EntryKind::File,
-                    id: root,
+                    hash: root,
                     size,
                     executable: false,
                 },
@@ -308,7 +309,7 @@ pub(crate) async fn expose(
                 for e in list {
                     match e.kind {
                         EntryKind::Tree => {
-                            let (_, sub) = target.resolve(&e.id.to_string()).await?;
+                            let (_, sub) = target.resolve(&e.hash.to_string()).await?;
                             stack.push((format!("{at}{}/", e.name), sub.unwrap_or_default()));
                         }
                         _ => files.push((format!("{at}{}", e.name), e)),
@@ -322,12 +323,12 @@ pub(crate) async fn expose(
         let meta_tag = names::object_tag(bucket, key, names::META)
             .with_context(|| format!("the key {key:?}"))?;
         let obj_tag = names::object_tag(bucket, key, names::OBJECT)?;
-        target.set_tag(&obj_tag, &e.id).await?;
+        target.set_tag(&obj_tag, &e.hash).await?;
         let meta = Meta {
             v: META_V,
-            data: e.id,
+            data: e.hash,
             size: e.size,
-            etag: etag_of(&e.id),
+            etag: etag_of(&e.hash),
             content_type: content_type_for(key).to_string(),
             metadata: BTreeMap::new(),
             checksums: Default::default(),
