@@ -125,6 +125,20 @@ fn op_name(method: &http::Method, path: &str, query: &str) -> &'static str {
     }
 }
 
+/// The answer to an XML body declared larger than [`MAX_XML_BODY`].
+fn too_large_xml() -> http::Response<s3s::Body> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>MaxMessageLengthExceeded</Code><Message>XML request bodies may have at most {MAX_XML_BODY} bytes</Message></Error>"
+    );
+    let mut resp = http::Response::new(s3s::Body::from(body));
+    *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
+
 /// Serves the gateway on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -176,7 +190,19 @@ pub async fn serve(
                     req.uri().path(),
                     req.uri().query().unwrap_or(""),
                 );
+                let declared = req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let xml_too_large = req.method() == http::Method::POST
+                    && declared.is_some_and(|n| n > MAX_XML_BODY as u64);
                 async move {
+                    if xml_too_large {
+                        // refused before a byte of the body is read
+                        metrics.s3.request(op, 400);
+                        return Ok(too_large_xml());
+                    }
                     let r = hyper::service::Service::call(&service, req).await;
                     if let Ok(resp) = &r {
                         metrics.s3.request(op, resp.status().as_u16());

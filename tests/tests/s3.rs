@@ -28,7 +28,7 @@ async fn call(
     let s = sign(creds, method, base, path, &q, &h, &payload_hash(&body));
     let client = reqwest::Client::new();
     let mut r = client.request(method.parse().expect("method"), &s.url);
-    for (k, v) in s.headers.iter().chain(h.iter()) {
+    for (k, v) in &s.headers {
         r = r.header(k.as_str(), v.as_str());
     }
     let resp = r.body(body).send().await.expect("send");
@@ -216,7 +216,7 @@ async fn listings_page_and_group_by_delimiter_and_multipart_assembles() {
     );
     let (st, body, _) = call(&creds, &a, "POST", "/list/big.bin", &[("uploadId", &id)], &[], done.into_bytes()).await;
     assert_eq!(st, 200, "{}", text(&body));
-    assert!(text(&body).contains("-2</ETag>") || text(&body).contains("-2&quot;"), "{}", text(&body));
+    assert!(text(&body).contains("-2\"</ETag>"), "{}", text(&body));
     let got = eventually_get(&creds, &a, "/list/big.bin").await;
     assert_eq!(got.len(), p1.len() + p2.len());
     assert!(got[..p1.len()] == p1[..] && got[p1.len()..] == p2[..]);

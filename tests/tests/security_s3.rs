@@ -28,7 +28,7 @@ async fn send(
         .collect();
     let s = sign(creds, method, base, path, &q, &h, &payload_hash(&body));
     let mut r = reqwest::Client::new().request(method.parse().expect("method"), &s.url);
-    for (k, v) in s.headers.iter().chain(h.iter()) {
+    for (k, v) in &s.headers {
         r = r.header(k.as_str(), v.as_str());
     }
     let resp = r.body(body).send().await.expect("send");
@@ -151,18 +151,18 @@ async fn forged_unknown_revoked_and_ungranted_requests_are_refused() {
 async fn stale_and_tampered_presigned_urls_are_refused() {
     let (cluster, creds) = Cluster::start_s3(1).await.expect("cluster");
     let a = cluster.s3_url(0);
-    assert_eq!(send(&creds, &a, "PUT", "/p", &[], &[], Vec::new()).await.0, 200);
-    assert_eq!(send(&creds, &a, "PUT", "/p/blob", &[], &[], b"secret bytes".to_vec()).await.0, 200);
+    assert_eq!(send(&creds, &a, "PUT", "/pre", &[], &[], Vec::new()).await.0, 200);
+    assert_eq!(send(&creds, &a, "PUT", "/pre/blob", &[], &[], b"secret bytes".to_vec()).await.0, 200);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let good = presign_get(&creds, &a, "/p/blob", 300, now);
+    let good = presign_get(&creds, &a, "/pre/blob", 300, now);
     let resp = reqwest::get(&good).await.expect("get");
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.text().await.expect("text"), "secret bytes");
     // expired: signed an hour ago for 60 s
-    let old = presign_get(&creds, &a, "/p/blob", 60, now - 3600);
+    let old = presign_get(&creds, &a, "/pre/blob", 60, now - 3600);
     let resp = reqwest::get(&old).await.expect("get");
     assert_eq!(resp.status().as_u16(), 403);
     // tampered signature
@@ -173,11 +173,11 @@ async fn stale_and_tampered_presigned_urls_are_refused() {
     assert_eq!(resp.status().as_u16(), 403);
     assert_eq!(code(&resp.text().await.unwrap_or_default()), "SignatureDoesNotMatch");
     // another object with the same signature
-    assert_eq!(send(&creds, &a, "PUT", "/p/other", &[], &[], b"o".to_vec()).await.0, 200);
-    let resp = reqwest::get(good.replace("/p/blob", "/p/other")).await.expect("get");
+    assert_eq!(send(&creds, &a, "PUT", "/pre/other", &[], &[], b"o".to_vec()).await.0, 200);
+    let resp = reqwest::get(good.replace("/pre/blob", "/pre/other")).await.expect("get");
     assert_eq!(resp.status().as_u16(), 403);
     // a header-signed request from long ago
-    let s = sign_at(&creds, "GET", &a, "/p/blob", &[], &[], &payload_hash(b""), now - 3 * 3600);
+    let s = sign_at(&creds, "GET", &a, "/pre/blob", &[], &[], &payload_hash(b""), now - 3 * 3600);
     let mut r = reqwest::Client::new().get(&s.url);
     for (k, v) in &s.headers {
         r = r.header(k.as_str(), v.as_str());
@@ -190,34 +190,34 @@ async fn stale_and_tampered_presigned_urls_are_refused() {
 async fn bad_bodies_hostile_xml_and_path_like_keys() {
     let (cluster, creds) = Cluster::start_s3(1).await.expect("cluster");
     let a = cluster.s3_url(0);
-    assert_eq!(send(&creds, &a, "PUT", "/b", &[], &[], Vec::new()).await.0, 200);
+    assert_eq!(send(&creds, &a, "PUT", "/bad", &[], &[], Vec::new()).await.0, 200);
 
     // a CRC32 that does not match: BadDigest, nothing stored
-    let (st, body) = send(&creds, &a, "PUT", "/b/sum", &[], &[("x-amz-checksum-crc32", "AAAAAA==")], b"payload".to_vec()).await;
+    let (st, body) = send(&creds, &a, "PUT", "/bad/sum", &[], &[("x-amz-checksum-crc32", "AAAAAA==")], b"payload".to_vec()).await;
     assert_eq!((st, code(&body)), (400, "BadDigest"), "{body}");
-    assert_eq!(send(&creds, &a, "GET", "/b/sum", &[], &[], Vec::new()).await.0, 404);
+    assert_eq!(send(&creds, &a, "GET", "/bad/sum", &[], &[], Vec::new()).await.0, 404);
     // the right one is taken (crc32("payload") = 0x2B4CC4A8? computed by the server's echo)
-    let (st, body) = send(&creds, &a, "PUT", "/b/sum", &[], &[("x-amz-sdk-checksum-algorithm", "CRC32")], b"payload".to_vec()).await;
+    let (st, body) = send(&creds, &a, "PUT", "/bad/sum", &[], &[("x-amz-sdk-checksum-algorithm", "CRC32")], b"payload".to_vec()).await;
     assert_eq!(st, 200, "{body}");
 
     // malformed and oversized XML
-    let (st, body) = send(&creds, &a, "POST", "/b", &[("delete", "")], &[], b"<Delete><Object><Key>x</Key></Obj".to_vec()).await;
+    let (st, body) = send(&creds, &a, "POST", "/bad", &[("delete", "")], &[], b"<Delete><Object><Key>x</Key></Obj".to_vec()).await;
     assert_eq!((st, code(&body)), (400, "MalformedXML"), "{body}");
     let mut huge = b"<Delete>".to_vec();
     while huge.len() < 3 << 20 {
         huge.extend_from_slice(b"<Object><Key>aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa</Key></Object>");
     }
     huge.extend_from_slice(b"</Delete>");
-    let (st, _) = send(&creds, &a, "POST", "/b", &[("delete", "")], &[], huge).await;
+    let (st, _) = send(&creds, &a, "POST", "/bad", &[("delete", "")], &[], huge).await;
     assert!((400..500).contains(&st), "oversized XML answered {st}");
     // an entity declaration is not expanded
     let bomb = br#"<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]><Delete><Object><Key>&a;</Key></Object></Delete>"#;
-    let (st, _) = send(&creds, &a, "POST", "/b", &[("delete", "")], &[], bomb.to_vec()).await;
+    let (st, _) = send(&creds, &a, "POST", "/bad", &[("delete", "")], &[], bomb.to_vec()).await;
     assert!((400..500).contains(&st), "an XML entity answered {st}");
 
     // keys that look like paths are names
     for key in ["../../etc/passwd", "./x", "a/../b", "..", "//"] {
-        let path = format!("/b/{key}");
+        let path = format!("/bad/{key}");
         let (st, body) = send(&creds, &a, "PUT", &path, &[], &[], key.as_bytes().to_vec()).await;
         if st != 200 {
             // the path layer may refuse it outright; it must never escape
@@ -230,10 +230,10 @@ async fn bad_bodies_hostile_xml_and_path_like_keys() {
     assert!(!cluster.node(0).home().root().join("etc").exists());
 
     // a declared Content-Length beyond the limit is refused before any byte is read
-    let s = sign(&creds, "PUT", &a, "/b/huge", &[], &[], "UNSIGNED-PAYLOAD");
+    let s = sign(&creds, "PUT", &a, "/bad/huge", &[], &[], "UNSIGNED-PAYLOAD");
     let addr = a.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut head = format!("PUT /b/huge HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n", 6u64 << 30);
+    let mut head = format!("PUT /bad/huge HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n", 6u64 << 30);
     for (k, v) in &s.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
