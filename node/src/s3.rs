@@ -100,7 +100,11 @@ fn op_name(method: &http::Method, path: &str, query: &str) -> &'static str {
             .split('&')
             .any(|p| p == k || p.starts_with(&format!("{k}=")))
     };
-    let segments = path.trim_start_matches('/').splitn(2, '/').filter(|s| !s.is_empty()).count();
+    let segments = path
+        .trim_start_matches('/')
+        .splitn(2, '/')
+        .filter(|s| !s.is_empty())
+        .count();
     let object = segments >= 2;
     match (method.as_str(), object) {
         (_, _) if has("uploadId") => match method.as_str() {
@@ -182,34 +186,35 @@ pub async fn serve(
         let metrics = metrics.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let service = service.clone();
-                let metrics = metrics.clone();
-                let op = op_name(
-                    req.method(),
-                    req.uri().path(),
-                    req.uri().query().unwrap_or(""),
-                );
-                let declared = req
-                    .headers()
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let xml_too_large = req.method() == http::Method::POST
-                    && declared.is_some_and(|n| n > MAX_XML_BODY as u64);
-                async move {
-                    if xml_too_large {
-                        // refused before a byte of the body is read
-                        metrics.s3.request(op, 400);
-                        return Ok(too_large_xml());
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let service = service.clone();
+                    let metrics = metrics.clone();
+                    let op = op_name(
+                        req.method(),
+                        req.uri().path(),
+                        req.uri().query().unwrap_or(""),
+                    );
+                    let declared = req
+                        .headers()
+                        .get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let xml_too_large = req.method() == http::Method::POST
+                        && declared.is_some_and(|n| n > MAX_XML_BODY as u64);
+                    async move {
+                        if xml_too_large {
+                            // refused before a byte of the body is read
+                            metrics.s3.request(op, 400);
+                            return Ok(too_large_xml());
+                        }
+                        let r = hyper::service::Service::call(&service, req).await;
+                        if let Ok(resp) = &r {
+                            metrics.s3.request(op, resp.status().as_u16());
+                        }
+                        r
                     }
-                    let r = hyper::service::Service::call(&service, req).await;
-                    if let Ok(resp) = &r {
-                        metrics.s3.request(op, resp.status().as_u16());
-                    }
-                    r
-                }
-            });
+                });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc);
@@ -247,7 +252,12 @@ mod tests {
         };
         let vh = h.parse_host_header("photos.s3.localhost:9000").expect("vh");
         assert_eq!(vh.bucket(), Some("photos"));
-        for plain in ["127.0.0.1:9000", "s3.localhost:9000", "localhost", "example.com"] {
+        for plain in [
+            "127.0.0.1:9000",
+            "s3.localhost:9000",
+            "localhost",
+            "example.com",
+        ] {
             let vh = h.parse_host_header(plain).expect("path style");
             assert_eq!(vh.bucket(), None, "{plain}");
         }
@@ -259,8 +269,14 @@ mod tests {
         assert_eq!(op_name(&Method::GET, "/", ""), "ListBuckets");
         assert_eq!(op_name(&Method::GET, "/b", "list-type=2"), "ListObjects");
         assert_eq!(op_name(&Method::PUT, "/b/k", ""), "PutObject");
-        assert_eq!(op_name(&Method::PUT, "/b/k", "partNumber=1&uploadId=x"), "UploadPart");
+        assert_eq!(
+            op_name(&Method::PUT, "/b/k", "partNumber=1&uploadId=x"),
+            "UploadPart"
+        );
         assert_eq!(op_name(&Method::POST, "/b", "delete"), "DeleteObjects");
-        assert_eq!(op_name(&Method::POST, "/b/k", "uploads"), "CreateMultipartUpload");
+        assert_eq!(
+            op_name(&Method::POST, "/b/k", "uploads"),
+            "CreateMultipartUpload"
+        );
     }
 }

@@ -225,10 +225,7 @@ pub fn sign_at(
         "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={sh}, Signature={sig}",
         creds.access_key
     );
-    let mut out: Vec<(String, String)> = headers
-        .into_iter()
-        .filter(|(k, _)| k != "host")
-        .collect();
+    let mut out: Vec<(String, String)> = headers.into_iter().filter(|(k, _)| k != "host").collect();
     out.push(("authorization".into(), auth));
     Signed {
         url: if cq.is_empty() {
@@ -249,7 +246,10 @@ pub fn presign_get(creds: &Creds, base: &str, path: &str, expires: u64, secs: u6
     let (full, date) = amz_date(secs);
     let scope = format!("{date}/{REGION}/s3/aws4_request");
     let mut q = vec![
-        ("X-Amz-Algorithm".to_string(), "AWS4-HMAC-SHA256".to_string()),
+        (
+            "X-Amz-Algorithm".to_string(),
+            "AWS4-HMAC-SHA256".to_string(),
+        ),
         (
             "X-Amz-Credential".to_string(),
             format!("{}/{scope}", creds.access_key),

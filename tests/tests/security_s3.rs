@@ -62,9 +62,17 @@ async fn forged_unknown_revoked_and_ungranted_requests_are_refused() {
     let (cluster, creds) = Cluster::start_s3(1).await.expect("cluster");
     let a = cluster.s3_url(0);
     for b in ["/open", "/closed"] {
-        assert_eq!(send(&creds, &a, "PUT", b, &[], &[], Vec::new()).await.0, 200);
+        assert_eq!(
+            send(&creds, &a, "PUT", b, &[], &[], Vec::new()).await.0,
+            200
+        );
     }
-    assert_eq!(send(&creds, &a, "PUT", "/open/k", &[], &[], b"v".to_vec()).await.0, 200);
+    assert_eq!(
+        send(&creds, &a, "PUT", "/open/k", &[], &[], b"v".to_vec())
+            .await
+            .0,
+        200
+    );
 
     // wrong secret
     let wrong = Creds {
@@ -87,7 +95,10 @@ async fn forged_unknown_revoked_and_ungranted_requests_are_refused() {
     }
     let resp = r.send().await.expect("send");
     assert_eq!(resp.status().as_u16(), 403);
-    assert_eq!(code(&resp.text().await.unwrap_or_default()), "SignatureDoesNotMatch");
+    assert_eq!(
+        code(&resp.text().await.unwrap_or_default()),
+        "SignatureDoesNotMatch"
+    );
 
     // a read-only key granted one bucket
     let ro = new_creds();
@@ -104,10 +115,24 @@ async fn forged_unknown_revoked_and_ungranted_requests_are_refused() {
             buckets,
         },
     );
-    assert_eq!(send(&ro, &a, "GET", "/open/k", &[], &[], Vec::new()).await.0, 200);
-    for (method, path) in [("PUT", "/open/k3"), ("DELETE", "/open/k"), ("GET", "/closed/k"), ("PUT", "/newbucket")] {
+    assert_eq!(
+        send(&ro, &a, "GET", "/open/k", &[], &[], Vec::new())
+            .await
+            .0,
+        200
+    );
+    for (method, path) in [
+        ("PUT", "/open/k3"),
+        ("DELETE", "/open/k"),
+        ("GET", "/closed/k"),
+        ("PUT", "/newbucket"),
+    ] {
         let (st, body) = send(&ro, &a, method, path, &[], &[], Vec::new()).await;
-        assert_eq!((st, code(&body)), (403, "AccessDenied"), "{method} {path}: {body}");
+        assert_eq!(
+            (st, code(&body)),
+            (403, "AccessDenied"),
+            "{method} {path}: {body}"
+        );
     }
     // a copy whose source the key may not read
     let rw_open = new_creds();
@@ -124,13 +149,30 @@ async fn forged_unknown_revoked_and_ungranted_requests_are_refused() {
             buckets,
         },
     );
-    assert_eq!(send(&creds, &a, "PUT", "/closed/secret", &[], &[], b"s".to_vec()).await.0, 200);
-    let (st, body) = send(&rw_open, &a, "PUT", "/open/stolen", &[], &[("x-amz-copy-source", "/closed/secret")], Vec::new()).await;
+    assert_eq!(
+        send(&creds, &a, "PUT", "/closed/secret", &[], &[], b"s".to_vec())
+            .await
+            .0,
+        200
+    );
+    let (st, body) = send(
+        &rw_open,
+        &a,
+        "PUT",
+        "/open/stolen",
+        &[],
+        &[("x-amz-copy-source", "/closed/secret")],
+        Vec::new(),
+    )
+    .await;
     assert_eq!((st, code(&body)), (403, "AccessDenied"), "{body}");
     // listing buckets shows only what the key may read
     let (st, body) = send(&ro, &a, "GET", "/", &[], &[], Vec::new()).await;
     assert_eq!(st, 200);
-    assert!(body.contains("<Name>open</Name>") && !body.contains("<Name>closed</Name>"), "{body}");
+    assert!(
+        body.contains("<Name>open</Name>") && !body.contains("<Name>closed</Name>"),
+        "{body}"
+    );
 
     // revoked: the gateway reads the key file again
     let path = cluster.s3_keys_path(0);
@@ -151,8 +193,26 @@ async fn forged_unknown_revoked_and_ungranted_requests_are_refused() {
 async fn stale_and_tampered_presigned_urls_are_refused() {
     let (cluster, creds) = Cluster::start_s3(1).await.expect("cluster");
     let a = cluster.s3_url(0);
-    assert_eq!(send(&creds, &a, "PUT", "/pre", &[], &[], Vec::new()).await.0, 200);
-    assert_eq!(send(&creds, &a, "PUT", "/pre/blob", &[], &[], b"secret bytes".to_vec()).await.0, 200);
+    assert_eq!(
+        send(&creds, &a, "PUT", "/pre", &[], &[], Vec::new())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        send(
+            &creds,
+            &a,
+            "PUT",
+            "/pre/blob",
+            &[],
+            &[],
+            b"secret bytes".to_vec()
+        )
+        .await
+        .0,
+        200
+    );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -169,15 +229,36 @@ async fn stale_and_tampered_presigned_urls_are_refused() {
     let sig_at = good.find("X-Amz-Signature=").expect("sig") + "X-Amz-Signature=".len();
     let mut bad = good.clone().into_bytes();
     bad[sig_at] = if bad[sig_at] == b'0' { b'1' } else { b'0' };
-    let resp = reqwest::get(String::from_utf8(bad).expect("utf8")).await.expect("get");
+    let resp = reqwest::get(String::from_utf8(bad).expect("utf8"))
+        .await
+        .expect("get");
     assert_eq!(resp.status().as_u16(), 403);
-    assert_eq!(code(&resp.text().await.unwrap_or_default()), "SignatureDoesNotMatch");
+    assert_eq!(
+        code(&resp.text().await.unwrap_or_default()),
+        "SignatureDoesNotMatch"
+    );
     // another object with the same signature
-    assert_eq!(send(&creds, &a, "PUT", "/pre/other", &[], &[], b"o".to_vec()).await.0, 200);
-    let resp = reqwest::get(good.replace("/pre/blob", "/pre/other")).await.expect("get");
+    assert_eq!(
+        send(&creds, &a, "PUT", "/pre/other", &[], &[], b"o".to_vec())
+            .await
+            .0,
+        200
+    );
+    let resp = reqwest::get(good.replace("/pre/blob", "/pre/other"))
+        .await
+        .expect("get");
     assert_eq!(resp.status().as_u16(), 403);
     // a header-signed request from long ago
-    let s = sign_at(&creds, "GET", &a, "/pre/blob", &[], &[], &payload_hash(b""), now - 3 * 3600);
+    let s = sign_at(
+        &creds,
+        "GET",
+        &a,
+        "/pre/blob",
+        &[],
+        &[],
+        &payload_hash(b""),
+        now - 3 * 3600,
+    );
     let mut r = reqwest::Client::new().get(&s.url);
     for (k, v) in &s.headers {
         r = r.header(k.as_str(), v.as_str());
@@ -190,29 +271,77 @@ async fn stale_and_tampered_presigned_urls_are_refused() {
 async fn bad_bodies_hostile_xml_and_path_like_keys() {
     let (cluster, creds) = Cluster::start_s3(1).await.expect("cluster");
     let a = cluster.s3_url(0);
-    assert_eq!(send(&creds, &a, "PUT", "/bad", &[], &[], Vec::new()).await.0, 200);
+    assert_eq!(
+        send(&creds, &a, "PUT", "/bad", &[], &[], Vec::new())
+            .await
+            .0,
+        200
+    );
 
     // a CRC32 that does not match: BadDigest, nothing stored
-    let (st, body) = send(&creds, &a, "PUT", "/bad/sum", &[], &[("x-amz-checksum-crc32", "AAAAAA==")], b"payload".to_vec()).await;
+    let (st, body) = send(
+        &creds,
+        &a,
+        "PUT",
+        "/bad/sum",
+        &[],
+        &[("x-amz-checksum-crc32", "AAAAAA==")],
+        b"payload".to_vec(),
+    )
+    .await;
     assert_eq!((st, code(&body)), (400, "BadDigest"), "{body}");
-    assert_eq!(send(&creds, &a, "GET", "/bad/sum", &[], &[], Vec::new()).await.0, 404);
+    assert_eq!(
+        send(&creds, &a, "GET", "/bad/sum", &[], &[], Vec::new())
+            .await
+            .0,
+        404
+    );
     // the right one is taken (crc32("payload") = 0x2B4CC4A8? computed by the server's echo)
-    let (st, body) = send(&creds, &a, "PUT", "/bad/sum", &[], &[("x-amz-sdk-checksum-algorithm", "CRC32")], b"payload".to_vec()).await;
+    let (st, body) = send(
+        &creds,
+        &a,
+        "PUT",
+        "/bad/sum",
+        &[],
+        &[("x-amz-sdk-checksum-algorithm", "CRC32")],
+        b"payload".to_vec(),
+    )
+    .await;
     assert_eq!(st, 200, "{body}");
 
     // malformed and oversized XML
-    let (st, body) = send(&creds, &a, "POST", "/bad", &[("delete", "")], &[], b"<Delete><Object><Key>x</Key></Obj".to_vec()).await;
+    let (st, body) = send(
+        &creds,
+        &a,
+        "POST",
+        "/bad",
+        &[("delete", "")],
+        &[],
+        b"<Delete><Object><Key>x</Key></Obj".to_vec(),
+    )
+    .await;
     assert_eq!((st, code(&body)), (400, "MalformedXML"), "{body}");
     let mut huge = b"<Delete>".to_vec();
     while huge.len() < 3 << 20 {
-        huge.extend_from_slice(b"<Object><Key>aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa</Key></Object>");
+        huge.extend_from_slice(
+            b"<Object><Key>aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa</Key></Object>",
+        );
     }
     huge.extend_from_slice(b"</Delete>");
     let (st, _) = send(&creds, &a, "POST", "/bad", &[("delete", "")], &[], huge).await;
     assert!((400..500).contains(&st), "oversized XML answered {st}");
     // an entity declaration is not expanded
     let bomb = br#"<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa">]><Delete><Object><Key>&a;</Key></Object></Delete>"#;
-    let (st, _) = send(&creds, &a, "POST", "/bad", &[("delete", "")], &[], bomb.to_vec()).await;
+    let (st, _) = send(
+        &creds,
+        &a,
+        "POST",
+        "/bad",
+        &[("delete", "")],
+        &[],
+        bomb.to_vec(),
+    )
+    .await;
     assert!((400..500).contains(&st), "an XML entity answered {st}");
 
     // keys that look like paths are names
@@ -233,7 +362,10 @@ async fn bad_bodies_hostile_xml_and_path_like_keys() {
     let s = sign(&creds, "PUT", &a, "/bad/huge", &[], &[], "UNSIGNED-PAYLOAD");
     let addr = a.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut head = format!("PUT /bad/huge HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n", 6u64 << 30);
+    let mut head = format!(
+        "PUT /bad/huge HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n",
+        6u64 << 30
+    );
     for (k, v) in &s.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -247,7 +379,10 @@ async fn bad_bodies_hostile_xml_and_path_like_keys() {
         .expect("an answer before the body")
         .expect("read");
     let answer = String::from_utf8_lossy(&buf[..n]);
-    assert!(answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 413"),
+        "{answer}"
+    );
     assert!(answer.contains("EntityTooLarge"), "{answer}");
     cluster.stop().await;
 }

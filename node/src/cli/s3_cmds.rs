@@ -34,7 +34,9 @@ pub(crate) fn key_create(
             Some((bucket, p)) => (
                 bucket,
                 Perm::parse(p).with_context(|| {
-                    format!("--bucket {b}: the permission is r(ead) or w(rite), as in {bucket}:read")
+                    format!(
+                        "--bucket {b}: the permission is r(ead) or w(rite), as in {bucket}:read"
+                    )
                 })?,
             ),
             None => (b.as_str(), if read_only { Perm::Read } else { Perm::Write }),
@@ -50,7 +52,9 @@ pub(crate) fn key_create(
     keys::check_key_text("access key", &access_key)?;
     keys::check_key_text("secret key", &secret_key)?;
     if file.get(&access_key).is_some() {
-        bail!("an S3 key {access_key} already exists; remove it first with `weft s3 key rm {access_key}`");
+        bail!(
+            "an S3 key {access_key} already exists; remove it first with `weft s3 key rm {access_key}`"
+        );
     }
     let key = Key {
         access_key: access_key.clone(),
@@ -77,7 +81,10 @@ pub(crate) fn key_create(
     } else {
         println!("access key: {access_key}");
         println!("secret key: {secret_key}");
-        println!("(the secret is shown once; it is kept in {}, mode 0600)", path.display());
+        println!(
+            "(the secret is shown once; it is kept in {}, mode 0600)",
+            path.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,7 +189,10 @@ impl Target {
                         crate::api::client::segment(reference)
                     ))
                     .await?;
-                let tree = resp.headers().get("x-weft-kind").is_some_and(|k| k == "tree");
+                let tree = resp
+                    .headers()
+                    .get("x-weft-kind")
+                    .is_some_and(|k| k == "tree");
                 if !tree {
                     let id = resp
                         .headers()
@@ -280,7 +290,9 @@ pub(crate) async fn expose(
     match entries {
         None => {
             let name = if prefix.is_empty() || prefix.ends_with('/') {
-                bail!("{reference} is one file: give --prefix the object's whole key (e.g. data/file.csv)");
+                bail!(
+                    "{reference} is one file: give --prefix the object's whole key (e.g. data/file.csv)"
+                );
             } else {
                 prefix.to_string()
             };
@@ -289,7 +301,10 @@ pub(crate) async fn expose(
                 Target::Remote(c) => {
                     let info: Vec<crate::store::ArtifactInfo> =
                         c.get("/api/v1/artifacts?all=true").await?;
-                    info.iter().find(|a| a.id == root).map(|a| a.size).unwrap_or(0)
+                    info.iter()
+                        .find(|a| a.id == root)
+                        .map(|a| a.size)
+                        .unwrap_or(0)
                 }
             };
             files.push((

@@ -13,9 +13,9 @@ use weft_protocol::{Hash, TagName, TagVersion};
 
 use super::ingest::{BodyReader, Expected, MAX_UPLOAD, stream_file};
 use super::keys::{KeyCache, Perm};
-use crate::api::Metrics;
 use super::names::{self, NameError};
 use super::records::{DEFAULT_CONTENT_TYPE, MAX_META_BYTES, Meta, etag_of};
+use crate::api::Metrics;
 use crate::store::{Keep, Store, StoreError};
 use crate::transfer::TransferHandle;
 
@@ -54,7 +54,9 @@ pub(super) fn internal(e: impl std::fmt::Display) -> S3Error {
 
 fn name_error(e: NameError) -> S3Error {
     match e {
-        NameError::Bucket(_) => S3Error::with_message(S3ErrorCode::InvalidBucketName, e.to_string()),
+        NameError::Bucket(_) => {
+            S3Error::with_message(S3ErrorCode::InvalidBucketName, e.to_string())
+        }
         NameError::EmptyKey => S3Error::with_message(S3ErrorCode::InvalidArgument, e.to_string()),
         NameError::TooLong(_) => S3Error::with_message(S3ErrorCode::KeyTooLongError, e.to_string()),
     }
@@ -444,7 +446,8 @@ struct Page {
 }
 
 fn wants_url(e: &Option<EncodingType>) -> bool {
-    e.as_ref().is_some_and(|e| e.as_str().eq_ignore_ascii_case("url"))
+    e.as_ref()
+        .is_some_and(|e| e.as_str().eq_ignore_ascii_case("url"))
 }
 
 fn max_keys(m: Option<i32>) -> usize {
@@ -500,8 +503,8 @@ impl S3 for Gateway {
         self.allow(req.credentials.as_ref(), &bucket, Perm::Write)?;
         let tag = names::bucket_tag(&bucket).map_err(name_error)?;
         let store = self.store.clone();
-        let record = serde_json::to_vec(&serde_json::json!({"v": 1, "bucket": bucket}))
-            .map_err(internal)?;
+        let record =
+            serde_json::to_vec(&serde_json::json!({"v": 1, "bucket": bucket})).map_err(internal)?;
         blocking(move || {
             if store.live_tag(&tag).map_err(store_error)?.is_some() {
                 return Err(s3_error!(BucketAlreadyOwnedByYou));
@@ -623,7 +626,10 @@ impl S3 for Gateway {
             })?),
             None => None,
         };
-        let (start, end) = range.as_ref().map(|r| (r.start, r.end)).unwrap_or((0, size));
+        let (start, end) = range
+            .as_ref()
+            .map(|r| (r.start, r.end))
+            .unwrap_or((0, size));
         self.ensure_local(found.meta.data).await?;
         let store = self.store.clone();
         let h = found.meta.data;
@@ -641,8 +647,7 @@ impl S3 for Gateway {
             content_type: Some(meta.content_type),
             e_tag: Some(ETag::Strong(meta.etag)),
             last_modified: Some(timestamp(found.modified_ms)),
-            metadata: (!meta.metadata.is_empty())
-                .then(|| meta.metadata.into_iter().collect()),
+            metadata: (!meta.metadata.is_empty()).then(|| meta.metadata.into_iter().collect()),
             ..Default::default()
         }))
     }
@@ -661,8 +666,7 @@ impl S3 for Gateway {
             content_type: Some(meta.content_type),
             e_tag: Some(ETag::Strong(meta.etag)),
             last_modified: Some(timestamp(found.modified_ms)),
-            metadata: (!meta.metadata.is_empty())
-                .then(|| meta.metadata.into_iter().collect()),
+            metadata: (!meta.metadata.is_empty()).then(|| meta.metadata.into_iter().collect()),
             ..Default::default()
         }))
     }
@@ -678,7 +682,10 @@ impl S3 for Gateway {
             ..
         } = &input.copy_source
         else {
-            return Err(s3_error!(NotImplemented, "only bucket copy sources are served"));
+            return Err(s3_error!(
+                NotImplemented,
+                "only bucket copy sources are served"
+            ));
         };
         self.allow(req.credentials.as_ref(), src_bucket, Perm::Read)?;
         self.allow(req.credentials.as_ref(), &input.bucket, Perm::Write)?;
@@ -816,7 +823,9 @@ impl S3 for Gateway {
                 hex::decode(t)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| s3_error!(InvalidArgument, "the continuation token is not valid"))?,
+                    .ok_or_else(|| {
+                        s3_error!(InvalidArgument, "the continuation token is not valid")
+                    })?,
             ),
             None => input.start_after.clone().filter(|s| !s.is_empty()),
         };

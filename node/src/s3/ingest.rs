@@ -105,7 +105,10 @@ pub struct Outcome {
 impl Outcome {
     /// The refusal kept by the reader, if any.
     pub fn failure(&self) -> Option<S3Error> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn seen(&self) -> Seen {

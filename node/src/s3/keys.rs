@@ -21,15 +21,13 @@ pub const KEYS_V: u32 = 1;
 pub enum KeyError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: not an S3 key file ({why}); fix or remove it, then recreate the keys with `weft s3 key create`")]
+    #[error(
+        "{path}: not an S3 key file ({why}); fix or remove it, then recreate the keys with `weft s3 key create`"
+    )]
     Bad { path: PathBuf, why: String },
-    #[error(
-        "{path}: version {v} is newer than this weft understands ({KEYS_V}); upgrade weft"
-    )]
+    #[error("{path}: version {v} is newer than this weft understands ({KEYS_V}); upgrade weft")]
     Version { path: PathBuf, v: u32 },
-    #[error(
-        "{path}: readable by other users (mode {mode:o}); run `chmod 600 {path}`"
-    )]
+    #[error("{path}: readable by other users (mode {mode:o}); run `chmod 600 {path}`")]
     Mode { path: PathBuf, mode: u32 },
     #[error("{0}")]
     Invalid(String),
@@ -199,10 +197,14 @@ pub fn check_key_text(what: &str, s: &str) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// What tells one version of the key file from another: mtime (ns),
+/// ctime (s, ns), length, inode.
+type Stamp = (i64, i64, i64, u64, u64);
+
 /// The daemon's view of the key file, read again when it changes.
 pub struct KeyCache {
     path: PathBuf,
-    state: Mutex<(Option<(i64, i64, i64, u64, u64)>, KeyFile)>,
+    state: Mutex<(Option<Stamp>, KeyFile)>,
 }
 
 impl KeyCache {

@@ -32,16 +32,41 @@ impl S3Metrics {
 
     /// The exposition lines.
     pub fn render(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP weft_s3_requests_total S3 requests answered, by operation and status.");
+        let _ = writeln!(
+            out,
+            "# HELP weft_s3_requests_total S3 requests answered, by operation and status."
+        );
         let _ = writeln!(out, "# TYPE weft_s3_requests_total counter");
-        for ((op, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "weft_s3_requests_total{{op=\"{op}\",status=\"{status}\"}} {n}");
+        for ((op, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "weft_s3_requests_total{{op=\"{op}\",status=\"{status}\"}} {n}"
+            );
         }
-        let _ = writeln!(out, "# HELP weft_s3_received_bytes_total Object bytes received by the S3 gateway.");
+        let _ = writeln!(
+            out,
+            "# HELP weft_s3_received_bytes_total Object bytes received by the S3 gateway."
+        );
         let _ = writeln!(out, "# TYPE weft_s3_received_bytes_total counter");
-        let _ = writeln!(out, "weft_s3_received_bytes_total {}", self.bytes_in.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP weft_s3_sent_bytes_total Object bytes sent by the S3 gateway.");
+        let _ = writeln!(
+            out,
+            "weft_s3_received_bytes_total {}",
+            self.bytes_in.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weft_s3_sent_bytes_total Object bytes sent by the S3 gateway."
+        );
         let _ = writeln!(out, "# TYPE weft_s3_sent_bytes_total counter");
-        let _ = writeln!(out, "weft_s3_sent_bytes_total {}", self.bytes_out.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "weft_s3_sent_bytes_total {}",
+            self.bytes_out.load(Ordering::Relaxed)
+        );
     }
 }

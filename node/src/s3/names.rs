@@ -88,7 +88,10 @@ pub fn decode_key(enc: &str) -> Option<String> {
         while j < b.len() {
             if b[j] == b'_' {
                 let hex = seg.get(j + 1..j + 3)?;
-                if !hex.bytes().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)) {
+                if !hex
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c))
+                {
                     return None;
                 }
                 out.push(u8::from_str_radix(hex, 16).ok()?);
@@ -196,7 +199,10 @@ mod tests {
             bucket_tag("my.bucket-1").expect("ok").as_str(),
             "s3/my.bucket-1:bucket"
         );
-        assert_eq!(parse_bucket_tag("s3/my.bucket-1:bucket"), Some("my.bucket-1"));
+        assert_eq!(
+            parse_bucket_tag("s3/my.bucket-1:bucket"),
+            Some("my.bucket-1")
+        );
         assert_eq!(parse_bucket_tag("s3/b/k:bucket"), None);
         assert_eq!(
             parse_object_tag("s3/b/", "s3/b/e_20f:meta"),

@@ -13,9 +13,7 @@ use super::gateway::{Gateway, blocking, internal, now_ms, store_error, timestamp
 use super::ingest::{BodyReader, Expected, MAX_UPLOAD};
 use super::keys::Perm;
 use super::names;
-use super::records::{
-    DEFAULT_CONTENT_TYPE, Meta, PartRecord, UPLOAD_V, UploadRecord, etag_of,
-};
+use super::records::{DEFAULT_CONTENT_TYPE, Meta, PartRecord, UPLOAD_V, UploadRecord, etag_of};
 use crate::home::write_atomic;
 use crate::store::Keep;
 
@@ -23,13 +21,18 @@ use crate::store::Keep;
 const MAX_PARTS: i32 = 10_000;
 
 fn valid_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 fn no_upload(id: &str) -> S3Error {
     S3Error::with_message(
         S3ErrorCode::NoSuchUpload,
-        format!("no multipart upload {id:.40} on this node (uploads are kept by the node that created them)"),
+        format!(
+            "no multipart upload {id:.40} on this node (uploads are kept by the node that created them)"
+        ),
     )
 }
 
@@ -89,8 +92,14 @@ impl Gateway {
             content_type: input
                 .content_type
                 .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_string()),
-            metadata: input.metadata.map(|m| m.into_iter().collect()).unwrap_or_default(),
-            checksum_algorithm: input.checksum_algorithm.as_ref().map(|a| a.as_str().to_string()),
+            metadata: input
+                .metadata
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default(),
+            checksum_algorithm: input
+                .checksum_algorithm
+                .as_ref()
+                .map(|a| a.as_str().to_string()),
         };
         let dir = self.upload_dir(&id);
         blocking(move || {
@@ -116,7 +125,10 @@ impl Gateway {
         self.allow(req.credentials.as_ref(), &input.bucket, Perm::Write)?;
         self.upload(&input.upload_id, &input.bucket, &input.key)?;
         if !(1..=MAX_PARTS).contains(&input.part_number) {
-            return Err(s3_error!(InvalidArgument, "part numbers go from 1 to 10000"));
+            return Err(s3_error!(
+                InvalidArgument,
+                "part numbers go from 1 to 10000"
+            ));
         }
         if input.content_length.is_some_and(|n| n as u64 > MAX_UPLOAD) {
             return Err(s3_error!(EntityTooLarge, "a part may have at most 5 GiB"));
@@ -132,33 +144,37 @@ impl Gateway {
             BodyReader::new(input.body, expected, req.trailing_headers, MAX_UPLOAD);
         let dir = self.upload_dir(&input.upload_id);
         let n = input.part_number as u32;
-        let written = tokio::task::spawn_blocking(move || -> io::Result<(blake3::Hash, PathBuf)> {
-            let tmp = dir.join(format!(".part-{n}.{}.tmp", hex::encode(rand::random::<[u8; 8]>())));
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            let mut hasher = blake3::Hasher::new();
-            let mut buf = vec![0u8; 256 * 1024];
-            let r = (|| {
-                loop {
-                    let k = reader.read(&mut buf)?;
-                    if k == 0 {
-                        break;
+        let written =
+            tokio::task::spawn_blocking(move || -> io::Result<(blake3::Hash, PathBuf)> {
+                let tmp = dir.join(format!(
+                    ".part-{n}.{}.tmp",
+                    hex::encode(rand::random::<[u8; 8]>())
+                ));
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&tmp)?;
+                let mut hasher = blake3::Hasher::new();
+                let mut buf = vec![0u8; 256 * 1024];
+                let r = (|| {
+                    loop {
+                        let k = reader.read(&mut buf)?;
+                        if k == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..k]);
+                        f.write_all(&buf[..k])?;
                     }
-                    hasher.update(&buf[..k]);
-                    f.write_all(&buf[..k])?;
+                    f.sync_data()
+                })();
+                if let Err(e) = r {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
                 }
-                f.sync_data()
-            })();
-            if let Err(e) = r {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-            Ok((hasher.finalize(), tmp))
-        })
-        .await
-        .map_err(internal)?;
+                Ok((hasher.finalize(), tmp))
+            })
+            .await
+            .map_err(internal)?;
         if let Some(f) = outcome.failure() {
             return Err(f);
         }
@@ -211,7 +227,10 @@ impl Gateway {
         for p in &asked {
             let n = p.part_number.unwrap_or(0);
             if n <= last {
-                return Err(s3_error!(InvalidPartOrder, "parts must be listed in ascending order"));
+                return Err(s3_error!(
+                    InvalidPartOrder,
+                    "parts must be listed in ascending order"
+                ));
             }
             last = n;
             let Some(h) = have.iter().find(|h| h.number as i32 == n) else {
@@ -230,10 +249,8 @@ impl Gateway {
             }
             files.push(self.upload_dir(&input.upload_id).join(format!("part-{n}")));
         }
-        let obj_tag =
-            names::object_tag(&input.bucket, &input.key, names::OBJECT).map_err(|e| {
-                S3Error::with_message(S3ErrorCode::KeyTooLongError, e.to_string())
-            })?;
+        let obj_tag = names::object_tag(&input.bucket, &input.key, names::OBJECT)
+            .map_err(|e| S3Error::with_message(S3ErrorCode::KeyTooLongError, e.to_string()))?;
         let store = self.store.clone();
         let added = blocking(move || {
             let mut reader: Box<dyn Read + Send> = Box::new(io::empty());
