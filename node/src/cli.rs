@@ -13,6 +13,7 @@ mod model_cmds;
 mod output;
 mod pipeline_cmds;
 pub mod run_cmds;
+mod s3_cmds;
 mod service_cmds;
 mod store_cmds;
 
@@ -117,6 +118,9 @@ pub enum Command {
     /// A local multi-node cluster on loopback, for trying weft out.
     #[command(subcommand)]
     Devnet(DevnetCmd),
+    /// The S3 gateway: access keys, datasets exposed as bucket prefixes.
+    #[command(subcommand)]
+    S3(S3Cmd),
     /// Store a file or directory; prints its id.
     Add {
         path: PathBuf,
@@ -377,6 +381,51 @@ pub enum DevnetCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum S3Cmd {
+    /// Access keys of this node's S3 gateway ($WEFT_HOME/s3-keys).
+    #[command(subcommand)]
+    Key(S3KeyCmd),
+    /// Make a dataset (a tree added with `weft add`, or one file) objects
+    /// under a bucket prefix, mesh-wide; the bytes are not copied.
+    Expose {
+        /// An id, unique id prefix or tag.
+        reference: String,
+        #[arg(long)]
+        bucket: String,
+        /// Key prefix of the objects (e.g. `iris/`); for one file, its key.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum S3KeyCmd {
+    /// Create an access key; prints its id and secret (the secret only now).
+    Create {
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Grant a bucket, as BUCKET:read or BUCKET:write (repeatable);
+        /// without any, the key may use every bucket.
+        #[arg(long = "bucket", value_name = "BUCKET:PERM")]
+        buckets: Vec<String>,
+        /// Read only (every grant becomes read).
+        #[arg(long)]
+        read_only: bool,
+        /// Use this access key id instead of a new one.
+        #[arg(long)]
+        access_key: Option<String>,
+        /// Use this secret instead of a new one.
+        #[arg(long, env = "WEFT_S3_SECRET_KEY", hide_env_values = true)]
+        secret_key: Option<String>,
+    },
+    /// List access keys (never their secrets).
+    Ls,
+    /// Remove (revoke) an access key.
+    Rm { access_key: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum TagCmd {
     /// Point NAME at an artifact.
     Set { name: String, reference: String },
@@ -581,6 +630,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let dir = dir.unwrap_or_else(mesh_cmds::default_devnet_dir);
                     mesh_cmds::devnet_status(&dir, cli.json).await
                 }
+            },
+            Command::S3(cmd) => match cmd {
+                S3Cmd::Key(S3KeyCmd::Create {
+                    name,
+                    buckets,
+                    read_only,
+                    access_key,
+                    secret_key,
+                }) => s3_cmds::key_create(
+                    &home, name, &buckets, read_only, access_key, secret_key, cli.json,
+                ),
+                S3Cmd::Key(S3KeyCmd::Ls) => s3_cmds::key_ls(&home, cli.json),
+                S3Cmd::Key(S3KeyCmd::Rm { access_key }) => s3_cmds::key_rm(&home, &access_key),
+                S3Cmd::Expose {
+                    reference,
+                    bucket,
+                    prefix,
+                } => s3_cmds::expose(&home, &reference, &bucket, &prefix, cli.json).await,
             },
             command => {
                 let backend = backend::Backend::connect(&home).await?;

@@ -35,6 +35,7 @@ pub struct Config {
     pub api: ApiSection,
     pub sandbox: SandboxSection,
     pub ingress: IngressSection,
+    pub s3: S3Section,
     /// GPUs this node declares (machines without a driver, tests).
     #[serde(rename = "gpu", skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuDecl>,
@@ -196,6 +197,28 @@ impl Default for IngressSection {
         IngressSection {
             listen: "127.0.0.1:4480".into(),
             domain: "weft.localhost".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Section {
+    /// TCP address of the S3 gateway; `""` (the default) turns it off.
+    pub listen: String,
+    /// The region clients sign for. Default `us-east-1`.
+    pub region: String,
+    /// Buckets answer as `BUCKET.<domain>` (virtual-host addressing) as
+    /// well as path-style. Default `s3.localhost`.
+    pub domain: String,
+}
+
+impl Default for S3Section {
+    fn default() -> Self {
+        S3Section {
+            listen: String::new(),
+            region: "us-east-1".into(),
+            domain: "s3.localhost".into(),
         }
     }
 }

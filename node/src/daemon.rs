@@ -113,6 +113,7 @@ pub struct Node {
     pipelines: PipelineHandle,
     services: crate::service::ServiceHandle,
     ingress_addr: Option<SocketAddr>,
+    s3_addr: Option<SocketAddr>,
     transfer: TransferHandle,
     ledger: LedgerHandle,
     triggers: ledger::triggers::TriggersHandle,
@@ -400,6 +401,42 @@ impl Node {
             }
         };
 
+        let s3_addr =
+            match crate::s3::listen_addr(&config.s3.listen).map_err(DaemonError::BadConfig)? {
+                None => None,
+                Some(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| DaemonError::Bind { addr, source })?;
+                    let bound = listener
+                        .local_addr()
+                        .map_err(|source| DaemonError::Bind { addr, source })?;
+                    let setup = crate::s3::S3Setup {
+                        store: store.clone(),
+                        transfer: Some(transfer.clone()),
+                        metrics: metrics.clone(),
+                        keys_file: home.s3_keys_path(),
+                        uploads_dir: home.s3_uploads_dir(),
+                        domain: config.s3.domain.clone(),
+                    };
+                    let stop = shutdown.clone();
+                    tasks.spawn(async move {
+                        if let Err(e) = crate::s3::serve(listener, setup, stop).await {
+                            tracing::error!(error = %e, "S3 gateway stopped");
+                        }
+                    });
+                    let file = home.s3_file();
+                    write_atomic(&file, format!("http://{bound}\n").as_bytes(), 0o644).map_err(
+                        |source| DaemonError::Io {
+                            path: file.display().to_string(),
+                            source,
+                        },
+                    )?;
+                    tracing::info!(addr = %bound, "S3 gateway listening");
+                    Some(bound)
+                }
+            };
+
         tasks.spawn(dispatch(
             events,
             Subsystems {
@@ -478,6 +515,7 @@ impl Node {
             pipelines,
             services,
             ingress_addr,
+            s3_addr,
             transfer,
             ledger,
             triggers,
@@ -502,6 +540,11 @@ impl Node {
     /// Where the ingress listens, when it does.
     pub fn ingress_addr(&self) -> Option<SocketAddr> {
         self.ingress_addr
+    }
+
+    /// Where the S3 gateway listens, when it does.
+    pub fn s3_addr(&self) -> Option<SocketAddr> {
+        self.s3_addr
     }
 
     /// Services: desired state, replicas, the ingress.

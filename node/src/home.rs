@@ -106,6 +106,21 @@ impl Home {
         self.root.join("ingress")
     }
 
+    /// Holds the S3 gateway's URL while the daemon runs.
+    pub fn s3_file(&self) -> PathBuf {
+        self.root.join("s3")
+    }
+
+    /// The S3 gateway's access keys (mode 0600).
+    pub fn s3_keys_path(&self) -> PathBuf {
+        self.root.join("s3-keys")
+    }
+
+    /// Multipart uploads in progress on this node's S3 gateway.
+    pub fn s3_uploads_dir(&self) -> PathBuf {
+        self.root.join("s3-uploads")
+    }
+
     /// Holds the API token (mode 0600): every mutating API request, and
     /// every read but the OpenAPI document and metrics, must carry it.
     pub fn api_token_path(&self) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod net;
 pub mod pipeline;
 pub mod resources;
+pub mod s3;
 pub mod sched;
 pub mod service;
 pub mod store;

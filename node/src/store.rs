@@ -575,6 +575,36 @@ impl Store {
         Ok((out, false))
     }
 
+    /// The live tags whose names start with `prefix`, in name order, each
+    /// with its current version.
+    pub fn live_tags_with_prefix(&self, prefix: &str) -> Result<Vec<(TagName, TagVersion)>> {
+        let mut out = Vec::new();
+        for kv in self.inner.tags.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = kv?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let Ok(name) = TagName::new(&key) else {
+                continue;
+            };
+            let Some(rec) = records::readable::<TagRecord>(&key, &v) else {
+                continue;
+            };
+            if let Some(cur) = rec.current()
+                && cur.target.is_some()
+            {
+                out.push((name, cur.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A tag's current version when it is live.
+    pub fn live_tag(&self, name: &TagName) -> Result<Option<TagVersion>> {
+        Ok(self
+            .tag_record(name.as_str())?
+            .and_then(|r| r.current().cloned())
+            .filter(|v| v.target.is_some()))
+    }
+
     /// Removes a tag (a tombstone version, so the removal replicates).
     pub fn remove_tag(&self, name: &TagName) -> Result<TagVersion> {
         if self.tag(name)?.is_none() {

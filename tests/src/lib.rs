@@ -6,6 +6,7 @@
 
 pub mod jobs;
 pub mod rogue;
+pub mod s3;
 
 pub use jobs::{
     everywhere, now_ms, peer, sleepy_cluster, sleepy_job, submit, wait_cache_record, wait_done,

@@ -20,6 +20,8 @@ pub struct Metrics {
     bytes_added: AtomicU64,
     bytes_served: AtomicU64,
     peer_bytes: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// The S3 gateway's counters.
+    pub s3: crate::s3::metrics::S3Metrics,
 }
 
 impl Metrics {
@@ -128,6 +130,7 @@ impl Metrics {
                 escape(peer)
             );
         }
+        self.s3.render(&mut out);
         out.push_str(extra);
         out
     }

@@ -143,6 +143,20 @@ struct DevnetNode {
 #[derive(Debug, Serialize, Deserialize)]
 struct DevnetState {
     nodes: Vec<DevnetNode>,
+    /// The S3 gateways: `DIR/s3.json`'s document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s3: Option<DevnetS3>,
+}
+
+/// `DIR/s3.json`: the key every node of the devnet accepts and each
+/// node's S3 endpoint, in node order.
+#[derive(Debug, Serialize, Deserialize)]
+struct DevnetS3 {
+    v: u32,
+    access_key: String,
+    secret_key: String,
+    region: String,
+    endpoints: Vec<String>,
 }
 
 /// Where a devnet lives unless `--dir` says otherwise.
@@ -259,6 +273,14 @@ pub(crate) async fn devnet_up(
     fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     let dir = fs::canonicalize(dir)?;
     let secret = new_secret();
+    let s3_key = crate::s3::keys::Key {
+        access_key: crate::s3::keys::new_access_key(),
+        secret_key: crate::s3::keys::new_secret_key(),
+        name: "devnet".into(),
+        created_ms: crate::s3::gateway::now_ms(),
+        all: Some(crate::s3::keys::Perm::Write),
+        buckets: Default::default(),
+    };
     let homes: Vec<Home> = (1..=nodes)
         .map(|i| Home::at(dir.join(format!("node{i}"))))
         .collect();
@@ -266,6 +288,7 @@ pub(crate) async fn devnet_up(
         let mut c = Config::default();
         c.api.listen = "127.0.0.1:0".into();
         c.ingress.listen = "127.0.0.1:0".into();
+        c.s3.listen = "127.0.0.1:0".into();
         c.data.listen = "127.0.0.1:0".into();
         c.network.listen = vec![
             "/ip4/127.0.0.1/tcp/0".into(),
@@ -289,7 +312,19 @@ pub(crate) async fn devnet_up(
         c
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut state = DevnetState { nodes: Vec::new() };
+    let mut state = DevnetState {
+        nodes: Vec::new(),
+        s3: None,
+    };
+    for home in &homes {
+        home.ensure()?;
+        let _ = fs::remove_file(home.s3_file());
+        let path = home.s3_keys_path();
+        let mut keys = crate::s3::keys::KeyFile::load(&path).unwrap_or_default();
+        keys.keys.retain(|k| k.name != "devnet");
+        keys.keys.push(s3_key.clone());
+        keys.save(&path)?;
+    }
     let mut children = Vec::new();
 
     // node 1 first: the others bootstrap off it
@@ -337,6 +372,27 @@ pub(crate) async fn devnet_up(
             api: client.base().to_string(),
         });
     }
+    let mut endpoints = Vec::new();
+    for n in &state.nodes {
+        match fs::read_to_string(n.home.join("s3")) {
+            Ok(url) => endpoints.push(url.trim().to_string()),
+            Err(_) => break,
+        }
+    }
+    let s3_path = dir.join("s3.json");
+    if endpoints.len() == state.nodes.len() {
+        let s3 = DevnetS3 {
+            v: 1,
+            access_key: s3_key.access_key.clone(),
+            secret_key: s3_key.secret_key.clone(),
+            region: Config::default().s3.region,
+            endpoints,
+        };
+        write_atomic(&s3_path, &serde_json::to_vec_pretty(&s3)?, 0o600)?;
+        state.s3 = Some(s3);
+    } else {
+        let _ = fs::remove_file(&s3_path);
+    }
     write_atomic(
         &state_path(&dir),
         &serde_json::to_vec_pretty(&state)?,
@@ -369,14 +425,16 @@ pub(crate) async fn devnet_up(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("devnet of {nodes} nodes up in {}", dir.display());
-    let mut t = Table::new(&["NODE", "PID", "API", "INGRESS", "HOME"]);
+    let mut t = Table::new(&["NODE", "PID", "API", "INGRESS", "S3", "HOME"]);
     for n in &state.nodes {
         let ingress = fs::read_to_string(n.home.join("ingress")).unwrap_or_default();
+        let s3 = fs::read_to_string(n.home.join("s3")).unwrap_or_default();
         t.row(vec![
             n.name.clone(),
             n.pid.to_string(),
             n.api.clone(),
             ingress.trim().to_string(),
+            s3.trim().to_string(),
             n.home.display().to_string(),
         ]);
     }
@@ -385,6 +443,12 @@ pub(crate) async fn devnet_up(
     println!("address a node with its home, e.g.:");
     println!("  WEFT_HOME={}/node2 weft peers", dir.display());
     println!("  weft --home {}/node1 add FILE", dir.display());
+    if state.s3.is_some() {
+        println!(
+            "S3: endpoints and a key in {} (e.g. `aws --endpoint-url URL s3 ls` with its key)",
+            s3_path.display()
+        );
+    }
     println!("stop them with: weft devnet down --dir {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -108,7 +108,8 @@ pub(crate) async fn run(
         | Command::Lineage { .. }
         | Command::Model(_)
         | Command::Node
-        | Command::Devnet(_) => {
+        | Command::Devnet(_)
+        | Command::S3(_) => {
             anyhow::bail!("not an artifact command")
         }
         Command::Store(StoreCmd::Verify) => {
