@@ -78,12 +78,16 @@ values = ["api-test/file:v1", "api-test/tree:v1", "api-test-model"]
 values = ["$run_id"]
 [dictionaries.targets]
 values = ["api-test-model@champion"]
+[dictionaries.paths]
+values = ["$scratch/tree", "$scratch/tree/a.txt", "$scratch/nowhere"]
 
 [parameters]
 "path.reference" = { dictionary = "references", probability = 0.5 }
 "path.name" = { dictionary = "names", probability = 0.5 }
 "path.id" = { dictionary = "ids", probability = 0.5 }
 "path.target" = { dictionary = "targets", probability = 0.5 }
+# imports read the daemon's host: only from here, never all of /
+"body.path" = { dictionary = "paths", probability = 1.0 }
 
 # an export writes where its body says: never of something that exists
 [[operations]]
