@@ -78,12 +78,16 @@ values = ["api-test/file:v1", "api-test/tree:v1", "api-test-model"]
 values = ["$run_id"]
 [dictionaries.targets]
 values = ["api-test-model@champion"]
+[dictionaries.paths]
+values = ["$scratch/tree", "$scratch/tree/a.txt", "$scratch/nowhere"]
 
 [parameters]
 "path.reference" = { dictionary = "references", probability = 0.5 }
 "path.name" = { dictionary = "names", probability = 0.5 }
 "path.id" = { dictionary = "ids", probability = 0.5 }
 "path.target" = { dictionary = "targets", probability = 0.5 }
+# imports read the daemon's host: only from here, never all of /
+"body.path" = { dictionary = "paths", probability = 1.0 }
 
 # an export writes where its body says: never of something that exists
 [[operations]]
@@ -98,12 +102,13 @@ import json, sys, urllib.request
 doc = json.load(urllib.request.urlopen(sys.argv[1]))
 print(sum(1 for item in doc["paths"].values() for m in item if m in ("get", "put", "post", "delete", "head", "patch")))' "$api/api/openapi.json")
 status=0
-"$env/bin/schemathesis" --config-file "$config" run "$api/api/openapi.json" \
+# run in the scratch folder: schemathesis keeps a cache where it runs
+(cd "$scratch" && "$env/bin/schemathesis" --config-file "$config" run "$api/api/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --phases examples,coverage,fuzzing \
   --continue-on-failure \
   --report junit --report-dir "$scratch/report" \
-  "$@" | tee "$scratch/schemathesis.out" || status=$?
+  "$@") | tee "$scratch/schemathesis.out" || status=$?
 tested=$(sed -n 's/^ *Tested: *\([0-9]*\).*/\1/p' "$scratch/schemathesis.out" | tail -n 1)
 cases=$(grep -A1 '^Test cases:' "$scratch/schemathesis.out" | sed -n 's/^ *\([0-9]*\) generated.*/\1/p' | tail -n 1)
 echo "test-api: schemathesis: $ops operations in the document, ${tested:-?} tested, ${cases:-?} test cases, exit $status" >&2

@@ -85,7 +85,7 @@ struct AliasBody {
     summary = "Register the next version of a model: {\"name\", \"ref\": ID|TAG|models/NAME@ALIAS|JOB_ID:/PATH}",
     request_body(content = RegisterBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "the registration", body = Object),
+        (status = 201, description = "the registration", body = Registration),
         (status = 404, description = "the reference names nothing"),
         (status = 503, description = "the node keeps no ledger"),
     ),
@@ -112,7 +112,7 @@ async fn register(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respo
     path = "/api/v1/models",
     tag = "models",
     summary = "Registered models: version count and aliases",
-    responses((status = 200, description = "the models", body = Vec<Object>)),
+    responses((status = 200, description = "the models", body = Vec<ModelSummary>)),
 )]
 async fn list(State(state): State<ApiState>) -> ApiResult<Response> {
     let store = state.store.clone();
@@ -146,7 +146,7 @@ async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> ApiRes
     params(("target" = String, Path, description = "a model's alias: NAME@ALIAS (e.g. iris@champion)")),
     request_body(content = AliasBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "the move", body = Object),
+        (status = 200, description = "the move", body = AliasMoved),
         (status = 404, description = "no such model or version"),
         (status = 503, description = "the node keeps no ledger"),
     ),
@@ -169,7 +169,7 @@ async fn set_alias(
     summary = "Move an alias (NAME@ALIAS) back to where it pointed before its last move",
     params(("target" = String, Path, description = "a model's alias: NAME@ALIAS (e.g. iris@champion)")),
     responses(
-        (status = 200, description = "the move", body = Object),
+        (status = 200, description = "the move", body = AliasMoved),
         (status = 404, description = "no such model or alias, or nothing to go back to"),
         (status = 503, description = "the node keeps no ledger"),
     ),

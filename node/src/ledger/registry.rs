@@ -37,25 +37,31 @@ pub enum RegistryError {
 }
 
 /// A version just registered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
+    #[schema(value_type = String)]
     pub name: ModelName,
     pub version: u64,
     /// `models/NAME:N`.
     pub reference: String,
+    #[schema(value_type = String)]
     pub artifact: Hash,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub run: Option<JobId>,
     /// Live peers that did not confirm the entry, with why (the number is
-    /// final when empty).
+    /// final when empty): `[peer, why]` pairs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Vec<String>>)]
     pub unconfirmed: Vec<(String, String)>,
 }
 
 /// An alias moved.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AliasMoved {
+    #[schema(value_type = String)]
     pub name: ModelName,
+    #[schema(value_type = String)]
     pub alias: AliasName,
     pub version: Option<u64>,
     pub from: Option<u64>,
@@ -67,11 +73,14 @@ pub struct AliasMoved {
 }
 
 /// One model in `weft model ls`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelSummary {
+    #[schema(value_type = String)]
     pub name: ModelName,
     pub versions: u64,
-    /// Each alias and the version it points at (none: removed).
+    /// Each alias and the version it points at (none: removed), as
+    /// `[alias, version]` pairs.
+    #[schema(value_type = Vec<Vec<Value>>)]
     pub aliases: Vec<(AliasName, Option<u64>)>,
     /// When the newest version was registered.
     pub latest_ms: u64,
