@@ -11,7 +11,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use weft_protocol::{Hash, TagName, TagVersion};
 
-use super::ingest::{BodyReader, Expected, MAX_UPLOAD, stream_file};
+use super::ingest::{BodyReader, Expected, MAX_UPLOAD, stream_blob};
 use super::keys::{KeyCache, Perm};
 use super::names::{self, NameError};
 use super::records::{DEFAULT_CONTENT_TYPE, MAX_META_BYTES, Meta, etag_of};
@@ -630,12 +630,15 @@ impl S3 for Gateway {
             .as_ref()
             .map(|r| (r.start, r.end))
             .unwrap_or((0, size));
-        self.ensure_local(found.meta.data).await?;
-        let store = self.store.clone();
-        let h = found.meta.data;
-        let file = blocking(move || store.open_blob(&h).map_err(store_error)).await?;
         let metrics = self.metrics.clone();
-        let body = stream_file(file, start, end - start, move |n| metrics.s3.bytes_out(n));
+        let body = stream_blob(
+            self.store.clone(),
+            self.transfer.clone(),
+            found.meta.data,
+            start,
+            end - start,
+            move |n| metrics.s3.bytes_out(n),
+        );
         let meta = found.meta;
         Ok(S3Response::new(GetObjectOutput {
             body: Some(body),
