@@ -326,6 +326,9 @@ impl Gateway {
             return Err(f);
         }
         let added = result.map_err(store_error)?;
+        if let Some(t) = &self.transfer {
+            t.announce(added.id).await;
+        }
         let seen = outcome.seen();
         self.metrics.s3.bytes_in(seen.size);
         Ok((added.id, seen))
