@@ -350,3 +350,55 @@ async fn listings_page_and_group_by_delimiter_and_multipart_assembles() {
     assert!(got[..p1.len()] == p1[..] && got[p1.len()..] == p2[..]);
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_whose_bytes_no_node_holds_is_answered_503_before_any_byte() {
+    use weft_node::s3::names;
+    use weft_node::s3::records::{Meta, etag_of};
+    let (cluster, creds) = Cluster::start_s3(2).await.expect("cluster");
+    let a = cluster.s3_url(0);
+    assert_eq!(
+        call(&creds, &a, "PUT", "/lost", &[], &[], Vec::new())
+            .await
+            .0,
+        200
+    );
+    // metadata naming bytes that were never stored anywhere
+    let ghost = weft_protocol::Hash::of(b"bytes nobody has");
+    let meta = Meta {
+        v: 1,
+        data: ghost,
+        size: 16,
+        etag: etag_of(&ghost),
+        content_type: "text/plain".into(),
+        metadata: Default::default(),
+        checksums: Default::default(),
+        parts: 0,
+    };
+    let store = cluster.node(0).store().clone();
+    let tag = names::object_tag("lost", "gone.txt", names::META).expect("tag");
+    store
+        .add_reader_kept(
+            &meta.to_bytes()[..],
+            &weft_node::store::Keep {
+                pin: None,
+                tag: Some(tag),
+            },
+            &(),
+        )
+        .expect("meta");
+    let (st, _, h) = call(&creds, &a, "HEAD", "/lost/gone.txt", &[], &[], Vec::new()).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        h.get("content-length").and_then(|v| v.to_str().ok()),
+        Some("16")
+    );
+    let (st, body, _) = call(&creds, &a, "GET", "/lost/gone.txt", &[], &[], Vec::new()).await;
+    assert_eq!(st, 503, "{}", text(&body));
+    assert!(
+        text(&body).contains("ServiceUnavailable"),
+        "{}",
+        text(&body)
+    );
+    cluster.stop().await;
+}

@@ -170,6 +170,55 @@ impl Gateway {
         Ok(())
     }
 
+    /// Waits until the bytes at `offset` of `h` can be read here (whole, or
+    /// verified in its partial blob), starting the fetch when needed, so a
+    /// blob no peer can give is answered 503 before any header is sent.
+    async fn first_bytes_ready(&self, h: Hash, offset: u64) -> S3Result<()> {
+        let ready = {
+            let store = self.store.clone();
+            move || {
+                if store.blob_size(&h).is_ok() {
+                    return true;
+                }
+                let g = offset / weft_protocol::CHUNK_GROUP_BYTES;
+                matches!(store.partial_record(&h), Ok(Some(r)) if r.verified.contains(g))
+            }
+        };
+        let check = ready.clone();
+        if blocking(move || Ok(check())).await? {
+            return Ok(());
+        }
+        let Some(t) = &self.transfer else {
+            return self.ensure_local(h).await;
+        };
+        let unavailable = |e: String| {
+            S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                format!("fetching the object's bytes from the mesh: {e}"),
+            )
+        };
+        let mut ticket = t
+            .start_fetch(h)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_millis(200), ticket.next()).await;
+            if let Ok(Some(crate::transfer::FetchEvent::Finished(r))) = &event {
+                return r
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| unavailable(e.to_string()));
+            }
+            if let Ok(None) = event {
+                return Ok(());
+            }
+            let check = ready.clone();
+            if blocking(move || Ok(check())).await? {
+                return Ok(());
+            }
+        }
+    }
+
     async fn read_small(&self, h: Hash) -> S3Result<Vec<u8>> {
         self.ensure_local(h).await?;
         let store = self.store.clone();
@@ -633,6 +682,7 @@ impl S3 for Gateway {
             .as_ref()
             .map(|r| (r.start, r.end))
             .unwrap_or((0, size));
+        self.first_bytes_ready(found.meta.data, start).await?;
         let metrics = self.metrics.clone();
         let body = stream_blob(
             self.store.clone(),
