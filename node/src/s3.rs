@@ -94,7 +94,7 @@ impl S3Host for Host {
 }
 
 /// The operation a request asks for, for metrics.
-fn op_name(method: &http::Method, path: &str, query: &str) -> &'static str {
+fn op_name(method: &http::Method, path: &str, query: &str, bucket_in_host: bool) -> &'static str {
     let has = |k: &str| {
         query
             .split('&')
@@ -104,7 +104,8 @@ fn op_name(method: &http::Method, path: &str, query: &str) -> &'static str {
         .trim_start_matches('/')
         .splitn(2, '/')
         .filter(|s| !s.is_empty())
-        .count();
+        .count()
+        + usize::from(bucket_in_host);
     let object = segments >= 2;
     match (method.as_str(), object) {
         (_, _) if has("uploadId") => match method.as_str() {
@@ -127,6 +128,17 @@ fn op_name(method: &http::Method, path: &str, query: &str) -> &'static str {
         ("DELETE", true) => "DeleteObject",
         _ => "Other",
     }
+}
+
+/// Whether the request names its bucket in the `Host` header.
+fn bucket_in_host(headers: &http::HeaderMap, domain: &str) -> bool {
+    headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map(|(n, _)| n).unwrap_or(h))
+        .is_some_and(|h| {
+            !domain.is_empty() && h.to_ascii_lowercase().ends_with(&format!(".{domain}"))
+        })
 }
 
 /// The answer to an XML body declared larger than [`MAX_XML_BODY`].
@@ -158,10 +170,11 @@ pub async fn serve(
         uploads_dir: setup.uploads_dir,
         metrics: setup.metrics,
     };
+    let domain = Arc::new(setup.domain.to_ascii_lowercase());
     let mut b = S3ServiceBuilder::new(gw);
     b.set_auth(KeyAuth(keys));
     b.set_host(Host {
-        domain: setup.domain.to_ascii_lowercase(),
+        domain: domain.to_string(),
     });
     let mut config = s3s::config::S3Config::default();
     config.xml_max_body_size = MAX_XML_BODY;
@@ -185,6 +198,7 @@ pub async fn serve(
         let service = service.clone();
         let metrics = metrics.clone();
         let stop = stop.clone();
+        let domain = domain.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -194,6 +208,7 @@ pub async fn serve(
                         req.method(),
                         req.uri().path(),
                         req.uri().query().unwrap_or(""),
+                        bucket_in_host(req.headers(), &domain),
                     );
                     let declared = req
                         .headers()
@@ -266,16 +281,27 @@ mod tests {
     #[test]
     fn operations_are_named_for_metrics() {
         use http::Method;
-        assert_eq!(op_name(&Method::GET, "/", ""), "ListBuckets");
-        assert_eq!(op_name(&Method::GET, "/b", "list-type=2"), "ListObjects");
-        assert_eq!(op_name(&Method::PUT, "/b/k", ""), "PutObject");
+        assert_eq!(op_name(&Method::GET, "/", "", false), "ListBuckets");
+        assert_eq!(op_name(&Method::GET, "/k", "", true), "GetObject");
         assert_eq!(
-            op_name(&Method::PUT, "/b/k", "partNumber=1&uploadId=x"),
+            op_name(&Method::GET, "/", "list-type=2", true),
+            "ListObjects"
+        );
+        assert_eq!(
+            op_name(&Method::GET, "/b", "list-type=2", false),
+            "ListObjects"
+        );
+        assert_eq!(op_name(&Method::PUT, "/b/k", "", false), "PutObject");
+        assert_eq!(
+            op_name(&Method::PUT, "/b/k", "partNumber=1&uploadId=x", false),
             "UploadPart"
         );
-        assert_eq!(op_name(&Method::POST, "/b", "delete"), "DeleteObjects");
         assert_eq!(
-            op_name(&Method::POST, "/b/k", "uploads"),
+            op_name(&Method::POST, "/b", "delete", false),
+            "DeleteObjects"
+        );
+        assert_eq!(
+            op_name(&Method::POST, "/b/k", "uploads", false),
             "CreateMultipartUpload"
         );
     }

@@ -125,6 +125,44 @@ async fn objects_put_through_one_node_are_read_through_another() {
         Some(etag.as_str())
     );
 
+    // a large object is streamed through node 2 while node 2 fetches it
+    let big: Vec<u8> = (0..(24u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let (st, body, _) = call(&creds, &a, "PUT", "/photos/big.bin", &[], &[], big.clone()).await;
+    assert_eq!(st, 200, "{}", text(&body));
+    let got = eventually_get(&creds, &b, "/photos/big.bin").await;
+    assert!(got == big, "the object read through node 2 differs");
+    let (st, tail, _) = call(
+        &creds,
+        &b,
+        "GET",
+        "/photos/big.bin",
+        &[],
+        &[("range", "bytes=-1000")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(st, 206);
+    assert_eq!(tail, &big[big.len() - 1000..]);
+    // the gateway counts what it did on /metrics
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.node(1).api_addr()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("weft_s3_requests_total{op=\"GetObject\",status=\"200\"}"),
+        "{metrics}"
+    );
+    let sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_s3_sent_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(sent >= big.len() as u64, "{sent}");
+
     // a copy on node 2 names the same bytes; a delete on node 1 reaches node 2
     let (st, body, _) = call(
         &creds,
@@ -228,10 +266,7 @@ async fn listings_page_and_group_by_delimiter_and_multipart_assembles() {
             break;
         }
     }
-    assert_eq!(
-        seen,
-        keys.iter().map(|k| k.to_string()).collect::<Vec<_>>()
-    );
+    assert_eq!(seen, keys.iter().map(|k| k.to_string()).collect::<Vec<_>>());
     // a delimiter groups; url encoding covers keys and prefixes
     let (_, body, _) = call(
         &creds,
@@ -313,5 +348,57 @@ async fn listings_page_and_group_by_delimiter_and_multipart_assembles() {
     let got = eventually_get(&creds, &a, "/list/big.bin").await;
     assert_eq!(got.len(), p1.len() + p2.len());
     assert!(got[..p1.len()] == p1[..] && got[p1.len()..] == p2[..]);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_object_whose_bytes_no_node_holds_is_answered_503_before_any_byte() {
+    use weft_node::s3::names;
+    use weft_node::s3::records::{Meta, etag_of};
+    let (cluster, creds) = Cluster::start_s3(2).await.expect("cluster");
+    let a = cluster.s3_url(0);
+    assert_eq!(
+        call(&creds, &a, "PUT", "/lost", &[], &[], Vec::new())
+            .await
+            .0,
+        200
+    );
+    // metadata naming bytes that were never stored anywhere
+    let ghost = weft_protocol::Hash::of(b"bytes nobody has");
+    let meta = Meta {
+        v: 1,
+        data: ghost,
+        size: 16,
+        etag: etag_of(&ghost),
+        content_type: "text/plain".into(),
+        metadata: Default::default(),
+        checksums: Default::default(),
+        parts: 0,
+    };
+    let store = cluster.node(0).store().clone();
+    let tag = names::object_tag("lost", "gone.txt", names::META).expect("tag");
+    store
+        .add_reader_kept(
+            &meta.to_bytes()[..],
+            &weft_node::store::Keep {
+                pin: None,
+                tag: Some(tag),
+            },
+            &(),
+        )
+        .expect("meta");
+    let (st, _, h) = call(&creds, &a, "HEAD", "/lost/gone.txt", &[], &[], Vec::new()).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        h.get("content-length").and_then(|v| v.to_str().ok()),
+        Some("16")
+    );
+    let (st, body, _) = call(&creds, &a, "GET", "/lost/gone.txt", &[], &[], Vec::new()).await;
+    assert_eq!(st, 503, "{}", text(&body));
+    assert!(
+        text(&body).contains("ServiceUnavailable"),
+        "{}",
+        text(&body)
+    );
     cluster.stop().await;
 }

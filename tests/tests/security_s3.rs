@@ -36,6 +36,77 @@ async fn send(
     (st, resp.text().await.unwrap_or_default())
 }
 
+/// CRC32 (IEEE), as `x-amz-checksum-crc32` carries it (base64 of the
+/// big-endian value).
+fn crc32_b64(data: &[u8]) -> String {
+    let mut c: u32 = !0;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    let v = (!c).to_be_bytes();
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let n = u32::from_be_bytes([v[0], v[1], v[2], 0]);
+    let m = u32::from_be_bytes([v[3], 0, 0, 0]);
+    let mut out = String::new();
+    for i in 0..4 {
+        out.push(A[((n >> (26 - 6 * i)) & 63) as usize] as char);
+    }
+    out.push(A[((m >> 26) & 63) as usize] as char);
+    out.push(A[((m >> 20) & 63) as usize] as char);
+    out.push_str("==");
+    out
+}
+
+/// An `aws-chunked` upload with its CRC32 in a trailer, as boto3 sends it
+/// over TLS.
+async fn put_chunked(
+    creds: &Creds,
+    base: &str,
+    path: &str,
+    data: &[u8],
+    trailer_crc: &str,
+) -> (u16, String) {
+    let extra = vec![
+        ("content-encoding".to_string(), "aws-chunked".to_string()),
+        (
+            "x-amz-decoded-content-length".to_string(),
+            data.len().to_string(),
+        ),
+        (
+            "x-amz-trailer".to_string(),
+            "x-amz-checksum-crc32".to_string(),
+        ),
+    ];
+    let s = sign(
+        creds,
+        "PUT",
+        base,
+        path,
+        &[],
+        &extra,
+        "STREAMING-UNSIGNED-PAYLOAD-TRAILER",
+    );
+    let mut body = format!("{:x}\r\n", data.len()).into_bytes();
+    body.extend_from_slice(data);
+    body.extend_from_slice(
+        format!("\r\n0\r\nx-amz-checksum-crc32:{trailer_crc}\r\n\r\n").as_bytes(),
+    );
+    let mut r = reqwest::Client::new().put(&s.url);
+    for (k, v) in &s.headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    let resp = r.body(body).send().await.expect("send");
+    let st = resp.status().as_u16();
+    (st, resp.text().await.unwrap_or_default())
+}
+
 fn code(body: &str) -> &str {
     body.split("<Code>")
         .nth(1)
@@ -304,6 +375,32 @@ async fn bad_bodies_hostile_xml_and_path_like_keys() {
         "/bad/sum",
         &[],
         &[("x-amz-sdk-checksum-algorithm", "CRC32")],
+        b"payload".to_vec(),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+
+    // the same in an aws-chunked trailer; and the right CRC32, both ways
+    let data = b"chunked payload".to_vec();
+    let (st, body) = put_chunked(&creds, &a, "/bad/chunked", &data, "AAAAAA==").await;
+    assert_eq!((st, code(&body)), (400, "BadDigest"), "{body}");
+    assert_eq!(
+        send(&creds, &a, "GET", "/bad/chunked", &[], &[], Vec::new())
+            .await
+            .0,
+        404
+    );
+    let (st, body) = put_chunked(&creds, &a, "/bad/chunked", &data, &crc32_b64(&data)).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, got) = send(&creds, &a, "GET", "/bad/chunked", &[], &[], Vec::new()).await;
+    assert_eq!((st, got.as_bytes()), (200, &data[..]));
+    let (st, body) = send(
+        &creds,
+        &a,
+        "PUT",
+        "/bad/sum2",
+        &[],
+        &[("x-amz-checksum-crc32", &crc32_b64(b"payload"))],
         b"payload".to_vec(),
     )
     .await;

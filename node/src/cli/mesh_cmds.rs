@@ -540,3 +540,27 @@ pub(crate) async fn devnet_status(dir: &Path, json: bool) -> anyhow::Result<Exit
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod devnet_s3_tests {
+    use super::DevnetS3;
+
+    #[test]
+    fn golden_s3_json() {
+        let s3 = DevnetS3 {
+            v: 1,
+            access_key: "WKAAAAAAAAAAAAAAAAAA".into(),
+            secret_key: "s".repeat(40),
+            region: "us-east-1".into(),
+            endpoints: vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+        };
+        let want = format!(
+            "{{\n  \"v\": 1,\n  \"access_key\": \"WKAAAAAAAAAAAAAAAAAA\",\n  \"secret_key\": \"{}\",\n  \"region\": \"us-east-1\",\n  \"endpoints\": [\n    \"http://127.0.0.1:1\",\n    \"http://127.0.0.1:2\"\n  ]\n}}",
+            "s".repeat(40)
+        );
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(&s3).expect("json")).expect("utf8"),
+            want
+        );
+    }
+}

@@ -11,7 +11,7 @@ use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use weft_protocol::{Hash, TagName, TagVersion};
 
-use super::ingest::{BodyReader, Expected, MAX_UPLOAD, stream_file};
+use super::ingest::{BodyReader, Expected, MAX_UPLOAD, stream_blob};
 use super::keys::{KeyCache, Perm};
 use super::names::{self, NameError};
 use super::records::{DEFAULT_CONTENT_TYPE, MAX_META_BYTES, Meta, etag_of};
@@ -170,6 +170,55 @@ impl Gateway {
         Ok(())
     }
 
+    /// Waits until the bytes at `offset` of `h` can be read here (whole, or
+    /// verified in its partial blob), starting the fetch when needed, so a
+    /// blob no peer can give is answered 503 before any header is sent.
+    async fn first_bytes_ready(&self, h: Hash, offset: u64) -> S3Result<()> {
+        let ready = {
+            let store = self.store.clone();
+            move || {
+                if store.blob_size(&h).is_ok() {
+                    return true;
+                }
+                let g = offset / weft_protocol::CHUNK_GROUP_BYTES;
+                matches!(store.partial_record(&h), Ok(Some(r)) if r.verified.contains(g))
+            }
+        };
+        let check = ready.clone();
+        if blocking(move || Ok(check())).await? {
+            return Ok(());
+        }
+        let Some(t) = &self.transfer else {
+            return self.ensure_local(h).await;
+        };
+        let unavailable = |e: String| {
+            S3Error::with_message(
+                S3ErrorCode::ServiceUnavailable,
+                format!("fetching the object's bytes from the mesh: {e}"),
+            )
+        };
+        let mut ticket = t
+            .start_fetch(h)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_millis(200), ticket.next()).await;
+            if let Ok(Some(crate::transfer::FetchEvent::Finished(r))) = &event {
+                return r
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| unavailable(e.to_string()));
+            }
+            if let Ok(None) = event {
+                return Ok(());
+            }
+            let check = ready.clone();
+            if blocking(move || Ok(check())).await? {
+                return Ok(());
+            }
+        }
+    }
+
     async fn read_small(&self, h: Hash) -> S3Result<Vec<u8>> {
         self.ensure_local(h).await?;
         let store = self.store.clone();
@@ -326,6 +375,9 @@ impl Gateway {
             return Err(f);
         }
         let added = result.map_err(store_error)?;
+        if let Some(t) = &self.transfer {
+            t.announce(added.id).await;
+        }
         let seen = outcome.seen();
         self.metrics.s3.bytes_in(seen.size);
         Ok((added.id, seen))
@@ -630,12 +682,16 @@ impl S3 for Gateway {
             .as_ref()
             .map(|r| (r.start, r.end))
             .unwrap_or((0, size));
-        self.ensure_local(found.meta.data).await?;
-        let store = self.store.clone();
-        let h = found.meta.data;
-        let file = blocking(move || store.open_blob(&h).map_err(store_error)).await?;
+        self.first_bytes_ready(found.meta.data, start).await?;
         let metrics = self.metrics.clone();
-        let body = stream_file(file, start, end - start, move |n| metrics.s3.bytes_out(n));
+        let body = stream_blob(
+            self.store.clone(),
+            self.transfer.clone(),
+            found.meta.data,
+            start,
+            end - start,
+            move |n| metrics.s3.bytes_out(n),
+        );
         let meta = found.meta;
         Ok(S3Response::new(GetObjectOutput {
             body: Some(body),

@@ -245,48 +245,154 @@ impl futures::Stream for ChannelBody {
     }
 }
 
-/// Streams `len` bytes of `file` from `offset`, 256 KiB at a time;
-/// `on_bytes` counts what went out.
-pub fn stream_file(
-    file: std::fs::File,
-    offset: u64,
+/// What [`send_range`] ran into.
+enum SendEnd {
+    /// The client went away: stop.
+    Gone,
+    /// Reading failed: try again from where it stopped.
+    Read(io::Error, u64),
+}
+
+/// Sends `[pos, end)` of `file`; returns how far it got on a read error.
+fn send_range(
+    file: &mut std::fs::File,
+    pos: u64,
+    end: u64,
+    tx: &mpsc::Sender<io::Result<Bytes>>,
+    on_bytes: &(impl Fn(u64) + Send),
+) -> Result<(), SendEnd> {
+    use std::io::{Seek, SeekFrom};
+    if let Err(e) = file.seek(SeekFrom::Start(pos)) {
+        return Err(SendEnd::Read(e, pos));
+    }
+    let mut at = pos;
+    while at < end {
+        let mut buf = vec![0u8; (256 * 1024).min((end - at) as usize)];
+        match file.read(&mut buf) {
+            Ok(0) => {
+                return Err(SendEnd::Read(
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the blob ended early"),
+                    at,
+                ));
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                at += n as u64;
+                on_bytes(n as u64);
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return Err(SendEnd::Gone);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(SendEnd::Read(e, at)),
+        }
+    }
+    Ok(())
+}
+
+/// Streams `[start, start + len)` of blob `h`: from the store when it is
+/// whole here, else while the data plane fetches it, each piece as soon as
+/// its chunk groups are verified and recorded (the partial blob's record),
+/// so a large object not held here is read as it lands.
+pub fn stream_blob(
+    store: crate::store::Store,
+    transfer: Option<crate::transfer::TransferHandle>,
+    h: weft_protocol::Hash,
+    start: u64,
     len: u64,
     on_bytes: impl Fn(u64) + Send + 'static,
 ) -> StreamingBlob {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let (tx, rx) = mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        use std::io::{Seek, SeekFrom};
-        let mut file = file;
-        if let Err(e) = file.seek(SeekFrom::Start(offset)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let mut buf = vec![0u8; (256 * 1024).min(left as usize)];
-            match file.read(&mut buf) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the blob ended early",
-                    )));
-                    return;
+    tokio::spawn(async move {
+        let failed: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let done = Arc::new(AtomicBool::new(false));
+        let here = {
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || s.blob_size(&h).is_ok())
+                .await
+                .unwrap_or(false)
+        };
+        if !here {
+            let Some(t) = transfer else {
+                let _ = tx
+                    .send(Err(io::Error::other(format!("{h} is not held here"))))
+                    .await;
+                return;
+            };
+            match t.start_fetch(h).await {
+                Ok(ticket) => {
+                    let failed = failed.clone();
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = ticket.finished().await {
+                            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                        }
+                        done.store(true, Ordering::SeqCst);
+                    });
                 }
-                Ok(n) => {
-                    buf.truncate(n);
-                    left -= n as u64;
-                    on_bytes(n as u64);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return; // the client went away
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
                     return;
                 }
             }
+        } else {
+            done.store(true, Ordering::SeqCst);
         }
+        let _ = tokio::task::spawn_blocking(move || {
+            let group = weft_protocol::CHUNK_GROUP_BYTES;
+            let end = start + len;
+            let mut pos = start;
+            let mut idle_after_done = 0u32;
+            while pos < end {
+                if let Ok(mut f) = store.open_blob(&h) {
+                    match send_range(&mut f, pos, end, &tx, &on_bytes) {
+                        Ok(()) | Err(SendEnd::Gone) => return,
+                        Err(SendEnd::Read(e, _)) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                }
+                let avail = match store.partial_record(&h) {
+                    Ok(Some(r)) => r
+                        .verified
+                        .iter()
+                        .find(|(a, b)| a * group <= pos && pos < b * group)
+                        .map(|(_, b)| (b * group).min(end)),
+                    _ => None,
+                };
+                if let Some(avail_end) = avail {
+                    let path = store.partial_dir().join(format!("{}.data", h.to_hex()));
+                    if let Ok(mut f) = std::fs::File::open(&path) {
+                        match send_range(&mut f, pos, avail_end, &tx, &on_bytes) {
+                            Ok(()) => {
+                                pos = avail_end;
+                                continue;
+                            }
+                            Err(SendEnd::Gone) => return,
+                            // the fetch finished and moved the file: go on from the blob
+                            Err(SendEnd::Read(_, at)) => pos = at,
+                        }
+                    }
+                }
+                if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.blocking_send(Err(io::Error::other(e)));
+                    return;
+                }
+                if done.load(Ordering::SeqCst) {
+                    idle_after_done += 1;
+                    if idle_after_done > 100 {
+                        let _ = tx.blocking_send(Err(io::Error::other(format!(
+                            "{h}: the fetch ended but the blob is not whole here"
+                        ))));
+                        return;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .await;
     });
     StreamingBlob::wrap(ChannelBody(rx))
 }

@@ -270,6 +270,9 @@ impl Gateway {
                 .map_err(store_error)
         })
         .await?;
+        if let Some(t) = &self.transfer {
+            t.announce(added.id).await;
+        }
         let etag = format!("{}-{}", etag_of(&added.id), asked.len());
         let meta = Meta {
             v: super::records::META_V,
