@@ -21,7 +21,7 @@ pub mod client;
 pub mod guard;
 mod jobs;
 pub mod lineage;
-mod metrics;
+pub(crate) mod metrics;
 mod models;
 pub mod openapi;
 pub mod paths;

@@ -390,13 +390,7 @@ impl Node {
                         tracing::error!(error = %e, "ingress stopped");
                     }
                 });
-                let file = home.ingress_file();
-                write_atomic(&file, format!("http://{bound}\n").as_bytes(), 0o644).map_err(
-                    |source| DaemonError::Io {
-                        path: file.display().to_string(),
-                        source,
-                    },
-                )?;
+                write_url_file(&home.ingress_file(), bound)?;
                 Some(bound)
             }
         };
@@ -425,13 +419,7 @@ impl Node {
                             tracing::error!(error = %e, "S3 gateway stopped");
                         }
                     });
-                    let file = home.s3_file();
-                    write_atomic(&file, format!("http://{bound}\n").as_bytes(), 0o644).map_err(
-                        |source| DaemonError::Io {
-                            path: file.display().to_string(),
-                            source,
-                        },
-                    )?;
+                    write_url_file(&home.s3_file(), bound)?;
                     tracing::info!(addr = %bound, "S3 gateway listening");
                     Some(bound)
                 }
@@ -868,4 +856,14 @@ pub async fn run_until_signal(home: Home, config: Config) -> anyhow::Result<()> 
     }
     node.stop().await;
     Ok(())
+}
+
+/// Writes `http://ADDR` to a home file (`ingress`, `s3`) that tools read.
+fn write_url_file(file: &std::path::Path, bound: SocketAddr) -> Result<(), DaemonError> {
+    write_atomic(file, format!("http://{bound}\n").as_bytes(), 0o644).map_err(|source| {
+        DaemonError::Io {
+            path: file.display().to_string(),
+            source,
+        }
+    })
 }

@@ -61,34 +61,33 @@ impl Metrics {
     /// The exposition text, with gauges passed in by the caller.
     pub fn render(&self, store_bytes: u64, store_blobs: u64, extra: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP weft_store_bytes Bytes of complete blobs in the local store."
+        series(
+            &mut out,
+            "weft_store_bytes",
+            "gauge",
+            "Bytes of complete blobs in the local store.",
+            store_bytes,
         );
-        let _ = writeln!(out, "# TYPE weft_store_bytes gauge");
-        let _ = writeln!(out, "weft_store_bytes {store_bytes}");
-        let _ = writeln!(out, "# HELP weft_store_blobs Blobs in the local store.");
-        let _ = writeln!(out, "# TYPE weft_store_blobs gauge");
-        let _ = writeln!(out, "weft_store_blobs {store_blobs}");
-        let _ = writeln!(
-            out,
-            "# HELP weft_api_added_bytes_total Bytes imported through the API."
+        series(
+            &mut out,
+            "weft_store_blobs",
+            "gauge",
+            "Blobs in the local store.",
+            store_blobs,
         );
-        let _ = writeln!(out, "# TYPE weft_api_added_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "weft_api_added_bytes_total {}",
-            self.bytes_added.load(Ordering::Relaxed)
+        series(
+            &mut out,
+            "weft_api_added_bytes_total",
+            "counter",
+            "Bytes imported through the API.",
+            self.bytes_added.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP weft_api_served_bytes_total Bytes downloaded through the API."
-        );
-        let _ = writeln!(out, "# TYPE weft_api_served_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "weft_api_served_bytes_total {}",
-            self.bytes_served.load(Ordering::Relaxed)
+        series(
+            &mut out,
+            "weft_api_served_bytes_total",
+            "counter",
+            "Bytes downloaded through the API.",
+            self.bytes_served.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP weft_api_requests_total API requests answered.");
         let _ = writeln!(out, "# TYPE weft_api_requests_total counter");
@@ -134,6 +133,13 @@ impl Metrics {
         out.push_str(extra);
         out
     }
+}
+
+/// One series without labels: its HELP and TYPE lines and its value.
+pub(crate) fn series(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Escapes a label value.

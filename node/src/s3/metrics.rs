@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::api::metrics::series;
+
 /// The gateway's counters (kept in the node's metrics, rendered on `/metrics`).
 #[derive(Default)]
 pub struct S3Metrics {
@@ -48,25 +50,19 @@ impl S3Metrics {
                 "weft_s3_requests_total{{op=\"{op}\",status=\"{status}\"}} {n}"
             );
         }
-        let _ = writeln!(
+        series(
             out,
-            "# HELP weft_s3_received_bytes_total Object bytes received by the S3 gateway."
+            "weft_s3_received_bytes_total",
+            "counter",
+            "Object bytes received by the S3 gateway.",
+            self.bytes_in.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "# TYPE weft_s3_received_bytes_total counter");
-        let _ = writeln!(
+        series(
             out,
-            "weft_s3_received_bytes_total {}",
-            self.bytes_in.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP weft_s3_sent_bytes_total Object bytes sent by the S3 gateway."
-        );
-        let _ = writeln!(out, "# TYPE weft_s3_sent_bytes_total counter");
-        let _ = writeln!(
-            out,
-            "weft_s3_sent_bytes_total {}",
-            self.bytes_out.load(Ordering::Relaxed)
+            "weft_s3_sent_bytes_total",
+            "counter",
+            "Object bytes sent by the S3 gateway.",
+            self.bytes_out.load(Ordering::Relaxed),
         );
     }
 }
