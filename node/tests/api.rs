@@ -1,6 +1,7 @@
 //! The REST API against a node started in this process.
 
 use std::process::Command;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use weft_node::config::Config;
 use weft_node::daemon::{DaemonError, Node};
@@ -496,7 +497,19 @@ async fn odd_input_is_answered_with_a_documented_json_error() {
         if let Some(c) = ctype {
             req = req.header("content-type", c);
         }
-        let resp = req.send().await.expect("send");
+        let op = &doc["paths"][doc_path][method.to_ascii_lowercase()];
+        assert!(
+            op["responses"][status.to_string()].is_object(),
+            "{method} {doc_path} does not document {status}"
+        );
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            // a body refused before it was all read may close the
+            // connection under the client's write (the raw request below
+            // reads the 413 every time)
+            Err(e) if status == 413 && e.is_request() && !e.is_timeout() => continue,
+            Err(e) => panic!("{method} {path}: {e:?}"),
+        };
         assert_eq!(resp.status().as_u16(), status, "{method} {path}");
         assert_eq!(
             resp.headers()["content-type"],
@@ -509,12 +522,21 @@ async fn odd_input_is_answered_with_a_documented_json_error() {
             v["detail"].as_str().is_some_and(|d| !d.is_empty()),
             "{method} {path}: {v}"
         );
-        let op = &doc["paths"][doc_path][method.to_ascii_lowercase()];
-        assert!(
-            op["responses"][status.to_string()].is_object(),
-            "{method} {doc_path} does not document {status}"
-        );
     }
+    // a declared length over the limit is answered before any body byte
+    let token = node.home().api_token().expect("token").expect("a token");
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut raw = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT /api/v1/tags/t/x:v1 HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        big.len()
+    );
+    raw.write_all(head.as_bytes()).await.expect("write head");
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.expect("read answer");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"too_large\""), "{answer}");
     // nothing was tagged by the refused bodies
     assert!(node.store().list_tags().expect("tags").is_empty());
     node.stop().await;
