@@ -164,6 +164,14 @@ for _ in $(seq $runs); do
   same "$work/out"
 done
 rm -f "$work/out"
+# each daemon's peak resident memory over weft's own and the S3 transfers of
+# the whole file: streamed, it stays far below the file's size
+"$py" - "$work/devnet/devnet.json" <<'PY' >&2
+import json, sys
+for n in json.load(open(sys.argv[1]))["nodes"]:
+    hwm = next(l.split()[1] for l in open(f"/proc/{n['pid']}/status") if l.startswith("VmHWM:"))
+    print(f"daemon {n['pid']}: peak resident memory {int(hwm) // 1024} MiB")
+PY
 "$weft" devnet down --dir "$work/devnet" >/dev/null
 sync
 
