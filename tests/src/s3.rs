@@ -279,6 +279,34 @@ pub fn payload_hash(b: &[u8]) -> String {
     sha256_hex(b)
 }
 
+/// Sends one request signed with `creds` (SigV4, headers), with the given
+/// query and extra headers, and the body's SHA-256 as its payload hash.
+pub async fn send_signed(
+    creds: &Creds,
+    base: &str,
+    method: &str,
+    path: &str,
+    query: &[(&str, &str)],
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let q: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let h: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let s = sign(creds, method, base, path, &q, &h, &payload_hash(&body));
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut r = reqwest::Client::new().request(method, &s.url);
+    for (k, v) in &s.headers {
+        r = r.header(k.as_str(), v.as_str());
+    }
+    r.body(body).send().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

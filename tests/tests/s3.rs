@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use weft_tests::Cluster;
-use weft_tests::s3::{Creds, payload_hash, sign};
+use weft_tests::s3::{Creds, send_signed};
 
 /// One signed request; returns the status and body.
 async fn call(
@@ -17,21 +17,9 @@ async fn call(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (u16, Vec<u8>, reqwest::header::HeaderMap) {
-    let q: Vec<(String, String)> = query
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let h: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let s = sign(creds, method, base, path, &q, &h, &payload_hash(&body));
-    let client = reqwest::Client::new();
-    let mut r = client.request(method.parse().expect("method"), &s.url);
-    for (k, v) in &s.headers {
-        r = r.header(k.as_str(), v.as_str());
-    }
-    let resp = r.body(body).send().await.expect("send");
+    let resp = send_signed(creds, base, method, path, query, headers, body)
+        .await
+        .expect("send");
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
     let bytes = resp.bytes().await.expect("body").to_vec();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use weft_node::s3::keys::{Key, KeyFile, Perm};
 use weft_tests::Cluster;
-use weft_tests::s3::{Creds, payload_hash, presign_get, sign, sign_at};
+use weft_tests::s3::{Creds, payload_hash, presign_get, send_signed, sign, sign_at};
 
 async fn send(
     creds: &Creds,
@@ -34,20 +34,7 @@ async fn try_send(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Result<(u16, String), reqwest::Error> {
-    let q: Vec<(String, String)> = query
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let h: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let s = sign(creds, method, base, path, &q, &h, &payload_hash(&body));
-    let mut r = reqwest::Client::new().request(method.parse().expect("method"), &s.url);
-    for (k, v) in &s.headers {
-        r = r.header(k.as_str(), v.as_str());
-    }
-    let resp = r.body(body).send().await?;
+    let resp = send_signed(creds, base, method, path, query, headers, body).await?;
     let st = resp.status().as_u16();
     Ok((st, resp.text().await.unwrap_or_default()))
 }
